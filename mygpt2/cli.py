@@ -1,0 +1,54 @@
+"""The `mygpt2` command: one entry, a subcommand per job.
+
+Each subcommand lives in the module that does the work and exposes `cli(argv)`; this file
+only dispatches and turns `MyGPT2Error` into a one-line message with exit status 2, so
+users never see a traceback for a problem with their input.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from mygpt2.errors import MyGPT2Error
+
+# subcommand -> (module with a `cli(argv)` function, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def usage() -> str:
+    """The top-level help text."""
+    lines = ["usage: mygpt2 <command> [--flag value ...]", "", "commands:"]
+    lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["", "Run 'mygpt2 <command> --help' for the flags of one command."]
+    return "\n".join(lines)
+
+
+def run(command: str, argv: list[str]) -> int:
+    """Run one subcommand, printing user errors without a traceback. Returns the exit code."""
+    module_name, _ = COMMANDS[command]
+    try:
+        importlib.import_module(module_name).cli(argv)
+    except MyGPT2Error as e:
+        print(f"mygpt2 {command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mygpt2 {command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mygpt2` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"mygpt2: unknown command '{argv[0]}'.\n\n{usage()}", file=sys.stderr)
+        return 2
+    return run(argv[0], argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
