@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import sys
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from mygpt2.errors import MyGPT2Error
 
@@ -251,7 +252,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise MyGPT2Error(f"config file '{p}' is not valid TOML: {e}") from None
 
 
-def parse_flags(argv: list[str], extra_flags: tuple[str, ...] = ()) -> tuple[dict[str, str], list[str]]:
+def parse_flags(
+    argv: list[str], extra_flags: tuple[str, ...] = ()
+) -> tuple[dict[str, str], list[str]]:
     """Split `--key value`, `--key=value` and bare `--flag` (true) into a dict and positionals.
 
     Bare boolean flags (`--resume`, `--prompt`, `--compile`) mean true. Names in
@@ -259,9 +262,7 @@ def parse_flags(argv: list[str], extra_flags: tuple[str, ...] = ()) -> tuple[dic
     """
     sections = field_sections()
     bool_fields = {
-        name
-        for name, sec in sections.items()
-        if _field_type(getattr(Config(), sec), name) is bool
+        name for name, sec in sections.items() if _field_type(getattr(Config(), sec), name) is bool
     }
     known = set(sections) | {"config", "preset", *extra_flags}
     values: dict[str, str] = {}
@@ -297,7 +298,9 @@ def parse_flags(argv: list[str], extra_flags: tuple[str, ...] = ()) -> tuple[dic
     return values, positional
 
 
-def load_config(argv: list[str], extra_flags: tuple[str, ...] = ()) -> tuple[Config, dict[str, str], list[str]]:
+def load_config(
+    argv: list[str], extra_flags: tuple[str, ...] = ()
+) -> tuple[Config, dict[str, str], list[str]]:
     """Defaults, then `--preset`, then `--config FILE`, then flags. Returns the validated config,
     the values of `extra_flags` that were given, and positional arguments."""
     values, positional = parse_flags(argv, extra_flags)
@@ -369,7 +372,13 @@ def format_config(cfg: Config) -> str:
     for section in SECTIONS:
         lines.append(f"[{section}]")
         for key, value in dataclasses.asdict(getattr(cfg, section)).items():
-            shown = f'"{value}"' if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else value
+            shown = (
+                f'"{value}"'
+                if isinstance(value, str)
+                else str(value).lower()
+                if isinstance(value, bool)
+                else value
+            )
             lines.append(f"{key} = {shown}")
     return "\n".join(lines)
 

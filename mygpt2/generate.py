@@ -1,0 +1,178 @@
+"""Text generation with a KV cache: prefill the prompt once, then one token per step.
+
+Sampling options: greedy (`temperature=0`), temperature, top-k, top-p (nucleus), a seed for
+reproducible draws, stop tokens, and a batch of prompts of different lengths (left-padded and
+masked, see `mygpt2.model.KVCache`).
+
+Past the context length `T` the model keeps the last `T` tokens as its window. GPT-2 has
+absolute position embeddings, so when the window slides every position shifts and the cached
+keys/values are no longer valid: once the cache is full it is rebuilt from the window at each
+step. The result is exactly what a cache-free model that crops its input to the last `T` tokens
+computes (tested), at the price of a full forward pass per token beyond `T`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from mygpt2.errors import MyGPT2Error
+from mygpt2.model import GPT, KVCache
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Reject out-of-range sampling settings with a clear message."""
+    if temperature < 0:
+        raise MyGPT2Error(f"temperature must be 0 (greedy) or positive, got {temperature}.")
+    if top_k is not None and top_k <= 0:
+        raise MyGPT2Error(f"top_k must be a positive number of tokens (or None), got {top_k}.")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise MyGPT2Error(f"top_p must be in (0, 1], got {top_p}.")
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one token id per row from `logits` (B, V). `temperature=0` means greedy."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens ranked above it already reach top_p; the first stays
+        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        drop_sorted = mass_before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _as_rows(prompts: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor) -> list[list[int]]:
+    if isinstance(prompts, torch.Tensor):
+        return prompts.view(1, -1).tolist() if prompts.dim() == 1 else prompts.tolist()
+    if len(prompts) > 0 and isinstance(prompts[0], int):
+        return [list(prompts)]  # a single prompt
+    return [list(p) for p in prompts]
+
+
+@torch.inference_mode()
+def generate_stream(
+    model: GPT,
+    prompts: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_tokens: Sequence[int] = (),
+    use_cache: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Yield a (B,) tensor of next-token ids per step, as soon as they are sampled.
+
+    A row that produced a stop token yields -1 from then on; the stream ends when every row
+    has stopped or after `max_new_tokens` steps. Prompts longer than `T` are cropped from the
+    left with a warning.
+    """
+    cfg = model.config
+    check_sampling(temperature, top_k, top_p)
+    if max_new_tokens < 0:
+        raise MyGPT2Error(f"max_new_tokens must be 0 or more, got {max_new_tokens}.")
+    rows = _as_rows(prompts)
+    if not rows or any(len(r) == 0 for r in rows):
+        raise MyGPT2Error(
+            "empty prompt: give at least one token (for example the <|endoftext|> id)."
+        )
+    for r in rows:
+        bad = [t for t in r if not 0 <= t < cfg.vocab_size]
+        if bad:
+            raise MyGPT2Error(
+                f"prompt token id {bad[0]} is outside the vocabulary (0..{cfg.vocab_size - 1})."
+            )
+    if any(len(r) > cfg.T for r in rows):
+        longest = max(len(r) for r in rows)
+        warnings.warn(
+            f"prompt of {longest} tokens is longer than the context length T={cfg.T}; "
+            f"keeping its last {cfg.T} tokens.",
+            stacklevel=2,
+        )
+        rows = [r[-cfg.T :] for r in rows]
+
+    device = model.transformer.wte.weight.device
+    B, L = len(rows), max(len(r) for r in rows)
+    pad = torch.tensor([L - len(r) for r in rows], dtype=torch.long, device=device)
+    if not use_cache and bool(pad.any()):
+        raise MyGPT2Error("prompts of different lengths need use_cache=True.")
+    tokens = torch.tensor([[0] * (L - len(r)) + r for r in rows], dtype=torch.long, device=device)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+
+    was_training = model.training
+    model.eval()
+    cache = None
+    try:
+        if use_cache:
+            cache = KVCache.empty(cfg, B, device, model.transformer.wte.weight.dtype)
+            cache.pad = pad
+            logits, _ = model(tokens, cache=cache)
+        else:
+            logits, _ = model(tokens)
+        for _ in range(max_new_tokens):
+            nxt = sample_next(logits[:, -1, : cfg.vocab_size], temperature, top_k, top_p, generator)
+            nxt = nxt.masked_fill(finished, -1)
+            yield nxt
+            if stops.numel():
+                finished |= torch.isin(nxt, stops)
+            if bool(finished.all()):
+                return
+            tokens = torch.cat([tokens, nxt.clamp(min=0)[:, None]], dim=1)
+            if cache is None:
+                logits, _ = model(tokens[:, -cfg.T :])
+            elif cache.length < cfg.T:
+                logits, _ = model(tokens[:, -1:], cache=cache)
+            else:
+                # the window slides: positions shift, so rebuild the cache from the last T tokens
+                cut = tokens.size(1) - cfg.T
+                tokens = tokens[:, cut:]
+                cache.pad = (cache.pad - cut).clamp(min=0)
+                cache.length = 0
+                logits, _ = model(tokens, cache=cache)
+    finally:
+        model.train(was_training)
+
+
+def generate(
+    model: GPT,
+    prompts: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor,
+    max_new_tokens: int,
+    **sampling,
+) -> list[list[int]]:
+    """New tokens for every prompt (stop tokens excluded); options as in `generate_stream`."""
+    rows = len(_as_rows(prompts))
+    out: list[list[int]] = [[] for _ in range(rows)]
+    stops = set(sampling.get("stop_tokens", ()))
+    done = [False] * rows
+    for step in generate_stream(model, prompts, max_new_tokens, **sampling):
+        for i, tok in enumerate(step.tolist()):
+            if done[i] or tok < 0:
+                continue
+            if tok in stops:
+                done[i] = True
+            else:
+                out[i].append(tok)
+    return out

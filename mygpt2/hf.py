@@ -1,0 +1,192 @@
+"""GPT-2 weights in and out: Hugging Face checkpoints and safetensors files.
+
+Our parameter names are GPT-2's own, so a Hugging Face `GPT2LMHeadModel` state dict maps onto
+ours key for key. The one difference: HF stores its projections as `Conv1D` with weights of
+shape (in, out), where `nn.Linear` uses (out, in), so those four matrices per block are
+transposed on the way in and out. Transposes are exact, so ours -> HF -> ours is bitwise equal.
+
+Loading never runs code from a file: safetensors first, else `torch.load(weights_only=True)`.
+`transformers` is not needed to load or save; `huggingface_hub` is needed only to fetch hub
+names (`gpt2`, `gpt2-medium`, ...) when a local directory is not given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mygpt2.config import ModelConfig
+from mygpt2.errors import MyGPT2Error
+from mygpt2.model import GPT
+
+HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+# Conv1D weights in HF GPT-2, stored (in, out): transposed to nn.Linear's (out, in)
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# what our architecture assumes; a config.json that says otherwise is not a model we can run
+SUPPORTED = {
+    "activation_function": ("gelu_new", "gelu_pytorch_tanh"),
+    "scale_attn_weights": (True,),
+    "scale_attn_by_inverse_layer_idx": (False,),
+    "reorder_and_upcast_attn": (False,),
+}
+
+
+def _resolve_dir(name_or_dir: str) -> Path:
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        return path
+    if name_or_dir in HUB_NAMES:
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            raise MyGPT2Error(
+                f"loading '{name_or_dir}' by name needs huggingface_hub: "
+                "pip install 'mygpt2[hf]', or pass a local directory with config.json "
+                "and model.safetensors."
+            ) from None
+        try:
+            return Path(
+                snapshot_download(name_or_dir, allow_patterns=["config.json", "model.safetensors"])
+            )
+        except Exception as e:
+            raise MyGPT2Error(
+                f"could not fetch '{name_or_dir}' from the Hugging Face hub ({type(e).__name__}: "
+                f"{e}). Offline, download it elsewhere and pass the local directory instead."
+            ) from None
+    raise MyGPT2Error(
+        f"'{name_or_dir}' is neither a directory nor a GPT-2 hub name ({', '.join(HUB_NAMES)})."
+    )
+
+
+def read_hf_config(directory: Path) -> ModelConfig:
+    """Our ModelConfig from a Hugging Face GPT-2 `config.json`, refusing other architectures."""
+    path = directory / "config.json"
+    if not path.is_file():
+        raise MyGPT2Error(f"'{directory}' has no config.json: not a Hugging Face model directory.")
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise MyGPT2Error(f"'{path}' is not valid JSON: {e}") from None
+    if hf.get("model_type") != "gpt2":
+        raise MyGPT2Error(
+            f"'{path}' describes a '{hf.get('model_type')}' model; only GPT-2 (model_type "
+            "'gpt2') checkpoints can be loaded."
+        )
+    for key, allowed in SUPPORTED.items():
+        if key in hf and hf[key] not in allowed:
+            raise MyGPT2Error(
+                f"'{path}' sets {key}={hf[key]!r}; mygpt2's GPT-2 supports {allowed[0]!r} only."
+            )
+    return ModelConfig(
+        n_layers=hf["n_layer"],
+        n_heads=hf["n_head"],
+        n_emb=hf["n_embd"],
+        T=hf["n_positions"],
+        vocab_size=hf["vocab_size"],
+        dropout=0.0,
+        bias=True,
+    )
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    st, binf = directory / "model.safetensors", directory / "pytorch_model.bin"
+    try:
+        if st.is_file():
+            return load_file(str(st))
+        if binf.is_file():
+            return torch.load(binf, map_location="cpu", weights_only=True)
+    except Exception as e:
+        bad = st if st.is_file() else binf
+        raise MyGPT2Error(f"could not read weights from '{bad}': {e}") from None
+    raise MyGPT2Error(
+        f"'{directory}' has no model.safetensors or pytorch_model.bin: nothing to load."
+    )
+
+
+def load_hf_gpt2(name_or_dir: str, dtype: torch.dtype = torch.float32) -> GPT:
+    """Build a GPT from a Hugging Face GPT-2 checkpoint (local directory or hub name)."""
+    directory = _resolve_dir(name_or_dir)
+    model = GPT(read_hf_config(directory))
+    hf_sd = _read_weights(directory)
+    # checkpoints saved from GPT2LMHeadModel prefix "transformer."; those from GPT2Model do not
+    hf_sd = {
+        k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}": v
+        for k, v in hf_sd.items()
+    }
+    ours = model.state_dict()
+    for key, target in ours.items():
+        if key == "lm_head.weight":
+            continue  # tied to transformer.wte.weight
+        if key not in hf_sd:
+            raise MyGPT2Error(f"'{directory}' is missing the tensor '{key}'.")
+        src = hf_sd[key]
+        if key.endswith(TRANSPOSED):
+            src = src.t()
+        if src.shape != target.shape:
+            raise MyGPT2Error(
+                f"tensor '{key}' in '{directory}' has shape {tuple(src.shape)}, but config.json "
+                f"implies {tuple(target.shape)}."
+            )
+        with torch.no_grad():
+            target.copy_(src)
+    return model.to(dtype)
+
+
+def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Our weights under Hugging Face GPT2LMHeadModel names and layouts."""
+    if model.padded_vocab_size != model.config.vocab_size:
+        raise MyGPT2Error("a model with pad_vocab=true cannot be exported to Hugging Face.")
+    out = {}
+    for key, value in model.state_dict().items():
+        if key == "lm_head.weight":
+            continue  # HF ties it to transformer.wte.weight as we do
+        out[key] = (value.t() if key.endswith(TRANSPOSED) else value).contiguous().clone()
+    if not model.config.bias:  # HF GPT-2 always has biases: zeros are equivalent
+        for name, module in model.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)) and name != "lm_head":
+                width = module.weight.shape[0]
+                out.setdefault(f"{name}.bias", torch.zeros(width, dtype=module.weight.dtype))
+    return out
+
+
+def save_hf_gpt2(model: GPT, directory: str | os.PathLike) -> None:
+    """Write config.json + model.safetensors that `GPT2LMHeadModel.from_pretrained` loads."""
+    cfg = model.config
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    hf_config = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "n_layer": cfg.n_layers,
+        "n_head": cfg.n_heads,
+        "n_embd": cfg.n_emb,
+        "n_positions": cfg.T,
+        "n_ctx": cfg.T,
+        "vocab_size": cfg.vocab_size,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "tie_word_embeddings": True,
+        "bos_token_id": cfg.vocab_size - 1,
+        "eos_token_id": cfg.vocab_size - 1,
+    }
+    tmp = path / "config.json.tmp"
+    tmp.write_text(json.dumps(hf_config, indent=2), encoding="utf-8")
+    os.replace(tmp, path / "config.json")
+    tmp = path / "model.safetensors.tmp"
+    save_file(hf_state_dict(model), str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path / "model.safetensors")
+
+
+def save_safetensors(model: GPT, path: str | os.PathLike) -> None:
+    """Our own state dict (without the tied lm_head copy) as safetensors, written atomically."""
+    sd = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    tmp = f"{path}.tmp"
+    save_file(sd, tmp, metadata={"format": "pt", "mygpt2_config": json.dumps(vars(model.config))})
+    os.replace(tmp, path)

@@ -1,0 +1,301 @@
+"""The GPT-2 model: one file, read top to bottom.
+
+Architecture as in OpenAI's GPT-2: token + learned position embeddings, `n_layers` pre-LayerNorm
+blocks (causal self-attention, then a 4x-wide tanh-GELU MLP, each added to the residual
+stream), a final LayerNorm, and an output head tied to the token embedding.
+
+Design choices:
+- Module and parameter names follow GPT-2's own (`wte`, `wpe`, `h.0.ln_1`, `attn.c_attn`,
+  `mlp.c_proj`, ...), so Hugging Face / OpenAI checkpoints map onto ours by name; only the
+  Conv1D weights need a transpose (see `mygpt2.hf`).
+- Attention goes through `F.scaled_dot_product_attention`, which picks flash / memory-efficient
+  kernels on GPUs and a fused kernel on CPUs.
+- A `KVCache` lets generation run a prompt once (prefill) and then one token per step. It also
+  handles a batch of prompts of different lengths: shorter prompts are left-padded, the padding
+  is masked out of attention, and each row's positions start at 0 at its first real token.
+- With `pad_vocab`, the embedding is padded to a multiple of 64 (faster matmuls); the padded ids
+  are masked out when sampling, so they are never produced.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from mygpt2.config import ModelConfig
+
+__all__ = ["GPT", "KVCache", "ModelConfig"]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with an optional key/value cache."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.n_emb = cfg.n_emb
+        self.c_attn = nn.Linear(cfg.n_emb, 3 * cfg.n_emb, bias=cfg.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(cfg.n_emb, cfg.n_emb, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, t, C = x.shape
+        hs = C // self.n_heads
+        q, k, v = self.c_attn(x).split(self.n_emb, dim=2)
+        q = q.view(B, t, self.n_heads, hs).transpose(1, 2)  # (B, nh, t, hs)
+        k = k.view(B, t, self.n_heads, hs).transpose(1, 2)  # (B, nh, t, hs)
+        v = v.view(B, t, self.n_heads, hs).transpose(1, 2)  # (B, nh, t, hs)
+        is_causal = mask is None and t > 1
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nh, S, hs) with S = cached + t
+            if cache.length > 0 and mask is None:
+                # new queries attend to every cached key: only needs a mask when t > 1
+                is_causal = False
+                if t > 1:
+                    mask = cache.causal_mask(t, x.device)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+        )  # (B, nh, t, hs)
+        y = y.transpose(1, 2).contiguous().view(B, t, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: n_emb -> 4 n_emb -> tanh-GELU -> n_emb."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_emb, 4 * cfg.n_emb, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.n_emb, cfg.n_emb, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_emb, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_emb, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated to `T`.
+
+    `pad` holds, per row, how many left-padding tokens the row starts with (0 for a batch of
+    equal-length prompts). Padding keys are masked out and positions count from the first
+    real token, so a left-padded row gives the same logits as the row alone.
+    """
+
+    k: torch.Tensor  # (n_layers, B, nh, T, hs)
+    v: torch.Tensor  # (n_layers, B, nh, T, hs)
+    pad: torch.Tensor  # (B,) int64
+    length: int = 0  # tokens already cached
+    _pending: int = 0  # tokens written by the current forward, committed by advance()
+
+    @classmethod
+    def empty(
+        cls, cfg: ModelConfig, batch: int, device: torch.device, dtype: torch.dtype
+    ) -> KVCache:
+        """A cache for `batch` rows and up to `cfg.T` tokens."""
+        hs = cfg.n_emb // cfg.n_heads
+        shape = (cfg.n_layers, batch, cfg.n_heads, cfg.T, hs)
+        return cls(
+            k=torch.empty(shape, device=device, dtype=dtype),
+            v=torch.empty(shape, device=device, dtype=dtype),
+            pad=torch.zeros(batch, dtype=torch.long, device=device),
+        )
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's keys/values for `layer`; return all keys/values so far."""
+        t = k.shape[2]
+        end = self.length + t
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        self._pending = t
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self) -> None:
+        """Commit the tokens written by the last forward pass."""
+        self.length += self._pending
+        self._pending = 0
+
+    def causal_mask(self, t: int, device: torch.device) -> torch.Tensor:
+        """Boolean (t, length + t) mask: new token i sees every cached key and new keys <= i."""
+        S = self.length + t
+        rows = torch.arange(t, device=device)[:, None] + self.length
+        return torch.arange(S, device=device)[None, :] <= rows
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+
+class GPT(nn.Module):
+    """GPT-2 language model. `model(idx, targets)` returns `(logits, loss)`."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.padded_vocab_size = (
+            math.ceil(cfg.vocab_size / 64) * 64 if cfg.pad_vocab else cfg.vocab_size
+        )
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(self.padded_vocab_size, cfg.n_emb),
+                wpe=nn.Embedding(cfg.T, cfg.n_emb),
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)]),
+                ln_f=nn.LayerNorm(cfg.n_emb, bias=cfg.bias),
+            )
+        )
+        self.lm_head = nn.Linear(cfg.n_emb, self.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied input/output embeddings
+        self.apply(self._init_weights)
+        # GPT-2 scales the residual projections by 1/sqrt(2 * n_layers): each block adds two
+        # terms to the residual stream, and this keeps its variance from growing with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for every position of `idx` (B, t); with `targets`, also the mean cross-entropy
+        (positions whose target is -100 are ignored).
+
+        With a `cache`, `idx` continues the cached tokens and only the last position's logits
+        are computed (that is all generation needs).
+        """
+        t = idx.shape[1]
+        start = cache.length if cache is not None else 0
+        if start + t > self.config.T:
+            raise ValueError(
+                f"sequence of {start + t} tokens is longer than the context length T={self.config.T}"
+            )
+        pos = torch.arange(start, start + t, device=idx.device)
+        mask = None
+        if cache is not None and bool(cache.pad.any()):
+            # left-padded rows: positions count from the first real token; pad keys are hidden
+            pos = (pos[None, :] - cache.pad[:, None]).clamp(min=0)  # (B, t)
+            keys = torch.arange(start + t, device=idx.device)
+            key_ok = keys[None, :] >= cache.pad[:, None]  # (B, S)
+            causal = keys[None, :] <= (torch.arange(t, device=idx.device) + start)[:, None]
+            mask = (causal[None] & key_ok[:, None, :])[:, None]  # (B, 1, t, S)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache, i, mask)
+        if cache is not None:
+            cache.advance()
+            x = x[:, -1:, :]  # generation only needs the next-token distribution
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100
+            )
+        return logits, loss
+
+    # ----------------------------------------------------------------------------- sizes
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (tied embeddings counted once); optionally without position/token
+        embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel() + self.transformer.wte.weight.numel()
+        return n
+
+    def flops_per_token(self, T: int | None = None) -> float:
+        """Training FLOPs (forward + backward) per token at context length `T`.
+
+        6 FLOPs per weight per token for every matmul weight (2 forward, 4 backward), counting
+        the tied embedding once as the output head, plus the attention scores and weighted sum:
+        12 * n_layers * n_emb * T (the PaLM paper's estimate).
+        """
+        cfg = self.config
+        T = cfg.T if T is None else T
+        matmul_weights = self.num_params(non_embedding=True) + self.transformer.wte.weight.numel()
+        matmul_weights -= sum(
+            p.numel() for n, p in self.named_parameters() if p.dim() < 2
+        )  # biases and LayerNorm gains are not matmuls
+        return 6 * matmul_weights + 12 * cfg.n_layers * cfg.n_emb * T
+
+    # ------------------------------------------------------------------ weights in / out
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str, dtype: torch.dtype = torch.float32) -> GPT:
+        """Load Hugging Face GPT-2 weights from a local directory or a hub name (`gpt2`, ...)."""
+        from mygpt2.hf import load_hf_gpt2
+
+        return load_hf_gpt2(name_or_dir, dtype=dtype)
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write a directory that `transformers.GPT2LMHeadModel.from_pretrained` loads."""
+        from mygpt2.hf import save_hf_gpt2
+
+        save_hf_gpt2(self, directory)
+
+    def save_safetensors(self, path: str) -> None:
+        """Write our own weights (tied embedding stored once) as a safetensors file."""
+        from mygpt2.hf import save_safetensors
+
+        save_safetensors(self, path)
+
+    # ------------------------------------------------------------------------ generation
+    def generate(self, prompts, max_new_tokens: int, **sampling) -> list[list[int]]:
+        """Continue each prompt; see `mygpt2.generate.generate` for the sampling options."""
+        from mygpt2.generate import generate
+
+        return generate(self, prompts, max_new_tokens, **sampling)
+
+    def generate_stream(self, prompts, max_new_tokens: int, **sampling):
+        """Yield the next token of every row as soon as it is sampled; see `mygpt2.generate`."""
+        from mygpt2.generate import generate_stream
+
+        return generate_stream(self, prompts, max_new_tokens, **sampling)
