@@ -72,6 +72,7 @@ class TrainConfig:
     seed: int = 1337
     shuffle: bool = True  # visit training blocks in a seeded random order
     tensorboard: bool = False  # also log to out_dir/tensorboard when tensorboard is installed
+    stop_at: int = 0  # stop after this step, checkpointed for --resume; 0 runs to max_steps
 
 
 @dataclass
@@ -87,13 +88,16 @@ class DataConfig:
     split_pattern: str = "gpt4"  # tokenizer training: gpt4, gpt2, or a regex
     stdlib_max_mb: float = 8.0  # size cap of the built-in stdlib corpus
     strict_utf8: bool = False  # refuse non-UTF-8 bytes instead of replacing them with U+FFFD
+    cache_dir: str = "data_cache"  # prepared token files and downloads, relative to the CWD
+    shakespeare_path: str = ""  # a local tinyshakespeare.txt (or env MYGPT2_SHAKESPEARE)
+    single_pass: bool = False  # train on each block once (one epoch) instead of max_steps
 
 
 @dataclass
 class SampleConfig:
     """How to sample text from a trained model."""
 
-    start: str = "<|endoftext|>"  # start text, or FILE:path to read it from a file
+    start: str = ""  # start text, or FILE:path; empty starts a new document (<|endoftext|>)
     num_samples: int = 1
     max_new_tokens: int = 256
     temperature: float = 0.8
@@ -345,6 +349,7 @@ def validate(cfg: Config) -> None:
         (0.0 <= t.warmup_ratio <= 1.0, f"warmup_ratio must be in [0, 1], got {t.warmup_ratio}."),
         (t.weight_decay >= 0, f"weight_decay must be 0 or more, got {t.weight_decay}."),
         (t.grad_clipping >= 0, f"grad_clipping must be 0 or more, got {t.grad_clipping}."),
+        (t.stop_at >= 0, f"stop_at must be 0 or more, got {t.stop_at}."),
         (
             t.checkpoint_interval >= 0,
             f"checkpoint_interval must be 0 or more, got {t.checkpoint_interval}.",

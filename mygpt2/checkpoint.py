@@ -1,0 +1,107 @@
+"""Checkpoints that never lose a run and never run code.
+
+A checkpoint is one `torch.save` dict: model and optimizer state, grad scaler, the resolved
+config, step, data-loader position, every RNG state, tokenizer identity, and the metrics
+history. It holds only tensors and plain Python values, so it loads with
+`torch.load(weights_only=True)`: a checkpoint file can never execute code.
+
+Writes are atomic: the dict goes to a temporary file in the same directory, is flushed to disk,
+and then renamed over `checkpoint.pt`. A crash, a kill or a full disk at any moment leaves the
+previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mygpt2.errors import MyGPT2Error
+
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call `write(file_object)` on a temp file beside `path`, fsync, then rename onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise MyGPT2Error(
+                f"could not write '{path}': {e.strerror or e}. The previous file, if any, is "
+                "intact. Free some disk space or choose another --out_dir."
+            ) from None
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write `state` (plus the format version) atomically to `path`."""
+    state = {"format_version": FORMAT_VERSION, **state}
+    atomic_write(path, lambda fh: torch.save(state, fh))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint safely (`weights_only=True`), with clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise MyGPT2Error(
+            f"no checkpoint at '{path}'. Train one first (mygpt2 train / python run_train.py, "
+            "which writes out_dir/checkpoint.pt), or point to one with --out_dir or --checkpoint."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise MyGPT2Error(
+            f"'{path}' is not a readable checkpoint (truncated or corrupt?): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise MyGPT2Error(f"'{path}' is not a mygpt2 checkpoint (no model or config inside).")
+    if state.get("format_version", 0) > FORMAT_VERSION:
+        raise MyGPT2Error(
+            f"'{path}' was written by a newer mygpt2 (format {state['format_version']}); "
+            "upgrade mygpt2 to read it."
+        )
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state a run depends on, in weights_only-loadable form."""
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"] = {
+        k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in np_state["state"].items()
+    }
+    state = {"python": random.getstate(), "numpy": np_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = dict(state["numpy"])
+    np_state["state"] = {
+        k: (np.array(v, dtype=np.uint32) if isinstance(v, list) else v)
+        for k, v in np_state["state"].items()
+    }
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
