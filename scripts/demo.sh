@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The one-command demo: set up, then train a tokenizer, prepare data, train a small GPT on the
+# Python standard library's sources (offline, CPU), and sample from it. Outputs land in out-demo/.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+exec .venv/bin/mygpt2 demo "$@"
