@@ -13,7 +13,9 @@ import sys
 from mygpt2.errors import MyGPT2Error
 
 # subcommand -> (module with a `cli(argv)` function, one-line description)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("mygpt2.prepare", "tokenize a corpus into train.bin / val.bin"),
+}
 
 
 def usage() -> str:
