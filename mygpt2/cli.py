@@ -15,6 +15,7 @@ from mygpt2.errors import MyGPT2Error
 # subcommand -> (module with a `cli(argv)` function, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("mygpt2.prepare", "tokenize a corpus into train.bin / val.bin"),
+    "tokenizer": ("mygpt2.tokenizer_cli", "train, show or inspect a BPE tokenizer"),
 }
 
 

