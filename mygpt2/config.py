@@ -164,6 +164,10 @@ def _field_type(section_obj: Any, name: str) -> type:
     return t
 
 
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+
+
 def convert_value(name: str, raw: Any, typ: type, where: str) -> Any:
     """Turn a flag string or TOML value into the field's type, or explain why not."""
     bad = MyGPT2Error(
@@ -173,9 +177,9 @@ def convert_value(name: str, raw: Any, typ: type, where: str) -> Any:
     if typ is bool:
         if isinstance(raw, bool):
             return raw
-        if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "on"):
+        if isinstance(raw, str) and raw.lower() in TRUE_WORDS:
             return True
-        if isinstance(raw, str) and raw.lower() in ("false", "0", "no", "off"):
+        if isinstance(raw, str) and raw.lower() in FALSE_WORDS:
             return False
         raise bad
     if typ is int:
@@ -287,7 +291,8 @@ def parse_flags(
                 )
             if not eq:
                 nxt = argv[i + 1] if i + 1 < len(argv) else None
-                is_bool_value = nxt is not None and nxt.lower() in ("true", "false")
+                # `--compile 0` must mean false, not a bare `--compile` and a stray "0"
+                is_bool_value = nxt is not None and nxt.lower() in TRUE_WORDS + FALSE_WORDS
                 if key in bool_fields and not is_bool_value:
                     value = "true"
                 elif nxt is None or (nxt.startswith("--") and len(nxt) > 2):
