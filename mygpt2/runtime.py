@@ -146,8 +146,9 @@ def measure_matmul_flops(
     dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.3
 ) -> float:
     """Measured square-matmul FLOP/s on this CPU: the practical peak MFU is judged against."""
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
+    gen = torch.Generator().manual_seed(0)  # leave the global RNG alone (exact resume)
+    a = torch.randn(n, n, generator=gen).to(dtype)
+    b = torch.randn(n, n, generator=gen).to(dtype)
     a @ b  # warm-up
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:

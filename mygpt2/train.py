@@ -217,7 +217,6 @@ def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
         start_step = ckpt["step"]
         best_val = ckpt["best_val_loss"]
         history = ckpt["metrics"]
-        set_rng_state(ckpt["rng"][dist_info.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
     raw_model = model
     if t.compile:
         model = torch.compile(model)
@@ -278,6 +277,9 @@ def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
                 "metrics": log.history,
             },
         )
+
+    if ckpt is not None:  # last, so nothing above can draw from the restored generators
+        set_rng_state(ckpt["rng"][dist_info.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
 
     # --- the loop
     end_step = min(t.max_steps, t.stop_at) if t.stop_at else t.max_steps

@@ -1,0 +1,303 @@
+"""Training: schedule, accumulation, exact resume, safe checkpoints, DDP parity, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mygpt2.checkpoint import load_checkpoint, save_checkpoint
+from mygpt2.config import Config, load_config
+from mygpt2.errors import MyGPT2Error
+from mygpt2.tokenizer import RegexTokenizer
+from mygpt2.train import accum_steps_for, get_lr, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shakespeare_path) -> dict[str, str]:
+    """A 200 kB slice of Tiny Shakespeare and a 320-token tokenizer trained on it."""
+    root = tmp_path_factory.mktemp("corpus")
+    text = shakespeare_path.read_text(encoding="utf-8")[:200_000]
+    data = root / "shakespeare_slice.txt"
+    data.write_text(text, encoding="utf-8")
+    tok = RegexTokenizer()
+    tok.train(text, 320)
+    tok_path = root / "tokenizer.json"
+    tok.save(tok_path)
+    return {"data": str(data), "tokenizer_path": str(tok_path), "cache": str(root / "cache")}
+
+
+def tiny_args(corpus: dict[str, str], out_dir: Path, **overrides) -> list[str]:
+    """Flags for a seconds-long run of a tiny model."""
+    values = dict(
+        data=corpus["data"],
+        tokenizer_path=corpus["tokenizer_path"],
+        cache_dir=corpus["cache"],
+        out_dir=str(out_dir),
+        n_layers=2,
+        n_heads=2,
+        n_emb=32,
+        T=32,
+        batch_size=4,
+        macro_batch_size=8,
+        max_steps=8,
+        eval_interval=4,
+        eval_batches=2,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_ratio=0.25,
+        device="cpu",
+        dtype="float32",
+    )
+    values.update(overrides)
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
+def tiny_config(corpus, out_dir, **overrides) -> Config:
+    return load_config(tiny_args(corpus, out_dir, **overrides))[0]
+
+
+def test_cosine_schedule_key_points():
+    cfg = Config()
+    cfg.train.max_steps, cfg.train.warmup_ratio, cfg.train.lr, cfg.train.min_lr = 100, 0.1, 1.0, 0.1
+    assert get_lr(0, cfg) == pytest.approx(0.1)  # first warmup step: lr / warmup
+    assert get_lr(9, cfg) == pytest.approx(1.0)  # end of warmup: the peak
+    assert get_lr(10, cfg) == pytest.approx(1.0)  # cosine starts at the peak
+    assert get_lr(55, cfg) == pytest.approx(0.55)  # halfway through the decay: the midpoint
+    assert get_lr(100, cfg) == pytest.approx(0.1)  # the floor at max_steps
+    lrs = [get_lr(s, cfg) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))  # monotone decay
+
+
+def test_accum_steps_and_indivisible_batch():
+    cfg = Config()
+    cfg.train.batch_size, cfg.train.macro_batch_size = 4, 32
+    assert accum_steps_for(cfg, 1) == 8
+    assert accum_steps_for(cfg, 2) == 4
+    cfg.train.macro_batch_size = 30
+    with pytest.raises(MyGPT2Error, match="multiple of batch_size"):
+        accum_steps_for(cfg, 1)
+
+
+def test_training_reduces_loss_and_writes_outputs(corpus, tmp_path):
+    out = tmp_path / "run"
+    result = train(tiny_config(corpus, out, max_steps=20, eval_interval=10))
+    history = result["history"]
+    train_losses = [r["loss"] for r in history if r["kind"] == "train"]
+    assert len(train_losses) == 20
+    assert train_losses[-1] < train_losses[0] - 0.5  # it learns
+    assert math.log(320) == pytest.approx(train_losses[0], abs=0.3)  # starts near uniform
+    for name in ("checkpoint.pt", "loss_plot.png", "metrics.jsonl"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [10, 20]
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["step"] == 20
+    assert ckpt["config"]["model"]["n_emb"] == 32
+    assert ckpt["tokenizer"]["fingerprint"]
+    assert (out / "loss_plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_is_bitwise_exact(corpus, tmp_path):
+    """2N steps straight == N steps, stop, --resume N more (with shuffling and dropout)."""
+    common = dict(max_steps=8, dropout=0.1, shuffle="true", eval_interval=3)
+    straight = train(tiny_config(corpus, tmp_path / "a", **common))
+    train(tiny_config(corpus, tmp_path / "b", stop_at=4, **common))
+    resumed = train(tiny_config(corpus, tmp_path / "b", resume="true", **common))
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    timing = {"tokens_per_s", "mfu"}  # wall-clock figures differ from run to run
+
+    def losses(history):
+        return [{k: v for k, v in row.items() if k not in timing} for row in history]
+
+    assert losses(straight["history"]) == losses(resumed["history"])
+    assert len(straight["history"]) == 8 + 3  # 8 steps; evals at steps 3, 6 and the last
+
+
+def test_resume_refuses_changed_model(corpus, tmp_path):
+    train(tiny_config(corpus, tmp_path, max_steps=2))
+    with pytest.raises(MyGPT2Error, match=r"n_emb: 32 -> 64"):
+        train(tiny_config(corpus, tmp_path, max_steps=4, n_emb=64, resume="true"))
+
+
+def test_resume_without_checkpoint_says_where_it_looked(corpus, tmp_path):
+    with pytest.raises(MyGPT2Error, match="no checkpoint at"):
+        train(tiny_config(corpus, tmp_path / "empty", resume="true"))
+
+
+def test_corrupt_and_truncated_checkpoints_are_clear_errors(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(1000)}, "config": {}})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MyGPT2Error, match="truncated or corrupt"):
+        load_checkpoint(path)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(MyGPT2Error, match="truncated or corrupt"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_never_runs_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": {}, "config": {}, "x": Evil()}, path)
+    with pytest.raises(MyGPT2Error, match="not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+WRITER = """
+import sys, torch
+from mygpt2.checkpoint import save_checkpoint
+path = sys.argv[1]
+i = 0
+while True:
+    i += 1
+    save_checkpoint(path, {"model": {"w": torch.full((2_000_000,), float(i))}, "config": {"i": i}})
+    print(i, flush=True)
+"""
+
+
+def test_killing_a_writer_mid_save_leaves_a_readable_checkpoint(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    for delay in (0.05, 0.13, 0.31):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE)
+        assert proc.stdout.readline()  # at least one complete save
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ckpt = load_checkpoint(path)
+        i = ckpt["config"]["i"]
+        assert torch.equal(ckpt["model"]["w"], torch.full((2_000_000,), float(i)))
+
+
+def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "config": {}})
+
+    def full_disk(obj, fh):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(MyGPT2Error, match="No space left"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "config": {}})
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+
+
+def test_nan_loss_stops_names_the_step_and_keeps_the_checkpoint(corpus, tmp_path):
+    train(tiny_config(corpus, tmp_path, max_steps=8, stop_at=2, warmup_ratio=0.0))
+    before = load_checkpoint(tmp_path / "checkpoint.pt")
+    # an infinite learning rate turns the weights to NaN at step 3: step 4's loss is NaN
+    with pytest.raises(MyGPT2Error, match=r"became nan at step 4"):
+        train(
+            tiny_config(
+                corpus,
+                tmp_path,
+                max_steps=8,
+                resume="true",
+                lr=float("inf"),
+                min_lr=0.0,
+                warmup_ratio=0.0,
+                grad_clipping=0.0,
+            )
+        )
+    after = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert after["step"] == 2
+    assert torch.equal(
+        after["model"]["transformer.wte.weight"], before["model"]["transformer.wte.weight"]
+    )
+
+
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
+    args = tiny_args(corpus, tmp_path, max_steps=100000, eval_interval=100000)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "run_train.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    deadline = time.time() + 120
+    while (
+        not (tmp_path / "metrics.jsonl").is_file()
+        or (tmp_path / "metrics.jsonl").stat().st_size < 500
+    ):
+        assert time.time() < deadline, "training did not start"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "resume with --resume" in output
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] >= 1
+
+
+def test_compile_runs_on_cpu(corpus, tmp_path):
+    result = train(tiny_config(corpus, tmp_path, max_steps=2, compile="true"))
+    assert math.isfinite(result["train_loss"])
+
+
+def test_bfloat16_autocast_on_cpu(corpus, tmp_path):
+    result = train(tiny_config(corpus, tmp_path, max_steps=3, dtype="bfloat16"))
+    assert math.isfinite(result["train_loss"])
+
+
+DDP_RUNNER = """
+import json, sys
+from mygpt2.config import load_config
+from mygpt2.train import train
+import torch.distributed as dist
+result = train(load_config(sys.argv[2:])[0])
+import os
+if os.environ.get("RANK", "0") == "0":
+    losses = [r["loss"] for r in result["history"] if r["kind"] == "train"]
+    open(sys.argv[1], "w").write(json.dumps(losses))
+"""
+
+
+def test_two_process_gloo_matches_one_process(corpus, tmp_path):
+    script = tmp_path / "runner.py"
+    script.write_text(DDP_RUNNER)
+    args = tiny_args(corpus, tmp_path / "one", max_steps=4, shuffle="false")
+    single = tmp_path / "single.json"
+    subprocess.run([sys.executable, str(script), str(single), *args], check=True, cwd=tmp_path)
+    double = tmp_path / "double.json"
+    args2 = tiny_args(corpus, tmp_path / "two", max_steps=4, shuffle="false")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29617",
+            str(script),
+            str(double),
+            *args2,
+        ],
+        check=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    one, two = json.loads(single.read_text()), json.loads(double.read_text())
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
