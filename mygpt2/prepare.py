@@ -17,9 +17,10 @@ Design choices:
 - Documents are joined with the end-of-text token: it goes *between* documents, so decoding
   train + val gives back `"<|endoftext|>".join(documents)` (empty documents are dropped).
 - Bounded memory: text is encoded in pieces of about `CHUNK_CHARS` characters, a few per
-  thread, and appended to a file. A long document is cut only after a newline that is
-  followed by a non-space character: both the GPT-2 and GPT-4 split patterns always end a
-  pre-token there, so the tokens equal those of encoding the whole document at once.
+  thread, and appended to a file. A long document is cut only where both the GPT-2 and
+  GPT-4 split patterns always end a pre-token (after a newline between two non-space
+  characters, else before a space after a non-space character), so the tokens equal those
+  of encoding the whole document at once (tested against whole-text encoding).
 - Parallel: each batch of pieces goes to the tokenizer's `encode_ordinary_batch` with one
   thread per core (tiktoken's Rust core releases the GIL), while this thread reads and
   writes the next batch.
@@ -53,7 +54,7 @@ from mygpt2.corpus import Corpus, open_corpus
 from mygpt2.errors import MyGPT2Error
 
 FORMAT_VERSION = 1
-CHUNK_CHARS = 1 << 20  # encode text in pieces of about this many characters
+CHUNK_CHARS = 1 << 18  # encode text in pieces of about this many characters
 PIECES_PER_THREAD = 2  # pieces per thread in one encode_ordinary_batch call
 COPY_TOKENS = 1 << 22  # tokens per read when copying the val tail out
 
@@ -212,13 +213,24 @@ def ensure_prepared(
 # ----------------------------------------------------------------------------- writing
 
 
-def _cut_point(text: str, lo: int) -> int:
-    """An index in [lo, len(text)) where text can be cut without changing its tokens, or -1."""
-    i = text.rfind("\n", lo, len(text) - 1)
-    while i >= lo:
-        if not text[i + 1].isspace():
+def _cut_point(text: str, lo: int, hi: int) -> int:
+    """An index in (lo, hi) where text can be cut without changing its tokens, or -1.
+
+    Preferred: after a newline with a non-space character on both sides. Else: before a
+    space that follows a non-space character. No GPT-2 or GPT-4 pre-token spans either
+    place, and the piece before the cut ends in at most one newline, so GPT-2's `\\s+$`
+    (trailing whitespace at the very end of a text) cannot merge more there.
+    """
+    i = text.rfind("\n", lo, hi)
+    while i > lo:
+        if i + 1 < len(text) and not text[i - 1].isspace() and not text[i + 1].isspace():
             return i + 1
         i = text.rfind("\n", lo, i)
+    i = text.rfind(" ", lo, hi)
+    while i > lo:
+        if not text[i - 1].isspace():
+            return i
+        i = text.rfind(" ", lo, i)
     return -1
 
 
@@ -230,7 +242,7 @@ def _chunks(corpus: Corpus, chunk_chars: int) -> Any:
         for piece in document:
             buffer += piece
             while len(buffer) >= 2 * chunk_chars:
-                cut = _cut_point(buffer, chunk_chars)
+                cut = _cut_point(buffer, chunk_chars, 2 * chunk_chars)
                 if cut < 0:
                     # No safe point in a long stretch (a minified file?): cut anyway; the
                     # tokens around this one cut may differ from whole-document encoding.

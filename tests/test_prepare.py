@@ -12,6 +12,7 @@ import pytest
 from mygpt2 import prepare as prepare_mod
 from mygpt2.cli import run
 from mygpt2.config import Config, load_config
+from mygpt2.corpus import open_corpus
 from mygpt2.errors import MyGPT2Error
 from mygpt2.prepare import (
     ensure_prepared,
@@ -110,8 +111,24 @@ def test_chunked_encoding_equals_whole_document(tmp_path, gpt2, shakespeare_path
 
 def test_cut_point_is_safe() -> None:
     text = "abc\n\n  def\nghi\n jkl"
-    assert prepare_mod._cut_point(text, 0) == text.index("ghi")
-    assert prepare_mod._cut_point("no newline here", 0) == -1
+    assert prepare_mod._cut_point(text, 1, len(text)) == text.index("ghi")
+    assert prepare_mod._cut_point("no newline here", 1, 15) == len("no newline")
+    assert prepare_mod._cut_point("x\n\n\ty\r\nw", 1, 8) == -1
+
+
+@pytest.mark.parametrize("which", ["gpt2", "small_tok"])  # GPT-2 and GPT-4 split patterns
+def test_cuts_never_change_tokens(tmp_path, request, monkeypatch, which) -> None:
+    tok = request.getfixturevalue(which)
+    pieces = ["word", " ", "  ", "\n", "\n\n", " \n", "\r\n", "\t", "?", "!\n", "42", "é", "'s"]
+    rng = np.random.default_rng(0)
+    text = "".join(pieces[i] for i in rng.integers(0, len(pieces), 20000))
+    write(tmp_path / "t.txt", text)
+    monkeypatch.setattr(prepare_mod, "CHUNK_CHARS", 50)
+    cfg = make_cfg(tmp_path, tmp_path / "t.txt")
+    cuts = [len(t) for _, t in prepare_mod._chunks(open_corpus(cfg.data), 50)]
+    assert len(cuts) > 100
+    train, val, _ = tokens_of(prepare(cfg, tok, progress=False))
+    assert [*train.tolist(), *val.tolist()] == tok.encode_ordinary(text)
 
 
 def test_dtype_choice(tmp_path) -> None:
