@@ -361,24 +361,35 @@ def train_merges(
         delta: dict[tuple[int, int], int] = {}
         for i in where.pop(pair):
             w = ids[i]
-            out: list[int] = []
-            j, n = 0, len(w)
-            while j < n:
-                if w[j] == a and j + 1 < n and w[j + 1] == b:
-                    out.append(new)
-                    j += 2
-                else:
-                    out.append(w[j])
-                    j += 1
-            if len(out) == n:
+            n = len(w)
+            sites = _merge_sites(w, a, b)
+            if not sites:
                 continue  # an earlier merge already consumed this chunk's pair
+            out: list[int] = []
+            start = 0
+            for j in sites:
+                out += w[start:j]
+                out.append(new)
+                start = j + 2
+            out += w[start:]
+            # Only pairs touching a merge site change: in w those at k = j-1, j, j+1; in out
+            # those at m-1 and m, where m = j - (merges before it) is the new token's place.
             f = freqs[i]
-            for p in itertools.pairwise(w):
-                delta[p] = delta.get(p, 0) - f
-            for p in itertools.pairwise(out):
-                delta[p] = delta.get(p, 0) + f
-                if new in p:
-                    where.setdefault(p, set()).add(i)
+            last = -1
+            for j in sites:
+                for k in (j - 1, j, j + 1):
+                    if last < k < n - 1:
+                        p = (w[k], w[k + 1])
+                        delta[p] = delta.get(p, 0) - f
+                        last = k
+            last = -1
+            for shift, j in enumerate(sites):
+                for k in (j - shift - 1, j - shift):
+                    if last < k < len(out) - 1:
+                        p = (out[k], out[k + 1])
+                        delta[p] = delta.get(p, 0) + f
+                        where.setdefault(p, set()).add(i)
+                        last = k
             ids[i] = out
         for p, d in delta.items():
             if d:
@@ -391,6 +402,23 @@ def train_merges(
         bar.update(1)
     bar.close()
     return merges
+
+
+def _merge_sites(w: list[int], a: int, b: int) -> list[int]:
+    """Where the pair (a, b) starts in w, left to right without overlaps: [a, a, a] has (a, a)
+    at [0] only, since merging the first two leaves nothing for the third to pair with."""
+    sites = []
+    j, n = 0, len(w)
+    while True:
+        try:
+            j = w.index(a, j)  # a C scan: far faster than a Python loop over every token
+        except ValueError:
+            return sites
+        if j + 1 < n and w[j + 1] == b:
+            sites.append(j)
+            j += 2
+        else:
+            j += 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,168 @@
+"""Tokenizer benchmark: training time and encode throughput, side by side on the same text.
+
+    python benchmarks/bench_tokenizer.py --shakespeare ../shared/data/tinyshakespeare.txt
+
+For each corpus (Tiny Shakespeare; a 20+ MB mix of the Python standard library and repeated
+Shakespeare) and vocabulary size, it times
+
+- our trainer (`RegexTokenizer.train`, GPT-4 split pattern, 2 worker processes),
+- Hugging Face `tokenizers`' BpeTrainer with the same regex pre-split (Rust, all cores),
+- a naive trainer written below the way the classic educational implementations do it:
+  every chunk kept separately, all pairs recounted before every merge. It is far too slow
+  for the full runs, so it is timed on a prefix of the text (labelled) and our trainer is
+  timed on that same prefix for the ratio;
+
+and the encode throughput (MB/s, one thread) of our tokenizer holding GPT-2's merges against
+tiktoken's `gpt2` on the same text. Results go to docs/BENCHMARKS.md by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import platform
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import regex
+import tiktoken
+from tiktoken.load import load_tiktoken_bpe
+
+from mygpt2.tokenizer import EOT, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, RegexTokenizer
+from mygpt2.tokenizer_cli import stdlib_files
+
+
+def naive_train(text: str, vocab_size: int, pattern: str = GPT4_SPLIT_PATTERN) -> list:
+    """Textbook BPE: keep every chunk, recount all pairs before each merge."""
+    chunks = [list(c.encode("utf-8")) for c in regex.findall(pattern, text)]
+    merges = []
+    for k in range(vocab_size - 257):
+        counts: Counter = Counter()
+        for ids in chunks:
+            counts.update(itertools.pairwise(ids))
+        if not counts:
+            break
+        pair = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(pair)
+        new = 256 + k
+        for n, ids in enumerate(chunks):
+            if len(ids) < 2:
+                continue
+            out, i = [], 0
+            while i < len(ids):
+                if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(ids[i])
+                    i += 1
+            chunks[n] = out
+    return merges
+
+
+def hf_train(docs: list[str], vocab_size: int, pattern: str = GPT4_SPLIT_PATTERN) -> int:
+    """Hugging Face BpeTrainer with the same regex split and byte-level alphabet."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(docs, trainer=trainer)
+    return tok.get_vocab_size()
+
+
+def pieces(text: str, size: int = 1 << 16) -> list[str]:
+    """Cut a text at newlines into ~64 KB documents, so that HF can spread them over cores."""
+    out, start = [], 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end < 0 else end + 1
+        out.append(text[start:end])
+        start = end
+    return out
+
+
+def timed(fn, *args) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - t0, result
+
+
+def main() -> None:
+    """Run the benchmark and print a table."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shakespeare", default="../shared/data/tinyshakespeare.txt")
+    ap.add_argument("--gpt2_tiktoken", default="../shared/data/gpt2.tiktoken")
+    ap.add_argument("--vocab_sizes", default="512,4096,16384")
+    ap.add_argument("--big_mb", type=float, default=20.0, help="size of the mixed corpus")
+    ap.add_argument("--naive_chars", type=int, default=100_000, help="prefix for the naive one")
+    ap.add_argument("--naive_vocab", type=int, default=4096)
+    args = ap.parse_args()
+
+    shakespeare = Path(args.shakespeare).read_text(encoding="utf-8")
+    stdlib = [p.read_text(encoding="utf-8", errors="replace") for p in stdlib_files(1000)]
+    big_docs = list(stdlib)
+    while sum(map(len, big_docs)) < args.big_mb * 1e6:
+        big_docs.append(shakespeare)
+    big_mb = sum(len(d.encode("utf-8")) for d in big_docs) / 1e6
+    corpora = {
+        "tinyshakespeare (1.1 MB)": pieces(shakespeare),
+        f"stdlib + Shakespeare repeated ({big_mb:.1f} MB)": [
+            p for d in big_docs for p in pieces(d)
+        ],
+    }
+    sizes = [int(v) for v in args.vocab_sizes.split(",")]
+    print(f"python {platform.python_version()}, {platform.processor() or platform.machine()}")
+    print("\n## training (seconds; ratio = other / ours)")
+    print(f"{'corpus':<44} {'vocab':>6} {'ours':>8} {'hf':>8} {'hf/ours':>8}")
+    for name, docs in corpora.items():
+        for vocab in sizes:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ours, _ = timed(lambda d, v: RegexTokenizer().train(d, v, num_proc=2), docs, vocab)
+            hf, _ = timed(hf_train, docs, vocab)
+            print(f"{name:<44} {vocab:>6} {ours:>8.2f} {hf:>8.2f} {hf / ours:>8.2f}")
+
+    prefix = shakespeare[: args.naive_chars]
+    ours, tok = timed(lambda: RegexTokenizer().train(prefix, args.naive_vocab, num_proc=1))
+    naive, merges = timed(naive_train, prefix, args.naive_vocab)
+    assert [tok.ranks[tok.merges[k][0] + tok.merges[k][1]] for k in range(len(merges))] == [
+        256 + k for k in range(len(merges))
+    ]
+    print(
+        f"\n## naive recount-every-merge trainer, first {len(prefix)} chars of Shakespeare, "
+        f"vocab {args.naive_vocab}\nnaive {naive:.1f} s, ours {ours:.3f} s: "
+        f"ours is {naive / ours:.0f}x faster"
+    )
+
+    print("\n## encode throughput, GPT-2 merges, one thread (MB/s)")
+    ranks = load_tiktoken_bpe(args.gpt2_tiktoken)
+    ref = tiktoken.Encoding(
+        name="gpt2", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 50256}
+    )
+    gpt2 = RegexTokenizer.from_tiktoken_file(args.gpt2_tiktoken, "gpt2", {EOT: 50256})
+    for name, text in [("tinyshakespeare", shakespeare), ("mixed corpus", "".join(big_docs))]:
+        mb = len(text.encode("utf-8")) / 1e6
+        best = {"ours": 1e9, "tiktoken": 1e9}
+        for _ in range(3):  # best of three, alternating, so both see the same machine state
+            best["ours"] = min(best["ours"], timed(gpt2.encode_ordinary, text)[0])
+            best["tiktoken"] = min(best["tiktoken"], timed(ref.encode_ordinary, text)[0])
+        assert gpt2.encode_ordinary(text[:100_000]) == ref.encode_ordinary(text[:100_000])
+        o, t = mb / best["ours"], mb / best["tiktoken"]
+        print(f"{name:<20} ours {o:6.2f} MB/s  tiktoken {t:6.2f} MB/s  ours/tiktoken {o / t:.2f}")
+
+
+if __name__ == "__main__":
+    main()
