@@ -19,10 +19,11 @@ Design choices and why:
   tests. Pairs are counted as in every textbook BPE: all adjacent positions, so `aaa` holds
   the pair `(a, a)` twice.
 - Pre-tokenization (the regex pass) is the slow part for big inputs, so it runs in worker
-  processes on blocks of about 1 MB, streamed, with a progress bar. A long text is cut only
-  after a newline that is followed by a non-space character, and each block checks that no
-  chunk crosses its end (else we redo that text in one piece), so the counts are exactly
-  those of one pass over the whole text.
+  processes on blocks of about 1 MB, streamed, with a progress bar. Documents are split
+  independently. With the GPT-2 and GPT-4 patterns a long document is also cut, after a
+  newline followed by a non-space character: no chunk of those patterns can cross such a
+  point, and each piece sees a little text beyond its end for lookaheads, so the counts are
+  exactly those of one pass (a test checks this). Custom patterns are never cut.
 - Encoding has two paths that give the same ids: `encode_ordinary_reference`, a short
   pure-Python loop to read and learn from, and the default fast path, a `tiktoken.Encoding`
   built from our own ranks. The reference loop mirrors tiktoken: a chunk that is itself a
@@ -74,7 +75,7 @@ SPLIT_PATTERNS = {"gpt2": GPT2_SPLIT_PATTERN, "gpt4": GPT4_SPLIT_PATTERN}
 EOT = "<|endoftext|>"
 FORMAT_VERSION = 1  # of the `mygpt2` section of tokenizer.json
 BLOCK_CHARS = 1 << 20  # text per pre-tokenization task
-PARALLEL_MIN_CHARS = 4 << 20  # below this, worker processes cost more than they save
+PARALLEL_MIN_CHARS = 2 << 20  # below this, worker processes cost more than they save
 _CONTEXT_CHARS = 64  # lookahead text given to a block beyond its own end
 
 TRAIN_HINT = (
@@ -172,12 +173,10 @@ def _init_worker(pattern: str) -> None:
     _worker_pattern = regex.compile(pattern)
 
 
-def _count_block(block: list[tuple[str, int]]) -> tuple[Counter, bool]:
-    """Count the chunks of some texts; each is (text with lookahead, length it owns).
-
-    Returns the counts and False if a chunk ran past the owned length (the cut was not a
-    chunk boundary, so the caller must redo the text in one piece)."""
-    assert _worker_pattern is not None
+def _count_block(block: list[tuple[str, int]]) -> Counter:
+    """Count the chunks of some texts; each is (text with lookahead, length it owns)."""
+    if _worker_pattern is None:
+        raise RuntimeError("_init_worker was not called")
     counts: Counter = Counter()
     for text, own in block:
         if own == len(text):
@@ -186,10 +185,10 @@ def _count_block(block: list[tuple[str, int]]) -> tuple[Counter, bool]:
         for m in _worker_pattern.finditer(text):
             if m.start() >= own:
                 break
-            if m.end() > own:
-                return counts, False
+            if m.end() > own:  # cannot happen for the patterns we cut (see _split_document)
+                raise RuntimeError(f"a chunk crosses a block boundary: {m.group()!r}")
             counts[m.group()] += 1
-    return counts, True
+    return counts
 
 
 def _cut_points(text: str, block: int) -> list[int]:
@@ -208,8 +207,15 @@ def _cut_points(text: str, block: int) -> list[int]:
     return [*cuts, len(text)]
 
 
-def _split_document(text: str, block: int) -> Iterator[tuple[str, int]]:
-    """One document as (text with lookahead, owned length) pieces."""
+def _split_document(text: str, block: int, pattern: str) -> Iterator[tuple[str, int]]:
+    """One document as (text with lookahead, owned length) pieces. Only the built-in patterns
+    are cut: none of their alternatives matches a newline followed by a non-space character
+    (letters and punctuation take at most a literal space in front, whitespace runs stop
+    before non-space), and together they match every character, so each cut point starts a
+    chunk in the one-pass split too."""
+    if pattern not in SPLIT_PATTERNS.values():
+        yield text, len(text)
+        return
     cuts = _cut_points(text, block)
     for a, b in itertools.pairwise(cuts):
         yield text[a : b + _CONTEXT_CHARS], b - a
@@ -255,7 +261,7 @@ def count_chunks(
         for doc in _iter_documents(data):
             parts = special_re.split(doc) if special_re else [doc]
             for part in parts:
-                for piece in _split_document(part, BLOCK_CHARS):
+                for piece in _split_document(part, BLOCK_CHARS, pattern):
                     batch.append(piece)
                     size += piece[1]
                     if size >= BLOCK_CHARS:
@@ -273,30 +279,23 @@ def count_chunks(
     num_proc = max(1, num_proc or os.cpu_count() or 1)
     it = tasks()
     first = list(_take(it, 2))
-    big = len(first) > 1 and sum(n for _, n in first) >= min(PARALLEL_MIN_CHARS, 2 * BLOCK_CHARS)
-
-    def redo(block: list[tuple[str, int]]) -> Counter:
-        # a cut that was not a chunk boundary: count the block's own text in one pass
-        _init_worker(pattern)
-        return _count_block([(text[:own], own) for text, own in block])[0]
-
+    big = len(first) > 1 and sum(n for _, n in first) >= PARALLEL_MIN_CHARS
     if num_proc == 1 or not big:
         _init_worker(pattern)
-        for block, n in [*first, *it]:
-            counts, ok = _count_block(block)
-            total.update(counts if ok else redo(block))
+        for block, n in itertools.chain(first, it):
+            total.update(_count_block(block))
             bar.update(n)
     else:
         ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
         with ctx.Pool(num_proc, initializer=_init_worker, initargs=(pattern,)) as pool:
             pending: deque = deque()
-            for block, n in [*first, *it]:
-                pending.append((pool.apply_async(_count_block, (block,)), block, n))
+            for block, n in itertools.chain(first, it):
+                pending.append((pool.apply_async(_count_block, (block,)), n))
                 # keep a bounded number of blocks in flight so memory stays flat on huge inputs
                 while len(pending) > 2 * num_proc:
-                    _collect(pending.popleft(), total, bar, redo)
+                    _collect(pending.popleft(), total, bar)
             while pending:
-                _collect(pending.popleft(), total, bar, redo)
+                _collect(pending.popleft(), total, bar)
     bar.close()
     return total
 
@@ -309,10 +308,9 @@ def _take(it: Iterator, n: int) -> Iterator:
             return
 
 
-def _collect(item: tuple, total: Counter, bar: Any, redo: Any) -> None:
-    result, block, n = item
-    counts, ok = result.get()
-    total.update(counts if ok else redo(block))
+def _collect(item: tuple, total: Counter, bar: Any) -> None:
+    result, n = item
+    total.update(result.get())
     bar.update(n)
 
 
