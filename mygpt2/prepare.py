@@ -263,6 +263,7 @@ class _TokenWriter:
         self.tok, self.fh, self.dtype, self.threads, self.bar = tok, fh, dtype, threads, bar
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.pending: Future | None = None
+        self.batch: list[tuple[bool, str]] = []  # the pieces of the pending encode
         self.tokens = 0
 
     def submit(self, batch: list[tuple[bool, str]]) -> None:
@@ -275,11 +276,12 @@ class _TokenWriter:
         if self.pending is None:
             return
         encoded, self.pending = self.pending.result(), None
-        eot = self.tok.eot_id
         for (eot_before, text), ids in zip(self.batch, encoded, strict=True):
             if eot_before:
-                ids = [eot, *ids]
-            np.asarray(ids, dtype=self.dtype).tofile(self.fh)
+                np.array([self.tok.eot_id], dtype=self.dtype).tofile(self.fh)
+                self.tokens += 1
+            # fromiter with a known count: the cheapest way from a list of ints to an array
+            np.fromiter(ids, dtype=self.dtype, count=len(ids)).tofile(self.fh)
             self.tokens += len(ids)
             self.bar.update(len(text.encode("utf-8", "replace")))
 
@@ -416,8 +418,9 @@ def cli(argv: list[str]) -> None:
         raise MyGPT2Error(f"prepare takes at most one DATA argument, got {len(positional)}.")
     if positional:
         cfg.data.data = positional[0]
+    corpus = open_corpus(cfg.data)  # a wrong --data is reported before tokenizer problems
     tok = load_tokenizer(cfg.data)
-    directory = prepare(cfg, tok)
+    directory = prepare(cfg, tok, corpus=corpus)
     meta = read_meta(directory)
     print(
         f"{directory}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
