@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import platform
 import time
 import warnings
@@ -94,10 +95,23 @@ def pieces(text: str, size: int = 1 << 16) -> list[str]:
     return out
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process, its threads and its finished child processes."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def timed(fn, *args) -> tuple[float, object]:
     t0 = time.perf_counter()
     result = fn(*args)
     return time.perf_counter() - t0, result
+
+
+def timed_cpu(fn, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one call: CPU time does not depend on other load."""
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0, cpu_seconds() - c0
 
 
 def main() -> None:
@@ -125,15 +139,21 @@ def main() -> None:
     }
     sizes = [int(v) for v in args.vocab_sizes.split(",")]
     print(f"python {platform.python_version()}, {platform.processor() or platform.machine()}")
-    print("\n## training (seconds; ratio = other / ours)")
-    print(f"{'corpus':<44} {'vocab':>6} {'ours':>8} {'hf':>8} {'hf/ours':>8}")
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    print("\n## training: wall seconds (CPU seconds); ratio = ours / hf, wall and CPU")
+    print(f"{'corpus':<44} {'vocab':>6} {'ours':>15} {'hf':>15} {'ours/hf':>12}")
     for name, docs in corpora.items():
         for vocab in sizes:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ours, _ = timed(lambda d, v: RegexTokenizer().train(d, v, num_proc=2), docs, vocab)
-            hf, _ = timed(hf_train, docs, vocab)
-            print(f"{name:<44} {vocab:>6} {ours:>8.2f} {hf:>8.2f} {hf / ours:>8.2f}")
+                ours, ours_cpu = timed_cpu(
+                    lambda d, v: RegexTokenizer().train(d, v, num_proc=2), docs, vocab
+                )
+            hf, hf_cpu = timed_cpu(hf_train, docs, vocab)
+            print(
+                f"{name:<44} {vocab:>6} {ours:>6.2f} ({ours_cpu:>6.2f}) {hf:>6.2f} ({hf_cpu:>6.2f})"
+                f" {ours / hf:>5.2f} ({ours_cpu / hf_cpu:.2f})"
+            )
 
     prefix = shakespeare[: args.naive_chars]
     ours, tok = timed(lambda: RegexTokenizer().train(prefix, args.naive_vocab, num_proc=1))
@@ -162,6 +182,7 @@ def main() -> None:
         assert gpt2.encode_ordinary(text[:100_000]) == ref.encode_ordinary(text[:100_000])
         o, t = mb / best["ours"], mb / best["tiktoken"]
         print(f"{name:<20} ours {o:6.2f} MB/s  tiktoken {t:6.2f} MB/s  ours/tiktoken {o / t:.2f}")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -179,15 +179,16 @@ def _count_block(block: list[tuple[str, int]]) -> Counter:
         raise RuntimeError("_init_worker was not called")
     counts: Counter = Counter()
     for text, own in block:
-        if own == len(text):
-            counts.update(_worker_pattern.findall(text))
-            continue
-        for m in _worker_pattern.finditer(text):
-            if m.start() >= own:
-                break
-            if m.end() > own:  # cannot happen for the patterns we cut (see _split_document)
-                raise RuntimeError(f"a chunk crosses a block boundary: {m.group()!r}")
-            counts[m.group()] += 1
+        chunks = _worker_pattern.findall(text)
+        if own < len(text):
+            # the built-in patterns match every character, so the chunks tile the text: drop
+            # those that start in the lookahead, counting back from the end
+            end = len(text)
+            while end > own:
+                end -= len(chunks.pop())
+            if end != own:  # cannot happen for the patterns we cut (see _split_document)
+                raise RuntimeError(f"a chunk crosses a block boundary at {own}")
+        counts.update(chunks)
     return counts
 
 
@@ -363,6 +364,7 @@ def train_merges(
             sites = _merge_sites(w, a, b)
             if not sites:
                 continue  # an earlier merge already consumed this chunk's pair
+            f = freqs[i]
             out: list[int] = []
             start = 0
             for j in sites:
@@ -372,7 +374,6 @@ def train_merges(
             out += w[start:]
             # Only pairs touching a merge site change: in w those at k = j-1, j, j+1; in out
             # those at m-1 and m, where m = j - (merges before it) is the new token's place.
-            f = freqs[i]
             last = -1
             for j in sites:
                 for k in (j - 1, j, j + 1):
