@@ -226,9 +226,9 @@ def interactive(cfg: Config, input_fn: Callable[[str], str] = input) -> None:
             continue
         if not line:
             continue
-        prompt_ids = encode_start(tok, line, s.allow_special)
-        _stdout(line)
         try:
+            prompt_ids = encode_start(tok, line, s.allow_special)
+            _stdout(line)
             _, n, dt = stream_text(model, tok, prompt_ids, cfg, cfg.train.seed, _stdout)
             print(f"\n[{n} tokens, {n / dt if dt > 0 else 0:,.1f} tokens/s]", flush=True)
         except KeyboardInterrupt:
