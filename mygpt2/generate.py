@@ -39,24 +39,30 @@ def sample_next(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Draw one token id per row from `logits` (B, V). `temperature=0` means greedy."""
+    """Draw one token id per row from `logits` (B, V). `temperature=0` means greedy.
+
+    Top-k keeps the k most likely tokens; top-p then keeps the smallest set of those, in order of
+    probability, whose mass reaches `top_p`. The draw is made among the kept candidates only:
+    drawing from the full vocabulary (50257 ids) costs more than the small model's forward pass.
+    """
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
+    candidates = None  # (B, n) vocabulary ids of the columns of `logits`; None: all ids
     if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits, candidates = torch.topk(logits, top_k, dim=-1)  # sorted, most likely first
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        sorted_probs = torch.softmax(sorted_logits, dim=-1)
+        if candidates is None:
+            logits, candidates = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(logits, dim=-1)
         # drop a token when the tokens ranked above it already reach top_p; the first stays
-        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        drop_sorted = mass_before >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        mass_before = torch.cumsum(probs, dim=-1) - probs
+        logits = logits.masked_fill(mass_before >= top_p, float("-inf"))
+    choice = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)  # (B, 1)
+    if candidates is not None:
+        choice = candidates.gather(-1, choice)
+    return choice.squeeze(-1)
 
 
 def _as_rows(prompts: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor) -> list[list[int]]:
@@ -129,6 +135,8 @@ def generate_stream(
         if use_cache:
             cache = KVCache.empty(cfg, B, device, model.transformer.wte.weight.dtype)
             cache.pad = pad
+            if device.type == "cpu":
+                cache.head = model.lm_head.weight[: cfg.vocab_size].t().contiguous()
             logits, _ = model(tokens, cache=cache)
         else:
             logits, _ = model(tokens)
@@ -138,8 +146,8 @@ def generate_stream(
             yield nxt
             if stops.numel():
                 finished |= torch.isin(nxt, stops)
-            if bool(finished.all()):
-                return
+                if bool(finished.all()):
+                    return
             tokens = torch.cat([tokens, nxt.clamp(min=0)[:, None]], dim=1)
             if cache is None:
                 logits, _ = model(tokens[:, -cfg.T :])

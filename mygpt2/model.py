@@ -123,6 +123,10 @@ class KVCache:
     v: torch.Tensor  # (n_layers, B, nh, T, hs)
     pad: torch.Tensor  # (B,) int64
     length: int = 0  # tokens already cached
+    # Optional (n_emb, vocab_size) copy of the output head, transposed. On CPUs a one-token
+    # step is a vector-matrix product, and MKL runs it several times faster with the vocabulary
+    # along the contiguous axis; the head is the largest matrix, so generation keeps this copy.
+    head: torch.Tensor | None = None
     _pending: int = 0  # tokens written by the current forward, committed by advance()
 
     @classmethod
@@ -235,7 +239,8 @@ class GPT(nn.Module):
             cache.advance()
             x = x[:, -1:, :]  # generation only needs the next-token distribution
         x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)
+        head = cache.head if cache is not None else None
+        logits = self.lm_head(x) if head is None else x @ head  # (B, t, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(

@@ -1,0 +1,163 @@
+"""Generation speed: mygpt2's KV-cache generation against Hugging Face `generate`.
+
+Both run the same random-initialised GPT-2 weights (built here, saved with HF's
+`save_pretrained` and loaded with `GPT.from_pretrained`, so nothing is downloaded), on the CPU in
+fp32, batch 1, a 16-token prompt and 200 new tokens: greedy, and top-k 50 sampling. Two shapes:
+a small one (4 layers, 4 heads, 128 wide, GPT-2's vocabulary), where per-token overhead
+dominates, and GPT-2 124M, where every token streams all weights through memory. For 124M the
+script also measures the machine's copy bandwidth and says how close generation comes to it.
+
+    python benchmarks/bench_generate.py                 # both shapes
+    python benchmarks/bench_generate.py --shapes small  # only the small one
+    python benchmarks/bench_generate.py --runs 5 --warmup 2
+
+Each figure is the median of `--runs` timed runs after `--warmup` untimed ones. The greedy
+tokens of both implementations are checked to be identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from mygpt2.generate import generate
+from mygpt2.model import GPT
+
+SHAPES = {
+    "small": dict(n_layer=4, n_head=4, n_embd=128),
+    "124M": dict(n_layer=12, n_head=12, n_embd=768),
+}
+PROMPT_LEN, NEW_TOKENS, VOCAB, N_POSITIONS = 16, 200, 50257, 1024
+
+
+def median_seconds(fn: Callable[[], object], warmup: int, runs: int) -> float:
+    """Median wall time of `fn` over `runs` calls, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbs(megabytes: int = 512, runs: int = 5) -> float:
+    """Measured memory copy bandwidth in GB/s, counting bytes read plus bytes written."""
+    src = torch.ones(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    seconds = median_seconds(lambda: dst.copy_(src), warmup=1, runs=runs)
+    return 2 * src.numel() * 4 / seconds / 1e9
+
+
+def build_models(shape: dict[str, int]):
+    """A random HF GPT2LMHeadModel and our GPT loaded from its saved directory."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        **shape,
+        n_positions=N_POSITIONS,
+        vocab_size=VOCAB,
+        bos_token_id=None,  # no end-of-text token: both run all 200 steps
+        eos_token_id=None,
+    )
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = GPT.from_pretrained(tmp).eval()
+    return hf, ours
+
+
+def bench_shape(name: str, warmup: int, runs: int) -> dict[str, float]:
+    """Tokens/s of ours and HF, greedy and top-k 50, for one shape; prints a table."""
+    hf, ours = build_models(SHAPES[name])
+    prompt = torch.randint(0, VOCAB, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
+    hf_kw = dict(
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=NEW_TOKENS,
+        min_new_tokens=NEW_TOKENS,
+        pad_token_id=0,
+    )
+    modes = {
+        "greedy": (dict(temperature=0), dict(do_sample=False)),
+        "top-k 50": (
+            dict(temperature=1.0, top_k=50, seed=0),
+            dict(do_sample=True, temperature=1.0, top_k=50, top_p=1.0),
+        ),
+    }
+
+    # the same tokens, or the comparison means nothing
+    ours_greedy = generate(ours, prompt[0].tolist(), NEW_TOKENS, temperature=0)[0]
+    with torch.inference_mode():
+        hf_greedy = hf.generate(prompt, do_sample=False, **hf_kw)[0, PROMPT_LEN:].tolist()
+    same = ours_greedy == hf_greedy
+    print(f"\n{name}: {ours.num_params() / 1e6:.1f}M parameters; greedy tokens identical: {same}")
+    if not same:
+        first = next(
+            i for i, (a, b) in enumerate(zip(ours_greedy, hf_greedy, strict=True)) if a != b
+        )
+        print(f"  first difference at new token {first}")
+
+    results = {"same": float(same)}
+    print(f"  {'mode':<10} {'mygpt2 tok/s':>13} {'HF tok/s':>10} {'ratio':>7}")
+    for mode, (ours_kw, hf_mode) in modes.items():
+
+        def run_ours(ours_kw=ours_kw):
+            return generate(ours, prompt[0].tolist(), NEW_TOKENS, **ours_kw)
+
+        def run_hf(hf_mode=hf_mode):
+            with torch.inference_mode():
+                return hf.generate(prompt, **hf_mode, **hf_kw)
+
+        ours_tps = NEW_TOKENS / median_seconds(run_ours, warmup, runs)
+        hf_tps = NEW_TOKENS / median_seconds(run_hf, warmup, runs)
+        results[f"{mode} ours"], results[f"{mode} hf"] = ours_tps, hf_tps
+        print(f"  {mode:<10} {ours_tps:>13.1f} {hf_tps:>10.1f} {ours_tps / hf_tps:>6.2f}x")
+
+    if name == "124M":
+        # every new token reads every matmul weight once: the blocks, and the tied embedding
+        # as the output head; of the position embedding only one row
+        weight_bytes = (ours.num_params() - ours.transformer.wpe.weight.numel()) * 4
+        bandwidth = copy_bandwidth_gbs()
+        print(f"  weights read per token: {weight_bytes / 1e6:.0f} MB (fp32)")
+        print(f"  machine copy bandwidth (read + write): {bandwidth:.1f} GB/s")
+        for mode in modes:
+            for who in ("ours", "hf"):
+                rate = weight_bytes * results[f"{mode} {who}"] / 1e9
+                print(
+                    f"  {mode:<10} {who:<5} reads weights at {rate:5.1f} GB/s "
+                    f"= {rate / bandwidth:4.0%} of copy bandwidth"
+                )
+        results["bandwidth"] = bandwidth
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
+    print(f"batch 1, {PROMPT_LEN}-token prompt, {NEW_TOKENS} new tokens, CPU fp32")
+    for name in args.shapes:
+        bench_shape(name, args.warmup, args.runs)
+
+
+if __name__ == "__main__":
+    main()
