@@ -450,6 +450,9 @@ class RegexTokenizer:
         ids = list(self.ranks.values()) + list(self.special_tokens.values())
         if len(set(ids)) != len(ids):
             raise MyGPT2Error(f"tokenizer {self.name}: two tokens share one id.")
+        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+            raise MyGPT2Error(f"tokenizer {self.name}: token ids must be integers >= 0.")
+        self._vocab_size = max(ids) + 1
         missing = [b for b in range(256) if bytes([b]) not in self.ranks]
         if missing:
             raise MyGPT2Error(
@@ -462,7 +465,7 @@ class RegexTokenizer:
     @property
     def vocab_size(self) -> int:
         """Number of ids: the largest id + 1 (specials included)."""
-        return max([*self.ranks.values(), *self.special_tokens.values()]) + 1
+        return self._vocab_size
 
     @property
     def eot_id(self) -> int:
@@ -871,7 +874,7 @@ class RegexTokenizer:
                 f"{where}: {len(pairs)} merges for {sum(len(b) > 1 for b in ranks)} multi-byte "
                 "tokens; every token longer than one byte needs exactly one merge."
             )
-        tok = cls(pattern, special_tokens=special_tokens or {}, ranks=ranks)
+        tok = cls(pattern, special_tokens=special_tokens or {}, ranks=ranks, name=where)
         tok._merge_pairs = pairs
         return tok
 
@@ -931,9 +934,7 @@ class RegexTokenizer:
                     ) from None
         if special_tokens is None:
             special_tokens = {EOT: max(ranks.values(), default=-1) + 1}
-        tok = cls(pattern, special_tokens=special_tokens, ranks=ranks)
-        tok.name = f"tiktoken-file:{path}"
-        return tok
+        return cls(pattern, special_tokens, ranks, name=f"tiktoken-file:{path}")
 
     @classmethod
     def from_tiktoken(cls, encoding: Any) -> RegexTokenizer:
@@ -949,13 +950,12 @@ class RegexTokenizer:
                     f"cannot load tiktoken encoding '{name}' ({type(e).__name__}: {e}). Offline, "
                     "give a local file: --tiktoken_file path/to/gpt2.tiktoken."
                 ) from None
-        tok = cls(
+        return cls(
             encoding._pat_str,
             special_tokens=dict(encoding._special_tokens),
             ranks=dict(encoding._mergeable_ranks),
+            name=f"tiktoken:{encoding.name}",
         )
-        tok.name = f"tiktoken:{encoding.name}"
-        return tok
 
     def save_tiktoken(self, path: str | Path) -> None:
         """Export the ranks as a `.tiktoken` file (specials are not part of that format)."""

@@ -392,6 +392,15 @@ def _hf_pair() -> tuple:
     return _HF[0]
 
 
+def test_load_without_tokenizers_installed(
+    tmp_path: Path, trained: RegexTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trained.save(tmp_path / "tokenizer.json")
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # any import of it now fails
+    loaded = RegexTokenizer.load(tmp_path / "tokenizer.json")
+    assert loaded.encode_ordinary("First Citizen") == trained.encode_ordinary("First Citizen")
+
+
 # ---- bad input ------------------------------------------------------------------------------
 
 
@@ -491,6 +500,19 @@ def test_cli_train_show_stats(
     assert main(["tokenizer", "train", "--data", str(shakespeare_path), "--vocab_size", "10"]) == 2
     assert "too small" in capsys.readouterr().err
     assert main(["tokenizer", "frobnicate"]) == 2
+
+
+def test_show_colours_alternate(trained: RegexTokenizer) -> None:
+    from mygpt2.tokenizer_cli import render_tokens
+
+    ids = trained.encode("ab\ncd é")
+    plain = render_tokens(trained, ids, colour=False)
+    assert plain.replace("|", "") == "ab\ncd é"
+    coloured = render_tokens(trained, ids, colour=True)
+    assert "\x1b[0m\n" in coloured  # colour ends before a newline
+    assert re.sub(r"\x1b\[[0-9;]*m", "", coloured) == "ab\ncd é"
+    assert len(set(re.findall(r"48;5;(\d+)m", coloured))) > 1
+    assert render_tokens(trained, [0xC3], colour=False) == "\ufffd"  # half a character
 
 
 def test_train_tokenizer_script(tmp_path: Path) -> None:
