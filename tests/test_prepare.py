@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -286,3 +288,20 @@ def test_command_line(tmp_path, gpt2_tiktoken_path, monkeypatch, capsys) -> None
     assert "is not a file" in capsys.readouterr().err
     assert run("prepare", ["--help"]) == 0
     assert "--data" in capsys.readouterr().out
+
+
+def test_progress_bar_and_root_script(tmp_path, gpt2_tiktoken_path, capsys) -> None:
+    tok_cfg = make_cfg(tmp_path, write(tmp_path / "a.txt", TEXT))
+    tok_cfg.data.use_tiktoken, tok_cfg.data.tiktoken_file = True, str(gpt2_tiktoken_path)
+    prepare(tok_cfg, load_tokenizer(tok_cfg.data), progress=True)
+    err = capsys.readouterr().err
+    assert "preparing file" in err and "tokenizing" in err and "B/s" in err
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "import_data.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0 and "usage: mygpt2 prepare" in done.stdout
