@@ -47,7 +47,7 @@ class BlockPairDataset(Dataset):
         tokens: np.ndarray,
         T: int,
         length: int | None = None,
-        pad_id: int = 198,
+        pad_id: int = 198,  # GPT-2's newline; pass your tokenizer's (meta.json: newline_id)
         shuffle: bool = False,
         seed: int = 0,
     ) -> None:

@@ -43,6 +43,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,7 @@ def _cut_point(text: str, lo: int, hi: int) -> int:
     return -1
 
 
-def _chunks(corpus: Corpus, chunk_chars: int) -> Any:
+def _chunks(corpus: Corpus, chunk_chars: int) -> Iterator[tuple[bool, str]]:
     """(end-of-text before it?, text) pieces of about chunk_chars, cut at safe points."""
     first_document = True
     for document in corpus.documents():
