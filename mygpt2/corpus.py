@@ -196,8 +196,9 @@ def _path_corpus(data: str, data_cfg: DataConfig) -> Corpus:
             f"data '{data}' is not a file, a directory or a glob that matches files, nor one of "
             "stdlib, shakespeare, hf:NAME[:CONFIG]."
         )
-    binary = [p for p in candidates if _is_binary(p)]
-    texts = [p for p in candidates if p not in set(binary)]
+    is_binary = {p: _is_binary(p) for p in candidates}
+    binary = [p for p in candidates if is_binary[p]]
+    texts = [p for p in candidates if not is_binary[p]]
     if not texts:
         raise MyGPT2Error(
             f"the {kind} '{data}' holds no text files"
