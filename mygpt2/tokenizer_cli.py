@@ -2,8 +2,8 @@
 
 - `train` takes the config fields as flags (`--data`, `--vocab_size`, `--tokenizer_path`,
   `--split_pattern gpt4|gpt2|REGEX`) and writes `tokenizer.json`. The text comes from
-  `mygpt2.corpus` (files, directories, globs, `stdlib`, ...) when that module is present,
-  else from a file, a directory, a glob or `stdlib` read here.
+  `mygpt2.corpus`: a file, a directory, a glob, `stdlib`, `shakespeare` or `hf:NAME`; each
+  file (or dataset row) is one document.
 - `show TEXT` prints the text with token boundaries visible (alternating background colours
   in a terminal, `|` between tokens when piped) and then the ids.
 - `stats FILE` prints the vocabulary size and the compression (bytes per token) on a file.
@@ -14,16 +14,15 @@ with `--use_tiktoken` (and `--tiktoken_file` offline).
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
-import sysconfig
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from mygpt2.config import DataConfig, flags_help, load_config
+from mygpt2.config import flags_help, load_config
+from mygpt2.corpus import Corpus, open_corpus
 from mygpt2.errors import MyGPT2Error
 from mygpt2.tokenizer import RegexTokenizer, load_tokenizer, pattern_name
 
@@ -58,59 +57,10 @@ def cli(argv: list[str]) -> None:
 # ---- train ----------------------------------------------------------------------------------
 
 
-def stdlib_files(max_mb: float) -> list[Path]:
-    """The running Python's standard library .py files in sorted order, up to `max_mb` MB."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-    out, total = [], 0
-    for path in sorted(root.rglob("*.py")):
-        if skip & set(path.relative_to(root).parts):
-            continue
-        size = path.stat().st_size
-        if total + size > max_mb * 1e6:
-            break
-        out.append(path)
-        total += size
-    return out
-
-
-def _own_sources(data_cfg: DataConfig) -> list[Path]:
-    """Files for `--data` when `mygpt2.corpus` is not available."""
-    data = data_cfg.data
-    if data == "stdlib":
-        return stdlib_files(data_cfg.stdlib_max_mb)
-    path = Path(data).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    else:
-        files = sorted(Path(p) for p in glob.glob(data, recursive=True) if Path(p).is_file())
-    if not files:
-        raise MyGPT2Error(
-            f"--data '{data}' is not a file, a directory with files, a glob matching files, "
-            "or stdlib."
-        )
-    return files
-
-
-def training_documents(data_cfg: DataConfig) -> tuple[str, Iterator[str]]:
-    """A description of the training text and its documents, one string each."""
-    try:
-        from mygpt2 import corpus
-    except ImportError:
-        corpus = None
-    if corpus is not None and hasattr(corpus, "iter_documents"):
-        return data_cfg.data, corpus.iter_documents(data_cfg)
-    if corpus is not None and hasattr(corpus, "open_corpus"):
-        source = corpus.open_corpus(data_cfg)
-        # a document comes in pieces cut anywhere; BPE chunks must not be cut, so join them
-        return source.description, ("".join(doc) for doc in source.documents())
-    files = _own_sources(data_cfg)
-    size = sum(p.stat().st_size for p in files) / 1e6
-    return f"{len(files)} file(s), {size:.1f} MB", (
-        p.read_text(encoding="utf-8", errors="replace") for p in files
-    )
+def training_documents(source: Corpus) -> Iterator[str]:
+    """The corpus's documents, one string each."""
+    # a document arrives in pieces cut anywhere; BPE chunks must not be cut, so join them
+    return ("".join(pieces) for pieces in source.documents())
 
 
 def train_cli(argv: list[str]) -> None:
@@ -123,19 +73,19 @@ def train_cli(argv: list[str]) -> None:
         raise MyGPT2Error(f"unexpected argument(s) {positional}: give the corpus as --data PATH.")
     verbose = sys.stderr.isatty()  # progress bars only for people, not for logs
     d, vocab_size = cfg.data, cfg.model.vocab_size
-    description, docs = training_documents(d)
+    source = open_corpus(d)
     tok = RegexTokenizer(d.split_pattern)
     print(
         f"training a {vocab_size}-token BPE ({pattern_name(tok.pattern)} split pattern) "
-        f"on {description}",
+        f"on {source.description}",
         file=sys.stderr,
     )
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tok.train(docs, vocab_size, verbose=verbose)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+        tok.train(training_documents(source), vocab_size, verbose=verbose)
+    for message in [*source.warnings, *(w.message for w in caught)]:
+        print(f"warning: {message}", file=sys.stderr)
     tok.save(d.tokenizer_path)
     if extras.get("export_tiktoken"):
         tok.save_tiktoken(extras["export_tiktoken"])
