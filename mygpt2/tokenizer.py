@@ -95,6 +95,20 @@ def resolve_pattern(pattern: str) -> str:
         raise MyGPT2Error(
             f"split_pattern {pattern!r} is not a valid regex ({e}). Use gpt4, gpt2 or a regex."
         ) from None
+    if pat not in SPLIT_PATTERNS.values():
+        # the fast encoder runs the pattern in tiktoken's Rust engine: check it there too,
+        # before any training time is spent
+        import tiktoken
+
+        try:
+            tiktoken.Encoding(
+                name="check", pat_str=pat, mergeable_ranks=_byte_ranks(), special_tokens={}
+            )
+        except ValueError as e:
+            raise MyGPT2Error(
+                f"split_pattern {pattern!r} compiles in Python but not in tiktoken's regex "
+                f"engine ({e}). Use syntax both understand."
+            ) from None
     return pat
 
 

@@ -425,6 +425,8 @@ def test_bad_patterns() -> None:
         RegexTokenizer("([unclosed")
     with pytest.raises(MyGPT2Error, match="empty"):
         RegexTokenizer("")
+    with pytest.raises(MyGPT2Error, match="not in tiktoken's regex engine"):
+        RegexTokenizer(r"\X")
     assert RegexTokenizer("gpt2").pattern == GPT2_SPLIT_PATTERN
     custom = RegexTokenizer(r"\w+|\s+|[^\w\s]+").train("hello hello world", 260)
     assert custom.encode_ordinary("hello!") == custom.encode_ordinary_reference("hello!")
