@@ -434,6 +434,17 @@ def _merge_sites(w: list[int], a: int, b: int) -> list[int]:
             j += 1
 
 
+def check_vocab_size(vocab_size: int, num_specials: int) -> None:
+    """Refuse a vocabulary too small for the 256 bytes plus the special tokens."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise MyGPT2Error(f"vocab_size must be an int, got {vocab_size!r}.")
+    if vocab_size < 256 + num_specials:
+        raise MyGPT2Error(
+            f"vocab_size {vocab_size} is too small: a byte-level BPE needs 256 byte tokens "
+            f"+ {num_specials} special token(s) = {256 + num_specials} at least."
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # The tokenizer
 
@@ -564,13 +575,7 @@ class RegexTokenizer:
         specials = list(self.special_tokens if special_tokens is None else special_tokens)
         if len(set(specials)) != len(specials):
             raise MyGPT2Error("special tokens must be distinct.")
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-            raise MyGPT2Error(f"vocab_size must be an int, got {vocab_size!r}.")
-        if vocab_size < 256 + len(specials):
-            raise MyGPT2Error(
-                f"vocab_size {vocab_size} is too small: a byte-level BPE needs 256 byte tokens "
-                f"+ {len(specials)} special token(s) = {256 + len(specials)} at least."
-            )
+        check_vocab_size(vocab_size, len(specials))
         chunks = count_chunks(data, self.pattern, specials, num_proc=num_proc, verbose=verbose)
         if not chunks:
             raise MyGPT2Error(

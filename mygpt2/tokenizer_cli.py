@@ -24,7 +24,7 @@ from pathlib import Path
 from mygpt2.config import flags_help, load_config
 from mygpt2.corpus import Corpus, open_corpus
 from mygpt2.errors import MyGPT2Error
-from mygpt2.tokenizer import RegexTokenizer, load_tokenizer, pattern_name
+from mygpt2.tokenizer import RegexTokenizer, check_vocab_size, load_tokenizer, pattern_name
 
 USAGE = """usage:
   mygpt2 tokenizer train [--data PATH] [--vocab_size N] [--tokenizer_path tokenizer.json]
@@ -73,8 +73,9 @@ def train_cli(argv: list[str]) -> None:
         raise MyGPT2Error(f"unexpected argument(s) {positional}: give the corpus as --data PATH.")
     verbose = sys.stderr.isatty()  # progress bars only for people, not for logs
     d, vocab_size = cfg.data, cfg.model.vocab_size
-    source = open_corpus(d)
     tok = RegexTokenizer(d.split_pattern)
+    check_vocab_size(vocab_size, len(tok.special_tokens))  # before reading any text
+    source = open_corpus(d)
     print(
         f"training a {vocab_size}-token BPE ({pattern_name(tok.pattern)} split pattern) "
         f"on {source.description}",
