@@ -637,40 +637,44 @@ class RegexTokenizer:
         """`encode_ordinary` of many texts, in parallel threads."""
         return self._encoding.encode_ordinary_batch(list(texts), num_threads=num_threads)
 
-    def _special_sets(self, allowed_special: Any) -> tuple[set[str] | str, set[str] | str]:
-        """tiktoken's (allowed_special, disallowed_special) for our `allowed_special`."""
+    def _special_sets(self, allowed_special: Any) -> tuple[set[str], set[str]]:
+        """(allowed, disallowed) special-token strings for an `allowed_special` argument."""
+        every = set(self.special_tokens)
         if allowed_special == "all":
-            return "all", set()
+            return every, set()
         if allowed_special == "none":
             return set(), set()
         if allowed_special == "none_raise":
-            return set(), "all"
+            return set(), every
         if isinstance(allowed_special, (set, frozenset, list, tuple)):
-            unknown = set(allowed_special) - set(self.special_tokens)
+            unknown = set(allowed_special) - every
             if unknown:
                 raise MyGPT2Error(
                     f"allowed_special names {sorted(unknown)}, which are not special tokens of "
-                    f"{self.name} (it has {sorted(self.special_tokens)})."
+                    f"{self.name} (it has {sorted(every)})."
                 )
-            return set(allowed_special), "all"
+            return set(allowed_special), every - set(allowed_special)
         raise MyGPT2Error(
             f"allowed_special must be 'all', 'none', 'none_raise' or a set, got {allowed_special!r}."
         )
+
+    def _refuse_disallowed(self, text: str, disallowed: set[str]) -> None:
+        """Raise if text holds a special token's string that is not allowed (as tiktoken)."""
+        for s in sorted(disallowed):
+            if s in text:
+                raise MyGPT2Error(
+                    f"the text contains {s!r}, a special token that is not allowed here. Pass "
+                    "allowed_special='all' (or a set) to encode it as a special token, or "
+                    "'none' to encode it as ordinary text."
+                )
 
     def encode(self, text: str, allowed_special: Any = "none_raise") -> list[int]:
         """Ids of text. Special-token strings become special ids only if allowed: `"all"`, a set
         of them, `"none"` (encode them as ordinary text) or `"none_raise"` (the default, like
         tiktoken: finding one is an error)."""
         allowed, disallowed = self._special_sets(allowed_special)
-        try:
-            return self._encoding.encode(
-                text, allowed_special=allowed, disallowed_special=disallowed
-            )
-        except ValueError as e:
-            raise MyGPT2Error(
-                f"{e} Pass allowed_special='all' (or a set) to encode it as a special token, "
-                "or 'none' to encode it as ordinary text."
-            ) from None
+        self._refuse_disallowed(text, disallowed)
+        return self._encoding.encode(text, allowed_special=allowed, disallowed_special=())
 
     def encode_ordinary_reference(self, text: str) -> list[int]:
         """The readable pure-Python encoder: split with the regex, BPE each chunk."""
@@ -687,15 +691,7 @@ class RegexTokenizer:
     def encode_reference(self, text: str, allowed_special: Any = "none_raise") -> list[int]:
         """`encode` done by the pure-Python reference encoder."""
         allowed, disallowed = self._special_sets(allowed_special)
-        allowed = set(self.special_tokens) if allowed == "all" else allowed
-        disallowed = set(self.special_tokens) - allowed if disallowed == "all" else disallowed
-        for s in disallowed:
-            if s in text:
-                raise MyGPT2Error(
-                    f"Encountered text corresponding to disallowed special token {s!r}. Pass "
-                    "allowed_special='all' (or a set) to encode it as a special token, or "
-                    "'none' to encode it as ordinary text."
-                )
+        self._refuse_disallowed(text, disallowed)
         if not allowed:
             return self.encode_ordinary_reference(text)
         special_re = "(" + "|".join(regex.escape(s) for s in sorted(allowed, key=len)[::-1]) + ")"

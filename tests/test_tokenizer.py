@@ -210,15 +210,24 @@ def test_reference_encoder_equals_fast_on_shakespeare(
 
 def test_special_tokens_like_tiktoken(trained: RegexTokenizer) -> None:
     text = f"hello{EOT} world"
-    with pytest.raises(MyGPT2Error, match="disallowed special token"):
+    with pytest.raises(MyGPT2Error, match="special token that is not allowed"):
         trained.encode(text)
-    with pytest.raises(MyGPT2Error, match="disallowed special token"):
+    with pytest.raises(MyGPT2Error, match="special token that is not allowed"):
         trained.encode_reference(text)
     allowed = trained.encode(text, allowed_special="all")
     assert trained.eot_id in allowed
     assert allowed == trained.encode(text, allowed_special={EOT})
     assert allowed == trained.encode_reference(text, allowed_special="all")
     assert trained.encode(text, allowed_special="none") == trained.encode_ordinary(text)
+    tiktoken_style = tiktoken.Encoding(
+        name="t",
+        pat_str=trained.pattern,
+        mergeable_ranks=trained.ranks,
+        special_tokens=trained.special_tokens,
+    )
+    with pytest.raises(ValueError):  # tiktoken refuses the same text
+        tiktoken_style.encode(text)
+    assert allowed == tiktoken_style.encode(text, allowed_special="all")
     assert trained.decode(allowed) == text
     assert trained.token_bytes(trained.eot_id) == EOT.encode()
     with pytest.raises(MyGPT2Error, match="not special tokens"):
