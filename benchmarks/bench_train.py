@@ -1,0 +1,214 @@
+"""Training throughput: our model + optimizer step against Hugging Face GPT2LMHeadModel.
+
+Both sides run in this one process on the same shapes, batches and thread count, interleaved
+step by step so that background load hits both alike; the median step time is reported. The
+reference is a plain loop: `GPT2LMHeadModel(...)(input_ids, labels=...)`, `loss.backward()`,
+`torch.optim.AdamW.step()`. Ours is the same work through `mygpt2.model.GPT` and
+`mygpt2.train.make_optimizer` (decay groups, gradient clipping as in the training loop).
+
+MFU is model FLOPs (`GPT.flops_per_token`, 6N + attention) per second against the machine's
+measured matmul rate in the same dtype, not against a datasheet.
+
+    python benchmarks/bench_train.py                 # both shapes, fp32 and bf16 autocast
+    python benchmarks/bench_train.py --shapes small  # just the small shape
+    python benchmarks/bench_train.py --loss-check    # fp32 vs bf16 val loss on Tiny Shakespeare
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from mygpt2.config import Config, ModelConfig
+from mygpt2.model import GPT
+from mygpt2.runtime import measure_matmul_flops
+from mygpt2.train import make_optimizer
+
+SHAPES = {
+    "small": dict(n_layers=4, n_heads=4, n_emb=128, T=64, batch=12),
+    "124M": dict(n_layers=12, n_heads=12, n_emb=768, T=256, batch=4),
+}
+VOCAB = 50257
+
+
+def ours_step_fn(shape: dict, dtype: torch.dtype, compile: bool = False):
+    cfg = Config()
+    cfg.model = ModelConfig(
+        n_layers=shape["n_layers"],
+        n_heads=shape["n_heads"],
+        n_emb=shape["n_emb"],
+        T=shape["T"],
+        vocab_size=VOCAB,
+    )
+    raw = GPT(cfg.model)
+    opt = make_optimizer(raw, cfg, torch.device("cpu"))
+    model = torch.compile(raw) if compile else raw
+    amp = (
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if dtype == torch.bfloat16
+        else contextlib.nullcontext()
+    )
+
+    def step(x, y):
+        with amp:
+            _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return raw, step
+
+
+def hf_step_fn(shape: dict):
+    hc = GPT2Config(
+        n_layer=shape["n_layers"],
+        n_head=shape["n_heads"],
+        n_embd=shape["n_emb"],
+        n_positions=shape["T"],
+        vocab_size=VOCAB,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    model = GPT2LMHeadModel(hc)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+
+    def step(x, y):
+        loss = model(input_ids=x, labels=x).loss  # HF shifts the labels itself
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def bench_shape(name: str, shape: dict, steps: int, warmup: int, compiled: bool) -> list[str]:
+    B, T = shape["batch"], shape["T"]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, VOCAB, (B, T), generator=gen)
+    y = torch.roll(x, -1, dims=1)
+    peak = {
+        "fp32": measure_matmul_flops(torch.float32, seconds=1.0),
+        "bf16": measure_matmul_flops(torch.bfloat16, seconds=1.0),
+    }
+    runners = {"hf fp32": hf_step_fn(shape)}
+    model, runners["ours fp32"] = ours_step_fn(shape, torch.float32)
+    if compiled:
+        _, runners["ours fp32 compiled"] = ours_step_fn(shape, torch.float32, compile=True)
+    bf16_fast = peak["bf16"] > peak["fp32"]
+    if bf16_fast:  # without AVX-512 BF16 / AMX, bf16 matmuls are emulated and very slow
+        _, runners["ours bf16 autocast"] = ours_step_fn(shape, torch.bfloat16)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for i in range(warmup + steps):
+        for label, step in runners.items():  # interleaved: load hits every runner alike
+            t0 = time.perf_counter()
+            step(x, y)
+            if i >= warmup:
+                times[label].append(time.perf_counter() - t0)
+    flops_tok = model.flops_per_token(T)
+    hf_rate = B * T / statistics.median(times["hf fp32"])
+    lines = [
+        f"\n{name}: {shape} vocab {VOCAB}, {model.num_params() / 1e6:.1f}M params, "
+        f"{flops_tok / 1e6:.1f} MFLOP/token; measured matmul fp32 "
+        f"{peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s"
+    ]
+    lines.append(f"  {'runner':<22}{'tokens/s':>10}{'vs hf fp32':>12}{'MFU':>8}")
+    for label, ts in times.items():
+        rate = B * T / statistics.median(ts)
+        mfu = flops_tok * rate / peak["bf16" if "bf16" in label else "fp32"]
+        lines.append(f"  {label:<22}{rate:>10,.0f}{rate / hf_rate:>11.2f}x{mfu:>8.0%}")
+    if not bf16_fast:
+        lines.append(
+            "  (bf16 autocast skipped: this CPU's bf16 matmul is slower than fp32, "
+            f"cpu capability {torch.backends.cpu.get_cpu_capability()})"
+        )
+    return lines
+
+
+def loss_check(steps: int, shakespeare: Path, tiktoken_file: Path, out: Path) -> list[str]:
+    """Train the same small model on Tiny Shakespeare in fp32 and bf16; compare val loss."""
+    from mygpt2.config import load_config
+    from mygpt2.train import train
+
+    lines = []
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        args = [
+            f"--data={shakespeare}",
+            "--use_tiktoken=true",
+            f"--tiktoken_file={tiktoken_file}",
+            f"--cache_dir={out / 'cache'}",
+            f"--out_dir={out / dtype}",
+            "--n_layers=4",
+            "--n_heads=4",
+            "--n_emb=128",
+            "--T=128",
+            "--batch_size=16",
+            "--macro_batch_size=16",
+            f"--max_steps={steps}",
+            f"--eval_interval={steps}",
+            "--eval_batches=40",
+            "--lr=2e-3",
+            "--min_lr=2e-4",
+            "--device=cpu",
+            f"--dtype={dtype}",
+            "--seed=0",
+        ]
+        t0 = time.perf_counter()
+        result = train(load_config(args)[0])
+        results[dtype] = (result["val_loss"], time.perf_counter() - t0)
+    for dtype, (val, secs) in results.items():
+        lines.append(f"  {dtype:<10} val loss after {steps} steps: {val:.4f}  ({secs:.0f}s)")
+    diff = abs(results["float32"][0] - results["bfloat16"][0])
+    lines.append(f"  |difference| = {diff:.4f} (goal: within 0.02)")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled runner")
+    parser.add_argument("--loss-check", action="store_true")
+    parser.add_argument("--loss-steps", type=int, default=300)
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    parser.add_argument("--shakespeare", type=Path, default=shared / "tinyshakespeare.txt")
+    parser.add_argument("--tiktoken-file", type=Path, default=shared / "gpt2.tiktoken")
+    args = parser.parse_args()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}"
+    )
+    if args.loss_check:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            print(
+                "\n".join(
+                    loss_check(args.loss_steps, args.shakespeare, args.tiktoken_file, Path(tmp))
+                )
+            )
+        return
+    for name in args.shapes:
+        steps = args.steps if name == "small" else max(3, args.steps // 2)
+        print(
+            "\n".join(bench_shape(name, SHAPES[name], steps, args.warmup, not args.no_compile)),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
