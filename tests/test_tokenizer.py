@@ -36,8 +36,12 @@ from mygpt2.tokenizer import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# database=None: hypothesis would otherwise keep examples in .hypothesis/ in the working dir
 FAST = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 # arbitrary Unicode, plus a dense mix of the characters the split patterns care about
 unicode_text = st.text(max_size=80) | st.text(
@@ -382,7 +386,7 @@ def test_hugging_face_reads_our_tokenizer_json(
     assert fast(text)["input_ids"] == ours
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, database=None)
 @given(unicode_text)
 def test_hugging_face_matches_on_any_text(text: str) -> None:
     hf, ours = _hf_pair()
