@@ -1,7 +1,7 @@
 """Sample from a trained model (the original myGPT2 entry point): same as `mygpt2 sample`.
 
-    python run_pretrained.py              # writes out/generated.txt
-    python run_pretrained.py --prompt     # interactive prompt
+python run_pretrained.py              # writes out/generated.txt
+python run_pretrained.py --prompt     # interactive prompt
 """
 
 import sys

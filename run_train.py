@@ -1,7 +1,7 @@
 """Train a GPT (the original myGPT2 entry point): same as `mygpt2 train`.
 
-    python run_train.py [--resume] [--FIELD VALUE ...]
-    torchrun --nproc_per_node=4 run_train.py
+python run_train.py [--resume] [--FIELD VALUE ...]
+torchrun --nproc_per_node=4 run_train.py
 """
 
 import sys

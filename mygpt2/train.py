@@ -17,6 +17,7 @@ Design choices:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mygpt2.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -124,10 +125,8 @@ class StopRequest:
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
         return self
 
     def _handle(self, signum, frame):
@@ -172,10 +171,10 @@ def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
     # --- tokenizer and data (rank 0 prepares; the others wait, then read the same files)
     tok = load_tokenizer(cfg.data)
     if dist_info.is_main:
-        train_tokens, val_tokens, meta = ensure_prepared(cfg, tok)
+        train_tokens, val_tokens, _ = ensure_prepared(cfg, tok)
     dist_info.barrier()
     if not dist_info.is_main:
-        train_tokens, val_tokens, meta = ensure_prepared(cfg, tok)
+        train_tokens, val_tokens, _ = ensure_prepared(cfg, tok)
     pad_id = tok.encode_ordinary("\n")[0]
 
     # --- model, optimizer, and where to start from
@@ -221,7 +220,9 @@ def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
     if t.compile:
         model = torch.compile(model)
     if dist_info.enabled:
-        model = DDP(model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None)
+        model = DistributedDataParallel(
+            model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None
+        )
 
     # --- what the user sees at the start
     tokens_per_step = t.macro_batch_size * cfg.model.T

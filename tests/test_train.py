@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -76,7 +77,7 @@ def test_cosine_schedule_key_points():
     assert get_lr(55, cfg) == pytest.approx(0.55)  # halfway through the decay: the midpoint
     assert get_lr(100, cfg) == pytest.approx(0.1)  # the floor at max_steps
     lrs = [get_lr(s, cfg) for s in range(10, 100)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))  # monotone decay
+    assert all(a >= b for a, b in itertools.pairwise(lrs))  # monotone decay
 
 
 def test_accum_steps_and_indivisible_batch():
