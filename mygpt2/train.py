@@ -208,6 +208,8 @@ def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
     train_loader, val_loader = Construct_data_loaders(
         cfg, train_tokens, val_tokens, pad_id, rank=dist_info.rank, world_size=dist_info.world_size
     )
+    if cfg.data.single_pass:  # one epoch: the data decides the length (and so the LR schedule)
+        t.max_steps = train_loader.steps
     start_step, best_val, history = 0, float("inf"), []
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])

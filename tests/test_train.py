@@ -302,3 +302,24 @@ def test_two_process_gloo_matches_one_process(corpus, tmp_path):
     assert len(one) == len(two) == 4
     for a, b in zip(one, two, strict=True):
         assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_single_pass_runs_one_epoch(corpus, tmp_path):
+    result = train(
+        tiny_config(
+            corpus,
+            tmp_path,
+            single_pass="true",
+            max_steps=1,
+            eval_interval=1000,
+            batch_size=64,
+            macro_batch_size=128,
+        )
+    )
+    # every training block once: blocks of T=32 over the train split, 128 sequences per step
+    from mygpt2.prepare import open_prepared
+
+    cfg = tiny_config(corpus, tmp_path)
+    train_tokens, _, _ = open_prepared(cfg, RegexTokenizer.load(corpus["tokenizer_path"]))
+    blocks = len(range(0, len(train_tokens) - 1, 32))
+    assert result["step"] == blocks // 128
