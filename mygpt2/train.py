@@ -312,7 +312,7 @@ def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
                 sync = model.no_sync() if dist_info.enabled and not last else nullcontext()
                 with sync:
                     with autocast(device, dtype):
-                        _, loss = model(x, y)
+                        _, loss = model(x, y, return_logits=False)
                     loss = loss / accum_steps
                     scaler.scale(loss).backward()
                 loss_sum += loss.detach()

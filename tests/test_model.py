@@ -394,3 +394,28 @@ def test_long_prompt_warns_and_crops():
     with pytest.warns(UserWarning, match="longer than the context length"):
         out = generate(model, prompt, 10, temperature=0)
     assert out == generate(model, prompt[-16:], 10, temperature=0)
+
+
+@pytest.mark.parametrize("pad_vocab", [False, True])
+def test_chunked_training_loss_matches_plain_cross_entropy(pad_vocab):
+    """`return_logits=False` (the training path) gives the same loss and gradients."""
+    from mygpt2.config import ModelConfig
+    from mygpt2.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(
+        ModelConfig(n_layers=2, n_heads=2, n_emb=32, T=16, vocab_size=1000, pad_vocab=pad_vocab)
+    )
+    x = torch.randint(0, 1000, (5, 16))
+    y = torch.randint(0, 1000, (5, 16))
+    y[0, :7] = -100  # ignored positions
+    _, plain = model(x, y)
+    plain.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    logits, chunked = model(x, y, return_logits=False)
+    assert logits is None
+    chunked.backward()
+    assert chunked.item() == pytest.approx(plain.item(), rel=1e-6)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[name], rtol=1e-5, atol=1e-6, msg=name)
