@@ -11,13 +11,15 @@ script also measures the machine's copy bandwidth and says how close generation 
     python benchmarks/bench_generate.py --shapes small  # only the small one
     python benchmarks/bench_generate.py --runs 5 --warmup 2
 
-Each figure is the median of `--runs` timed runs after `--warmup` untimed ones. The greedy
-tokens of both implementations are checked to be identical.
+Each figure is the median of `--runs` timed runs after `--warmup` untimed ones; mygpt2 and HF
+take turns run by run, so load from other processes hits both alike. The greedy tokens of both
+implementations are checked to be identical.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -37,23 +39,28 @@ SHAPES = {
 PROMPT_LEN, NEW_TOKENS, VOCAB, N_POSITIONS = 16, 200, 50257, 1024
 
 
-def median_seconds(fn: Callable[[], object], warmup: int, runs: int) -> float:
-    """Median wall time of `fn` over `runs` calls, after `warmup` untimed calls."""
+def median_seconds(fns: dict[str, Callable[[], object]], warmup: int, runs: int) -> dict:
+    """Median wall time of each function over `runs` calls, after `warmup` untimed calls.
+
+    The functions take turns within each run, so a busy machine slows all of them alike.
+    """
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def copy_bandwidth_gbs(megabytes: int = 512, runs: int = 5) -> float:
     """Measured memory copy bandwidth in GB/s, counting bytes read plus bytes written."""
     src = torch.ones(megabytes * 2**20 // 4)
     dst = torch.empty_like(src)
-    seconds = median_seconds(lambda: dst.copy_(src), warmup=1, runs=runs)
+    seconds = median_seconds({"copy": lambda: dst.copy_(src)}, warmup=1, runs=runs)["copy"]
     return 2 * src.numel() * 4 / seconds / 1e9
 
 
@@ -117,8 +124,8 @@ def bench_shape(name: str, warmup: int, runs: int) -> dict[str, float]:
             with torch.inference_mode():
                 return hf.generate(prompt, **hf_mode, **hf_kw)
 
-        ours_tps = NEW_TOKENS / median_seconds(run_ours, warmup, runs)
-        hf_tps = NEW_TOKENS / median_seconds(run_hf, warmup, runs)
+        seconds = median_seconds({"ours": run_ours, "hf": run_hf}, warmup, runs)
+        ours_tps, hf_tps = NEW_TOKENS / seconds["ours"], NEW_TOKENS / seconds["hf"]
         results[f"{mode} ours"], results[f"{mode} hf"] = ours_tps, hf_tps
         print(f"  {mode:<10} {ours_tps:>13.1f} {hf_tps:>10.1f} {ours_tps / hf_tps:>6.2f}x")
 
@@ -145,7 +152,10 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's default")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     import transformers
 
@@ -155,6 +165,7 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
     print(f"batch 1, {PROMPT_LEN}-token prompt, {NEW_TOKENS} new tokens, CPU fp32")
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     for name in args.shapes:
         bench_shape(name, args.warmup, args.runs)
 

@@ -135,7 +135,7 @@ def generate_stream(
         if use_cache:
             cache = KVCache.empty(cfg, B, device, model.transformer.wte.weight.dtype)
             cache.pad = pad
-            if device.type == "cpu":
+            if device.type == "cpu":  # made per call: a cached copy could go stale unnoticed
                 cache.head = model.lm_head.weight[: cfg.vocab_size].t().contiguous()
             logits, _ = model(tokens, cache=cache)
         else:

@@ -1,9 +1,8 @@
 """GPT-2 weights in and out: Hugging Face checkpoints and safetensors files.
 
-Our parameter names are GPT-2's own, so a Hugging Face `GPT2LMHeadModel` state dict maps onto
-ours key for key. The one difference: HF stores its projections as `Conv1D` with weights of
-shape (in, out), where `nn.Linear` uses (out, in), so those four matrices per block are
-transposed on the way in and out. Transposes are exact, so ours -> HF -> ours is bitwise equal.
+Our parameter names and layouts are GPT-2's own (projections stored (in, out), as HF's `Conv1D`),
+so a Hugging Face `GPT2LMHeadModel` state dict maps onto ours key for key, tensor for tensor,
+and ours -> HF -> ours is bitwise equal.
 
 Loading never runs code from a file: safetensors first, else `torch.load(weights_only=True)`.
 `transformers` is not needed to load or save; `huggingface_hub` is needed only to fetch hub
@@ -21,11 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from mygpt2.config import ModelConfig
 from mygpt2.errors import MyGPT2Error
-from mygpt2.model import GPT
+from mygpt2.model import GPT, Linear
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-# Conv1D weights in HF GPT-2, stored (in, out): transposed to nn.Linear's (out, in)
-TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # what our architecture assumes; a config.json that says otherwise is not a model we can run
 SUPPORTED = {
     "activation_function": ("gelu_new", "gelu_pytorch_tanh"),
@@ -124,8 +121,6 @@ def load_hf_gpt2(name_or_dir: str, dtype: torch.dtype = torch.float32) -> GPT:
         if key not in hf_sd:
             raise MyGPT2Error(f"'{directory}' is missing the tensor '{key}'.")
         src = hf_sd[key]
-        if key.endswith(TRANSPOSED):
-            src = src.t()
         if src.shape != target.shape:
             raise MyGPT2Error(
                 f"tensor '{key}' in '{directory}' has shape {tuple(src.shape)}, but config.json "
@@ -144,11 +139,11 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     for key, value in model.state_dict().items():
         if key == "lm_head.weight":
             continue  # HF ties it to transformer.wte.weight as we do
-        out[key] = (value.t() if key.endswith(TRANSPOSED) else value).contiguous().clone()
+        out[key] = value.contiguous().clone()
     if not model.config.bias:  # HF GPT-2 always has biases: zeros are equivalent
         for name, module in model.named_modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)) and name != "lm_head":
-                width = module.weight.shape[0]
+            if isinstance(module, (Linear, torch.nn.LayerNorm)):
+                width = module.weight.shape[-1]  # (in, out) or (n_emb,)
                 out.setdefault(f"{name}.bias", torch.zeros(width, dtype=module.weight.dtype))
     return out
 

@@ -106,6 +106,15 @@ def test_ours_to_hf_to_ours_is_bitwise(tmp_path: Path):
         torch.testing.assert_close(hf(idx).logits, ours(idx)[0], atol=1e-4, rtol=0)
 
 
+def test_model_without_biases_exports_to_hf(tmp_path: Path):
+    ours = tiny_gpt(seed=6, bias=False)
+    ours.save_pretrained(str(tmp_path))  # HF GPT-2 always has biases: written as zeros
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    idx = torch.randint(0, 61, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, ours(idx)[0], atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_greedy_matches_hf_generate(tmp_path: Path, shape):
     hf = hf_model(shape, seed=7)
