@@ -5,7 +5,7 @@ Both run the same random-initialised GPT-2 weights (built here, saved with HF's
 fp32, batch 1, a 16-token prompt and 200 new tokens: greedy, and top-k 50 sampling. Two shapes:
 a small one (4 layers, 4 heads, 128 wide, GPT-2's vocabulary), where per-token overhead
 dominates, and GPT-2 124M, where every token streams all weights through memory. For 124M the
-script also measures the machine's copy bandwidth and says how close generation comes to it.
+script also measures the machine's memory bandwidth and says how close generation comes to it.
 
     python benchmarks/bench_generate.py                 # both shapes
     python benchmarks/bench_generate.py --shapes small  # only the small one
@@ -56,12 +56,16 @@ def median_seconds(fns: dict[str, Callable[[], object]], warmup: int, runs: int)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def copy_bandwidth_gbs(megabytes: int = 512, runs: int = 5) -> float:
-    """Measured memory copy bandwidth in GB/s, counting bytes read plus bytes written."""
+def memory_bandwidth_gbs(megabytes: int = 512, runs: int = 5) -> tuple[float, float]:
+    """Measured memory bandwidth in GB/s: a copy (bytes read plus bytes written), and a sum
+    (bytes read only, the pattern of streaming weights), of a tensor far larger than the caches."""
     src = torch.ones(megabytes * 2**20 // 4)
     dst = torch.empty_like(src)
-    seconds = median_seconds({"copy": lambda: dst.copy_(src)}, warmup=1, runs=runs)["copy"]
-    return 2 * src.numel() * 4 / seconds / 1e9
+    seconds = median_seconds(
+        {"copy": lambda: dst.copy_(src), "sum": lambda: src.sum()}, warmup=1, runs=runs
+    )
+    nbytes = src.numel() * 4
+    return 2 * nbytes / seconds["copy"] / 1e9, nbytes / seconds["sum"] / 1e9
 
 
 def build_models(shape: dict[str, int]):
@@ -133,17 +137,20 @@ def bench_shape(name: str, warmup: int, runs: int) -> dict[str, float]:
         # every new token reads every matmul weight once: the blocks, and the tied embedding
         # as the output head; of the position embedding only one row
         weight_bytes = (ours.num_params() - ours.transformer.wpe.weight.numel()) * 4
-        bandwidth = copy_bandwidth_gbs()
+        copy, read = memory_bandwidth_gbs()
         print(f"  weights read per token: {weight_bytes / 1e6:.0f} MB (fp32)")
-        print(f"  machine copy bandwidth (read + write): {bandwidth:.1f} GB/s")
+        print(
+            f"  machine bandwidth: copy (read + write) {copy:.1f} GB/s, read-only {read:.1f} GB/s"
+        )
+        print(f"  bandwidth limit: {read * 1e9 / weight_bytes:.1f} tokens/s at the read-only rate")
         for mode in modes:
             for who in ("ours", "hf"):
                 rate = weight_bytes * results[f"{mode} {who}"] / 1e9
                 print(
-                    f"  {mode:<10} {who:<5} reads weights at {rate:5.1f} GB/s "
-                    f"= {rate / bandwidth:4.0%} of copy bandwidth"
+                    f"  {mode:<10} {who:<5} reads weights at {rate:5.1f} GB/s = "
+                    f"{rate / copy:4.0%} of copy, {rate / read:4.0%} of read-only bandwidth"
                 )
-        results["bandwidth"] = bandwidth
+        results["copy GB/s"], results["read GB/s"] = copy, read
     return results
 
 
