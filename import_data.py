@@ -1,7 +1,11 @@
-"""Original myGPT2 entry point: load the corpus into token files (`mygpt2 prepare`)."""
+"""Tokenize a corpus into train.bin / val.bin (the original myGPT2 entry): same as `mygpt2 prepare`.
+
+    python import_data.py --data corpus.txt [--use_tiktoken true] [--FIELD VALUE ...]
+"""
 
 import sys
 
 from mygpt2.cli import run
 
-sys.exit(run("prepare", sys.argv[1:]))
+if __name__ == "__main__":
+    sys.exit(run("prepare", sys.argv[1:]))

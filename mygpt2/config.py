@@ -26,9 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from mygpt2.errors import MyGPT2Error
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 
 @dataclass
@@ -127,6 +130,23 @@ class Config:
         cfg = cls()
         apply_values(cfg, _flatten(d, "<dict>"), "<dict>")
         return cfg
+
+    @classmethod
+    def from_saved(cls, d: dict[str, Any]) -> Config:
+        """A config saved by any mygpt2 version (say in a checkpoint): keys this version does not
+        know are dropped, keys it added since take their defaults."""
+        known = field_sections()
+        return cls.from_dict({k: v for k, v in _flatten(d, "<saved>").items() if k in known})
+
+    def override_with(self, other: Config) -> Config:
+        """A copy of this config with every field that `other` sets to a non-default value."""
+        merged, defaults = Config.from_saved(self.to_dict()), Config()
+        for section in SECTIONS:
+            for f in dataclasses.fields(getattr(other, section)):
+                value = getattr(getattr(other, section), f.name)
+                if value != getattr(getattr(defaults, section), f.name):
+                    setattr(getattr(merged, section), f.name, value)
+        return merged
 
 
 SECTIONS = ("model", "train", "data", "sample")

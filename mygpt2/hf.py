@@ -29,6 +29,7 @@ SUPPORTED = {
     "scale_attn_weights": (True,),
     "scale_attn_by_inverse_layer_idx": (False,),
     "reorder_and_upcast_attn": (False,),
+    "tie_word_embeddings": (True,),  # GPT-2 ties its output head to the token embedding
 }
 
 
@@ -78,6 +79,11 @@ def read_hf_config(directory: Path) -> ModelConfig:
             raise MyGPT2Error(
                 f"'{path}' sets {key}={hf[key]!r}; mygpt2's GPT-2 supports {allowed[0]!r} only."
             )
+    missing = [
+        k for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size") if k not in hf
+    ]
+    if missing:
+        raise MyGPT2Error(f"'{path}' lacks the GPT-2 key(s) {', '.join(missing)}.")
     return ModelConfig(
         n_layers=hf["n_layer"],
         n_heads=hf["n_head"],
@@ -185,3 +191,30 @@ def save_safetensors(model: GPT, path: str | os.PathLike) -> None:
     tmp = f"{path}.tmp"
     save_file(sd, tmp, metadata={"format": "pt", "mygpt2_config": json.dumps(vars(model.config))})
     os.replace(tmp, path)
+
+
+def cli(argv: list[str]) -> None:
+    """`mygpt2 export`: a checkpoint's weights as model.safetensors, and/or a Hugging Face dir."""
+    from mygpt2.checkpoint import load_checkpoint
+    from mygpt2.config import Config, load_config
+
+    if "-h" in argv or "--help" in argv:
+        print(
+            "usage: mygpt2 export [--out_dir DIR | --checkpoint FILE] [--hf EXPORT_DIR]\n\n"
+            "Writes DIR/model.safetensors from DIR/checkpoint.pt; with --hf, also a directory\n"
+            "that transformers.GPT2LMHeadModel.from_pretrained loads."
+        )
+        return
+    cfg, extras, positional = load_config(argv, extra_flags=("hf",))
+    if positional:
+        raise MyGPT2Error(f"unexpected argument '{positional[0]}': flags look like --name value.")
+    path = Path(cfg.sample.checkpoint or Path(cfg.train.out_dir) / "checkpoint.pt")
+    ckpt = load_checkpoint(path)
+    model = GPT(Config.from_saved(ckpt["config"]).model)
+    model.load_state_dict(ckpt["model"])
+    target = path.parent / "model.safetensors"
+    save_safetensors(model, target)
+    print(f"wrote {target}")
+    if "hf" in extras:
+        save_hf_gpt2(model, extras["hf"])
+        print(f"wrote {extras['hf']}/config.json and model.safetensors (Hugging Face GPT-2)")

@@ -22,6 +22,7 @@ Design choices:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -242,7 +243,7 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.config = cfg
+        self.config = dataclasses.replace(cfg)  # our own copy: crop_context changes it
         self.padded_vocab_size = (
             math.ceil(cfg.vocab_size / 64) * 64 if cfg.pad_vocab else cfg.vocab_size
         )
@@ -348,6 +349,14 @@ class GPT(nn.Module):
             p.numel() for n, p in self.named_parameters() if p.dim() < 2
         )  # biases and LayerNorm gains are not matmuls
         return 6 * matmul_weights + 12 * cfg.n_layers * cfg.n_emb * T
+
+    def crop_context(self, T: int) -> None:
+        """Shorten the context length to `T` (say GPT-2's 1024 to 256 to fine-tune on a CPU),
+        keeping the first `T` position embeddings."""
+        if not 1 <= T <= self.config.T:
+            raise ValueError(f"can only crop the context to 1..{self.config.T}, not {T}")
+        self.config.T = T
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:T].detach().clone())
 
     # ------------------------------------------------------------------ weights in / out
     @classmethod

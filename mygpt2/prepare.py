@@ -186,6 +186,8 @@ def _is_current(directory: Path, cfg: Config, tok: Any, corpus: Corpus) -> bool:
             meta["tokenizer"]["fingerprint"] == tok.fingerprint()
             and meta["source"]["fingerprint"] == corpus.fingerprint
             and meta["split"] == cfg.data.split
+            # files made with replaced bytes do not count as strict: redo (and refuse) them
+            and not (cfg.data.strict_utf8 and meta.get("replaced_bytes", 0) > 0)
         )
     except (MyGPT2Error, OSError, KeyError, TypeError, ValueError):
         return False

@@ -2,8 +2,9 @@
 
 - `pick_device` resolves `device = auto` to CUDA, then MPS, then CPU.
 - `pick_dtype` resolves `dtype = auto`: bf16 on GPUs that support it (fp16 with a GradScaler
-  otherwise), float32 on CPU and MPS. bf16 autocast on CPU is available as `dtype = bfloat16`
-  (much faster on CPUs with AVX-512 BF16; see docs/BENCHMARKS.md for the loss check).
+  otherwise), fp16 autocast on MPS, float32 on CPUs. bf16 autocast on a CPU is available as
+  `dtype = bfloat16`; it is not the automatic choice because it only pays on CPUs with
+  AVX-512 BF16 or AMX, and without them it is far slower than fp32 (docs/BENCHMARKS.md).
 - `Distributed` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and starts the
   process group: NCCL on CUDA, gloo on CPU. Only rank 0 prints, logs, plots and saves; `print0`
   keeps that rule out of the training loop.
@@ -48,10 +49,13 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Resolve the compute dtype; `auto` is bf16 on capable GPUs, else fp16 on GPUs, fp32 else."""
+    """Resolve the compute dtype; `auto`: bf16 on capable GPUs, else fp16 on GPUs and MPS, fp32 on
+    CPUs."""
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16  # autocast with a gradient scaler, as on older GPUs
         return torch.float32
     dtype = DTYPES[name]
     if device.type == "cpu" and dtype == torch.float16:
@@ -93,7 +97,9 @@ class Distributed:
             world_size=int(os.environ["WORLD_SIZE"]),
         )
         if d.world_size > 1 and not dist.is_initialized():
-            use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+            use_cuda = torch.cuda.is_available() and (
+                device_name == "auto" or device_name.startswith("cuda")
+            )
             if use_cuda:
                 torch.cuda.set_device(d.local_rank)
             dist.init_process_group(backend="nccl" if use_cuda else "gloo")

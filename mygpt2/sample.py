@@ -26,15 +26,15 @@ from pathlib import Path
 import torch
 
 from mygpt2.checkpoint import atomic_write, load_checkpoint
-from mygpt2.config import Config, DataConfig, ModelConfig, flags_help, load_config
+from mygpt2.config import Config, DataConfig, flags_help, load_config
 from mygpt2.errors import MyGPT2Error
 from mygpt2.generate import check_sampling, generate_stream
 from mygpt2.model import GPT
 from mygpt2.runtime import pick_device
-from mygpt2.tokenizer import load_tokenizer
+from mygpt2.tokenizer import RegexTokenizer, load_tokenizer
 
 
-def load_model(cfg: Config):
+def load_model(cfg: Config) -> tuple[GPT, RegexTokenizer]:
     """The model and tokenizer to sample from: a checkpoint, or GPT-2 weights (`init_from`)."""
     device = pick_device(cfg.train.device)
     if cfg.train.init_from != "scratch":
@@ -44,11 +44,11 @@ def load_model(cfg: Config):
     else:
         path = Path(cfg.sample.checkpoint or Path(cfg.train.out_dir) / "checkpoint.pt")
         ckpt = load_checkpoint(path)
-        model = GPT(ModelConfig(**ckpt["config"]["model"]))
+        saved = Config.from_saved(ckpt["config"])
+        model = GPT(saved.model)
         model.load_state_dict(ckpt["model"])
-        saved = DataConfig(**ckpt["config"]["data"])
         # the tokenizer the checkpoint was trained with, unless the user points elsewhere
-        data_cfg = saved if cfg.data == DataConfig() else cfg.data
+        data_cfg = saved.override_with(cfg).data
         try:
             tok = load_tokenizer(data_cfg)
         except MyGPT2Error as e:
@@ -70,13 +70,21 @@ def load_model(cfg: Config):
     return model.to(device).eval(), tok
 
 
-def encode_start(tok, text: str, allow_special: bool) -> list[int]:
-    """Prompt ids; empty text means the end-of-text token, i.e. 'start of a new document'."""
+def encode_start(tok, text: str, allow_special: bool, T: int | None = None) -> list[int]:
+    """Prompt ids; empty text means the end-of-text token, i.e. 'start of a new document'.
+    A prompt longer than the context `T` keeps its last `T` tokens, with a warning."""
     if text == "":
         return [tok.eot_id]
-    if allow_special:
-        return tok.encode(text, allowed_special="all")
-    return tok.encode_ordinary(text)
+    ids = tok.encode(text, allowed_special="all") if allow_special else tok.encode_ordinary(text)
+    if T is not None and len(ids) > T:
+        print(
+            f"mygpt2: warning: the prompt has {len(ids)} tokens, more than the context length "
+            f"T={T}; keeping its last {T} tokens.",
+            file=sys.stderr,
+            flush=True,
+        )
+        ids = ids[-T:]
+    return ids
 
 
 def stream_text(
@@ -133,7 +141,7 @@ def sample(cfg: Config) -> list[str]:
         if not path.is_file():
             raise MyGPT2Error(f"start file '{path}' does not exist.")
         start = path.read_text(encoding="utf-8")
-    prompt_ids = encode_start(tok, start, s.allow_special)
+    prompt_ids = encode_start(tok, start, s.allow_special, model.config.T)
     texts, total_tokens, total_time = [], 0, 0.0
     for i in range(s.num_samples):
         seed = cfg.train.seed + i
@@ -227,7 +235,7 @@ def interactive(cfg: Config, input_fn: Callable[[str], str] = input) -> None:
         if not line:
             continue
         try:
-            prompt_ids = encode_start(tok, line, s.allow_special)
+            prompt_ids = encode_start(tok, line, s.allow_special, model.config.T)
             _stdout(line)
             _, n, dt = stream_text(model, tok, prompt_ids, cfg, cfg.train.seed, _stdout)
             print(f"\n[{n} tokens, {n / dt if dt > 0 else 0:,.1f} tokens/s]", flush=True)

@@ -59,6 +59,7 @@ from typing import Any
 
 import regex
 
+from mygpt2.checkpoint import atomic_write
 from mygpt2.errors import MyGPT2Error
 
 # The split pattern of GPT-2 (tiktoken's r50k/gpt2 form: possessive quantifiers, same cuts).
@@ -787,14 +788,9 @@ class RegexTokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write `tokenizer.json` (Hugging Face schema; see the module docstring)."""
-        path = Path(path)
-        if path.parent and not path.parent.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.to_json_dict(), fh, ensure_ascii=False, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)  # never leave a half-written tokenizer.json behind
+        text = json.dumps(self.to_json_dict(), ensure_ascii=False, indent=1) + "\n"
+        # atomic: never leave a half-written tokenizer.json behind
+        atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
     @classmethod
     def load(cls, path: str | Path) -> RegexTokenizer:
@@ -839,7 +835,7 @@ class RegexTokenizer:
             pattern = ours["split_pattern"]
             specials = {t["content"]: t["id"] for t in doc.get("added_tokens", [])}
             tok = cls.from_vocab_merges(vocab, merges, pattern, specials, where=where)
-        except (KeyError, TypeError, AttributeError) as e:
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise MyGPT2Error(f"{where}: missing or malformed field {e}.") from None
         return tok
 
@@ -974,9 +970,11 @@ class RegexTokenizer:
 
     def save_tiktoken(self, path: str | Path) -> None:
         """Export the ranks as a `.tiktoken` file (specials are not part of that format)."""
-        with open(path, "w", encoding="utf-8") as fh:
-            for tok, rank in sorted(self.ranks.items(), key=_by_rank):
-                fh.write(f"{base64.b64encode(tok).decode('ascii')} {rank}\n")
+        lines = "".join(
+            f"{base64.b64encode(tok).decode('ascii')} {rank}\n"
+            for tok, rank in sorted(self.ranks.items(), key=_by_rank)
+        )
+        atomic_write(path, lambda fh: fh.write(lines.encode("utf-8")))
 
 
 def _by_rank(kv: tuple[bytes, int]) -> int:

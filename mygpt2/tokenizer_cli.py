@@ -44,6 +44,9 @@ def cli(argv: list[str]) -> None:
         print(USAGE + "\n\nconfig flags:\n" + flags_help())
         return
     sub, rest = argv[0], argv[1:]
+    if "-h" in rest or "--help" in rest:
+        print(USAGE + "\n\nconfig flags:\n" + flags_help())
+        return
     if sub == "train":
         train_cli(rest)
     elif sub == "show":

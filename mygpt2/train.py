@@ -93,7 +93,9 @@ def build_model(cfg: Config, vocab_size: int) -> GPT:
             f"'{cfg.train.init_from}' has a vocabulary of {model.config.vocab_size} tokens but the "
             f"tokenizer has {vocab_size}. GPT-2 weights need the GPT-2 tokenizer: --use_tiktoken true."
         )
-    # keep the loaded shape, but the run's own dropout
+    # keep the loaded shape, but the run's own dropout, and a shorter context when asked for
+    if cfg.model.T != ModelConfig().T and cfg.model.T < model.config.T:
+        model.crop_context(cfg.model.T)
     cfg.model = dataclasses.replace(model.config, dropout=cfg.model.dropout)
     model.config.dropout = cfg.model.dropout
     for m in model.modules():
@@ -108,7 +110,11 @@ def check_resumable(ckpt: dict[str, Any], cfg: Config, path: Path) -> None:
     """Refuse to resume into a different model shape, naming the keys that changed."""
     saved = ckpt["config"]["model"]
     now = dataclasses.asdict(cfg.model)
-    diff = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now if k in saved and saved[k] != now[k]]
+    diff = [
+        f"{k}: {saved[k]!r} -> {now[k]!r}"
+        for k in now
+        if k in saved and saved[k] != now[k] and k != "dropout"  # dropout may change
+    ]
     if diff:
         raise MyGPT2Error(
             f"cannot resume from '{path}': the model config changed ({'; '.join(diff)}). "
@@ -150,6 +156,15 @@ def train(cfg: Config) -> dict[str, Any]:
 
 
 def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
+    ckpt = None
+    if cfg.train.resume:
+        # the checkpoint's config, with what this command line sets on top
+        ckpt_path = Path(cfg.train.out_dir) / "checkpoint.pt"
+        ckpt = load_checkpoint(ckpt_path)
+        stop_at = cfg.train.stop_at
+        cfg = Config.from_saved(ckpt["config"]).override_with(cfg)
+        cfg.train.stop_at = stop_at  # where the previous run stopped is not this run's business
+        check_resumable(ckpt, cfg, ckpt_path)
     t = cfg.train
     device = pick_device(t.device, dist_info.local_rank)
     dtype = pick_dtype(t.dtype, device)
@@ -168,25 +183,9 @@ def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    # --- tokenizer and data (rank 0 prepares; the others wait, then read the same files)
+    # --- tokenizer and model
     tok = load_tokenizer(cfg.data)
-    if dist_info.is_main:
-        train_tokens, val_tokens, _ = ensure_prepared(cfg, tok)
-    dist_info.barrier()
-    if not dist_info.is_main:
-        train_tokens, val_tokens, _ = ensure_prepared(cfg, tok)
-    pad_id = tok.encode_ordinary("\n")[0]
-
-    # --- model, optimizer, and where to start from
-    ckpt = None
-    if t.resume:
-        ckpt = load_checkpoint(ckpt_path)
-        saved_model = ModelConfig(**ckpt["config"]["model"])
-        if t.init_from == "scratch":
-            cfg.model.vocab_size = saved_model.vocab_size
-        else:
-            cfg.model = saved_model
-        check_resumable(ckpt, cfg, ckpt_path)
+    if ckpt is not None:
         saved_tok = ckpt.get("tokenizer", {}).get("fingerprint")
         if saved_tok and saved_tok != tok.fingerprint():
             raise MyGPT2Error(
@@ -197,6 +196,14 @@ def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
         model.load_state_dict(ckpt["model"])
     else:
         model = build_model(cfg, tok.vocab_size)
+
+    # --- data (rank 0 prepares; the others wait, then read the same files)
+    if dist_info.is_main:
+        train_tokens, val_tokens, _ = ensure_prepared(cfg, tok)
+    dist_info.barrier()
+    if not dist_info.is_main:
+        train_tokens, val_tokens, _ = ensure_prepared(cfg, tok)
+    pad_id = tok.encode_ordinary("\n")[0]
     if len(train_tokens) <= cfg.model.T:
         raise MyGPT2Error(
             f"T={cfg.model.T} is longer than the training data ({len(train_tokens)} tokens). "

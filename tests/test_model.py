@@ -428,3 +428,28 @@ def test_chunked_training_loss_matches_plain_cross_entropy(pad_vocab):
     assert chunked.item() == pytest.approx(plain.item(), rel=1e-6)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, want[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_export_command_writes_safetensors_and_a_hf_directory(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import GPT2LMHeadModel
+
+    from mygpt2.checkpoint import save_checkpoint
+    from mygpt2.cli import main
+    from mygpt2.config import Config, ModelConfig
+    from mygpt2.model import GPT
+
+    torch.manual_seed(0)
+    cfg = Config()
+    cfg.model = ModelConfig(n_layers=1, n_heads=2, n_emb=16, T=8, vocab_size=300)
+    model = GPT(cfg.model).eval()
+    save_checkpoint(
+        tmp_path / "checkpoint.pt", {"model": model.state_dict(), "config": cfg.to_dict()}
+    )
+    assert main(["export", f"--out_dir={tmp_path}", f"--hf={tmp_path / 'hf'}"]) == 0
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    assert torch.equal(weights["transformer.wte.weight"], model.transformer.wte.weight)
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    idx = torch.randint(0, 300, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model(idx)[0], rtol=1e-4, atol=1e-4)

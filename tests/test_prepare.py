@@ -305,3 +305,11 @@ def test_progress_bar_and_root_script(tmp_path, gpt2_tiktoken_path, capsys) -> N
         check=False,
     )
     assert done.returncode == 0 and "usage: mygpt2 prepare" in done.stdout
+
+
+def test_strict_utf8_does_not_reuse_files_made_with_replacements(tmp_path, gpt2) -> None:
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(TEXT.encode() + b"caf\xe9\n")
+    ensure_prepared(make_cfg(tmp_path, latin1), gpt2, progress=False)  # replaces the byte
+    with pytest.raises(MyGPT2Error, match="not valid UTF-8"):
+        ensure_prepared(make_cfg(tmp_path, latin1, strict_utf8=True), gpt2, progress=False)

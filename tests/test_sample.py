@@ -66,7 +66,6 @@ def run_script(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_run_pretrained_writes_generated_txt(run_dir, tmp_path):
-    out = tmp_path / "copy"
     result = run_script(
         sample_args(run_dir, "--start=ROMEO:", "--num_samples=2", "--seed=3"), tmp_path
     )
@@ -76,7 +75,6 @@ def test_run_pretrained_writes_generated_txt(run_dir, tmp_path):
     assert generated.count("ROMEO:") >= 2  # every sample starts with the start text
     assert "tokens/s" in result.stderr
     assert "ROMEO:" in result.stdout  # streamed to the terminal too
-    assert not out.exists()
 
 
 def test_same_seed_same_text_different_seed_different_text(run_dir):
@@ -95,7 +93,12 @@ def test_start_from_file_and_default_start(run_dir, tmp_path):
     texts = sample(load_config(sample_args(run_dir, f"--start=FILE:{start}"))[0])
     assert texts[0].startswith("First Citizen:\n")
     # default: a new document, i.e. the <|endoftext|> token
-    assert sample(load_config(sample_args(run_dir, "--max_new_tokens=5"))[0])
+    cfg = load_config(sample_args(run_dir, "--max_new_tokens=5"))[0]
+    _, tok = load_model(cfg)
+    from mygpt2.sample import encode_start
+
+    assert encode_start(tok, cfg.sample.start, allow_special=False) == [tok.eot_id]
+    assert len(sample(cfg)) == 1
 
 
 def test_special_token_text_in_prompt_is_ordinary_unless_allowed(run_dir):
@@ -201,7 +204,11 @@ def test_sampling_from_hf_gpt2_weights_with_gpt2_tokenizer(tmp_path, gpt2_tiktok
         "--max_new_tokens=5",
         "--device=cpu",
     ]
-    texts = sample(load_config(args)[0])
+    cfg = load_config(args)[0]
+    model, tok = load_model(cfg)
+    assert tok.vocab_size == 50257 and tok.eot_id == 50256  # GPT-2's own tokenizer
+    assert model.config.n_emb == 16
+    texts = sample(cfg)
     assert texts[0].startswith("Hello")
     assert (tmp_path / "generated.txt").is_file()
 
@@ -239,6 +246,13 @@ def test_truncated_checkpoint_is_a_clear_error(run_dir, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_sampling_flags_do_not_drop_the_checkpoint_tokenizer(run_dir, tmp_path):
+    # a data flag unrelated to the tokenizer must not replace the checkpoint's tokenizer
+    args = sample_args(run_dir, f"--cache_dir={tmp_path}", "--split=0.5", "--max_new_tokens=3")
+    _, tok = load_model(load_config(args)[0])
+    assert tok.fingerprint() == RegexTokenizer.load(run_dir / "tokenizer.json").fingerprint()
+
+
 def test_checkpoint_whose_tokenizer_is_gone(run_dir, tmp_path):
     from mygpt2.checkpoint import load_checkpoint, save_checkpoint
 
@@ -249,8 +263,16 @@ def test_checkpoint_whose_tokenizer_is_gone(run_dir, tmp_path):
         sample(load_config([f"--out_dir={tmp_path}", "--device=cpu"])[0])
 
 
-def test_long_prompt_is_cropped_with_a_warning(run_dir):
-    cfg = load_config(sample_args(run_dir, "--start=" + "To be or not to be. " * 40))[0]
-    with pytest.warns(UserWarning, match="longer than the context length"):
-        texts = sample(cfg)
-    assert texts
+def test_long_prompt_is_cropped_with_a_warning(run_dir, capsys):
+    cfg = load_config(sample_args(run_dir))[0]
+    model, tok = load_model(cfg)
+    from mygpt2.sample import encode_start
+
+    text = "To be or not to be. " * 40
+    full = tok.encode_ordinary(text)
+    assert len(full) > model.config.T
+    ids = encode_start(tok, text, allow_special=False, T=model.config.T)
+    assert ids == full[-model.config.T :]
+    assert "more than the context length" in capsys.readouterr().err
+    cfg.sample.start = text
+    assert sample(cfg)[0].startswith(text)  # sampling goes on from the cropped prompt

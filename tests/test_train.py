@@ -100,7 +100,10 @@ def test_training_reduces_loss_and_writes_outputs(corpus, tmp_path):
     assert math.log(320) == pytest.approx(train_losses[0], abs=0.3)  # starts near uniform
     for name in ("checkpoint.pt", "loss_plot.png", "metrics.jsonl"):
         assert (out / name).is_file(), name
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [10, 20]
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == 20
@@ -127,6 +130,57 @@ def test_resume_is_bitwise_exact(corpus, tmp_path):
 
     assert losses(straight["history"]) == losses(resumed["history"])
     assert len(straight["history"]) == 8 + 3  # 8 steps; evals at steps 3, 6 and the last
+
+
+def test_plain_resume_takes_everything_from_the_checkpoint(corpus, tmp_path):
+    """`run_train.py --resume --out_dir D` alone continues a run with non-default settings."""
+    train(tiny_config(corpus, tmp_path, max_steps=6, stop_at=3))
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "run_train.py"),
+            "--resume",
+            f"--out_dir={tmp_path}",
+            "--device=cpu",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["step"] == 6
+    assert ckpt["config"]["model"]["n_emb"] == 32
+
+
+def test_init_from_gpt2_weights_with_a_shorter_context(corpus, tmp_path, gpt2_tiktoken_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=64))
+    hf.save_pretrained(tmp_path / "hf")
+    cfg = tiny_config(
+        corpus,
+        tmp_path / "out",
+        init_from=str(tmp_path / "hf"),
+        T=16,
+        tiktoken_file=str(gpt2_tiktoken_path),
+        max_steps=2,
+    )
+    result = train(cfg)
+    ckpt = load_checkpoint(tmp_path / "out" / "checkpoint.pt")
+    assert ckpt["config"]["model"]["T"] == 16  # cropped from 64
+    assert ckpt["config"]["model"]["n_emb"] == 16  # the loaded shape, not the flags'
+    assert ckpt["config"]["data"]["use_tiktoken"] is True
+    assert ckpt["model"]["transformer.wpe.weight"].shape == (16, 16)
+    # the crop keeps the first 16 position embeddings
+    from mygpt2.train import build_model
+
+    cfg.model.T, cfg.train.init_from = 16, str(tmp_path / "hf")
+    cropped = build_model(cfg, 50257)
+    assert torch.equal(cropped.transformer.wpe.weight, hf.transformer.wpe.weight[:16].detach())
+    assert math.isfinite(result["train_loss"])
 
 
 def test_resume_refuses_changed_model(corpus, tmp_path):
@@ -269,18 +323,19 @@ result = train(load_config(sys.argv[2:])[0])
 import os
 if os.environ.get("RANK", "0") == "0":
     losses = [r["loss"] for r in result["history"] if r["kind"] == "train"]
-    open(sys.argv[1], "w").write(json.dumps(losses))
+    open(sys.argv[1], "w", encoding="utf-8").write(json.dumps(losses))
 """
 
 
 def test_two_process_gloo_matches_one_process(corpus, tmp_path):
     script = tmp_path / "runner.py"
-    script.write_text(DDP_RUNNER)
-    args = tiny_args(corpus, tmp_path / "one", max_steps=4, shuffle="false")
+    script.write_text(DDP_RUNNER, encoding="utf-8")
+    # macro batch 16 of 4-sequence micro-batches: 4 accumulation steps alone, 2 on each of 2
+    args = tiny_args(corpus, tmp_path / "one", max_steps=4, shuffle="false", macro_batch_size=16)
     single = tmp_path / "single.json"
     subprocess.run([sys.executable, str(script), str(single), *args], check=True, cwd=tmp_path)
     double = tmp_path / "double.json"
-    args2 = tiny_args(corpus, tmp_path / "two", max_steps=4, shuffle="false")
+    args2 = tiny_args(corpus, tmp_path / "two", max_steps=4, shuffle="false", macro_batch_size=16)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
         [
@@ -298,7 +353,10 @@ def test_two_process_gloo_matches_one_process(corpus, tmp_path):
         env=env,
         timeout=300,
     )
-    one, two = json.loads(single.read_text()), json.loads(double.read_text())
+    one, two = (
+        json.loads(single.read_text(encoding="utf-8")),
+        json.loads(double.read_text(encoding="utf-8")),
+    )
     assert len(one) == len(two) == 4
     for a, b in zip(one, two, strict=True):
         assert a == pytest.approx(b, abs=1e-4)
