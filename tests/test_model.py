@@ -158,6 +158,11 @@ def test_cache_matches_no_cache_including_past_T():
     uncached = generate(model, prompt, 40, temperature=0, use_cache=False)
     assert cached == uncached
     assert len(cached[0]) == 40
+    # seeded sampling gives varied tokens, so every window position matters
+    kw = dict(temperature=1.0, seed=3)
+    sampled = generate(model, prompt, 40, **kw)
+    assert sampled == generate(model, prompt, 40, use_cache=False, **kw)
+    assert len(set(sampled[0])) > 10
 
 
 def test_cache_logits_match_full_forward():
@@ -173,6 +178,29 @@ def test_cache_logits_match_full_forward():
         for i in range(12, 20):
             step, _ = model(idx[:, i : i + 1], cache=cache)
             torch.testing.assert_close(step[:, -1], full[:, i], atol=1e-5, rtol=0)
+
+
+def test_left_padded_batch_logits_equal_each_alone():
+    from mygpt2.model import KVCache
+
+    model = tiny_gpt(seed=14, T=20)
+    prompts = [prompt_ids(61, n, seed=n) for n in (3, 9, 1)]
+    L = max(len(p) for p in prompts)
+    tokens = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
+    cache = KVCache.empty(model.config, len(prompts), torch.device("cpu"), torch.float32)
+    cache.pad = torch.tensor([L - len(p) for p in prompts])
+    following = [5, 7, 11]  # the same next tokens for every row, one step at a time
+    with torch.no_grad():
+        logits, _ = model(tokens, cache=cache)
+        steps = [logits[:, -1]]
+        for tok in following:
+            logits, _ = model(torch.full((len(prompts), 1), tok), cache=cache)
+            steps.append(logits[:, -1])
+        for i, p in enumerate(prompts):
+            alone, _ = model(torch.tensor([p + following]))
+            for j, step in enumerate(steps):
+                expected = alone[0, len(p) - 1 + j]
+                torch.testing.assert_close(step[i], expected, atol=1e-5, rtol=0)
 
 
 def test_batch_of_different_lengths_equals_each_alone():
