@@ -30,6 +30,7 @@ SUPPORTED = {
     "scale_attn_by_inverse_layer_idx": (False,),
     "reorder_and_upcast_attn": (False,),
     "tie_word_embeddings": (True,),  # GPT-2 ties its output head to the token embedding
+    "layer_norm_epsilon": (1e-5,),  # nn.LayerNorm's default, as GPT-2
 }
 
 

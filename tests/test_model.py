@@ -391,6 +391,27 @@ def test_from_pretrained_refuses_other_architectures(tmp_path: Path):
         GPT.from_pretrained(str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (dict(layer_norm_epsilon=1e-6), "layer_norm_epsilon"),
+        (dict(activation_function="relu"), "activation_function"),
+        (dict(n_layer=None), "n_layer"),
+    ],
+)
+def test_from_pretrained_refuses_unsupported_settings(tmp_path: Path, change, words):
+    tiny_gpt().save_pretrained(str(tmp_path))
+    cfg = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    for key, value in change.items():
+        if value is None:
+            del cfg[key]
+        else:
+            cfg[key] = value
+    (tmp_path / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    with pytest.raises(MyGPT2Error, match=words):
+        GPT.from_pretrained(str(tmp_path))
+
+
 def test_from_pretrained_wrong_shape_names_tensor_and_shapes(tmp_path: Path):
     tiny_gpt().save_pretrained(str(tmp_path))
     sd = load_file(str(tmp_path / "model.safetensors"))
