@@ -31,7 +31,7 @@ DEMO_SETTINGS: dict[str, str] = {
     "T": "128",
     "batch_size": "16",
     "macro_batch_size": "32",
-    "max_steps": "1200",
+    "max_steps": "1000",
     "eval_interval": "200",
     "eval_batches": "20",
     "lr": "3e-3",

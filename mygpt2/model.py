@@ -314,7 +314,8 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is not None and not return_logits and torch.is_grad_enabled():
             h = x.reshape(-1, x.size(-1))
-            chunk_rows = max(16, 2**21 // self.padded_vocab_size)  # ~8 MB of fp32 logits
+            # big chunks keep the matmuls efficient; 2**25 floats (128 MB) bound the memory
+            chunk_rows = max(64, 2**25 // self.padded_vocab_size)
             loss = LinearCrossEntropy.apply(h, self.lm_head.weight, targets.reshape(-1), chunk_rows)
             return None, loss
         head = cache.head if cache is not None else None

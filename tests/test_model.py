@@ -502,3 +502,20 @@ def test_export_command_writes_safetensors_and_a_hf_directory(tmp_path):
     idx = torch.randint(0, 300, (2, 8))
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, model(idx)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_linear_cross_entropy_in_many_chunks_matches_plain():
+    from mygpt2.model import LinearCrossEntropy
+
+    torch.manual_seed(1)
+    h = torch.randn(50, 8, requires_grad=True)
+    w = torch.randn(30, 8, requires_grad=True)
+    y = torch.randint(0, 30, (50,))
+    y[::4] = -100
+    plain = torch.nn.functional.cross_entropy(h @ w.t(), y, ignore_index=-100)
+    gh, gw = torch.autograd.grad(plain, (h, w))
+    chunked = LinearCrossEntropy.apply(h, w, y, 7)  # 8 chunks, the last one short
+    ch, cw = torch.autograd.grad(chunked, (h, w))
+    torch.testing.assert_close(chunked, plain)
+    torch.testing.assert_close(ch, gh)
+    torch.testing.assert_close(cw, gw)
