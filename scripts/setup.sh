@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install mygpt2 with its test tools into it.
-# Sourced by demo.sh and test.sh; safe to run again (it reinstalls only when pyproject.toml changed).
+# Run by demo.sh and test.sh; safe to run again (it reinstalls only when pyproject.toml changed).
 # TORCH_SPEC picks the PyTorch build: the default pins the release this project is tested with;
 # set e.g. TORCH_SPEC=torch to take your platform's newest build instead.
 set -euo pipefail
