@@ -112,16 +112,21 @@ def test_special_token_text_in_prompt_is_ordinary_unless_allowed(run_dir):
     assert special[-1] == tok.eot_id
 
 
-def test_interactive_mode_streams_and_takes_settings(run_dir, tmp_path):
+def spawn_interactive(tmp_path: Path, *args: str) -> pexpect.spawn:
+    """run_pretrained.py --prompt in a real pseudo-terminal."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "dumb"}
-    child = pexpect.spawn(
+    return pexpect.spawn(
         sys.executable,
-        [str(REPO / "run_pretrained.py"), "--prompt", *sample_args(run_dir)],
+        [str(REPO / "run_pretrained.py"), "--prompt", *args],
         cwd=str(tmp_path),
         env=env,
         encoding="utf-8",
         timeout=60,
     )
+
+
+def test_interactive_mode_streams_and_takes_settings(run_dir, tmp_path):
+    child = spawn_interactive(tmp_path, *sample_args(run_dir))
     child.expect("Type a prompt")
     child.expect(">>> ")
     child.sendline("/temp 0")
@@ -151,13 +156,7 @@ def test_interactive_mode_streams_and_takes_settings(run_dir, tmp_path):
 
 
 def test_interactive_ctrl_d_exits(run_dir, tmp_path):
-    child = pexpect.spawn(
-        sys.executable,
-        [str(REPO / "run_pretrained.py"), "--prompt", *sample_args(run_dir)],
-        cwd=str(tmp_path),
-        encoding="utf-8",
-        timeout=60,
-    )
+    child = spawn_interactive(tmp_path, *sample_args(run_dir))
     child.expect(">>> ")
     child.sendeof()
     child.expect("bye")
@@ -167,19 +166,7 @@ def test_interactive_ctrl_d_exits(run_dir, tmp_path):
 
 
 def test_interactive_ctrl_c_stops_generation_and_returns_to_prompt(run_dir, tmp_path):
-    child = pexpect.spawn(
-        sys.executable,
-        [
-            str(REPO / "run_pretrained.py"),
-            "--prompt",
-            *sample_args(run_dir)[:1],
-            "--device=cpu",
-            "--max_new_tokens=100000",
-        ],
-        cwd=str(tmp_path),
-        encoding="utf-8",
-        timeout=60,
-    )
+    child = spawn_interactive(tmp_path, *sample_args(run_dir), "--max_new_tokens=100000")
     child.expect(">>> ")
     child.sendline("ROMEO:")
     child.expect("ROMEO:")
