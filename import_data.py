@@ -1,6 +1,6 @@
 """Tokenize a corpus into train.bin / val.bin (the original myGPT2 entry): same as `mygpt2 prepare`.
 
-    python import_data.py --data corpus.txt [--use_tiktoken true] [--FIELD VALUE ...]
+python import_data.py --data corpus.txt [--use_tiktoken true] [--FIELD VALUE ...]
 """
 
 import sys
