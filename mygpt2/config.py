@@ -396,6 +396,15 @@ def validate(cfg: Config) -> None:
             raise MyGPT2Error(message)
 
 
+def wants_gpt2_tokenizer(cfg: Config) -> bool:
+    """Starting from Hugging Face weights, use GPT-2's tokenizer unless a tokenizer.json was
+    named (and no tiktoken file): GPT-2's weights speak GPT-2's tokens, an exported mygpt2
+    model may not."""
+    named = cfg.data.tokenizer_path != DataConfig().tokenizer_path
+    gpt2 = cfg.data.use_tiktoken or bool(cfg.data.tiktoken_file) or not named
+    return cfg.train.init_from != "scratch" and gpt2
+
+
 def format_config(cfg: Config) -> str:
     """The resolved config as TOML-like text, printed at the start of a run."""
     lines = []

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from mygpt2.checkpoint import atomic_write, load_checkpoint
-from mygpt2.config import Config, DataConfig, flags_help, load_config
+from mygpt2.config import Config, DataConfig, flags_help, load_config, wants_gpt2_tokenizer
 from mygpt2.errors import MyGPT2Error
 from mygpt2.generate import check_sampling, generate_stream
 from mygpt2.model import GPT
@@ -39,7 +39,7 @@ def load_model(cfg: Config) -> tuple[GPT, RegexTokenizer]:
     device = pick_device(cfg.train.device)
     if cfg.train.init_from != "scratch":
         model = GPT.from_pretrained(cfg.train.init_from)
-        data_cfg = DataConfig(**{**vars(cfg.data), "use_tiktoken": True})
+        data_cfg = DataConfig(**{**vars(cfg.data), "use_tiktoken": wants_gpt2_tokenizer(cfg)})
         tok = load_tokenizer(data_cfg)
     else:
         path = Path(cfg.sample.checkpoint or Path(cfg.train.out_dir) / "checkpoint.pt")

@@ -32,7 +32,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mygpt2.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from mygpt2.config import Config, ModelConfig, flags_help, format_config, load_config
+from mygpt2.config import (
+    Config,
+    ModelConfig,
+    flags_help,
+    format_config,
+    load_config,
+    wants_gpt2_tokenizer,
+)
 from mygpt2.data import Construct_data_loaders
 from mygpt2.errors import MyGPT2Error
 from mygpt2.metrics import MetricsLog
@@ -172,8 +179,8 @@ def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
     accum_steps = accum_steps_for(cfg, dist_info.world_size)
     out_dir = Path(t.out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
-    if t.init_from != "scratch" and not cfg.data.use_tiktoken:
-        cfg.data.use_tiktoken = True  # GPT-2 weights speak GPT-2 tokens
+    if wants_gpt2_tokenizer(cfg):
+        cfg.data.use_tiktoken = True
     # absolute paths, so the checkpoint finds its tokenizer from any working directory
     for name in ("tokenizer_path", "tiktoken_file"):
         value = getattr(cfg.data, name)

@@ -398,3 +398,22 @@ def test_single_pass_runs_one_epoch(corpus, tmp_path):
     train_tokens, _, _ = open_prepared(cfg, RegexTokenizer.load(corpus["tokenizer_path"]))
     blocks = len(range(0, len(train_tokens) - 1, 32))
     assert result["step"] == blocks // 128
+
+
+def test_fine_tune_an_exported_model_with_its_own_tokenizer(corpus, tmp_path):
+    """--init_from a HF dir exported by mygpt2, with the tokenizer file it was trained with."""
+    train(tiny_config(corpus, tmp_path / "first", max_steps=2))
+    assert run_export(tmp_path / "first", tmp_path / "hf") == 0
+    result = train(
+        tiny_config(corpus, tmp_path / "tuned", init_from=str(tmp_path / "hf"), max_steps=2)
+    )
+    ckpt = load_checkpoint(tmp_path / "tuned" / "checkpoint.pt")
+    assert ckpt["config"]["data"]["use_tiktoken"] is False
+    assert ckpt["config"]["model"]["vocab_size"] == 320
+    assert math.isfinite(result["train_loss"])
+
+
+def run_export(out_dir: Path, hf_dir: Path) -> int:
+    from mygpt2.cli import main
+
+    return main(["export", f"--out_dir={out_dir}", f"--hf={hf_dir}"])
