@@ -220,13 +220,17 @@ class LinearCrossEntropy(torch.autograd.Function):
                 valid[s : s + chunk_rows],
             )
             logits = (hc @ weight.t()).float()  # (rows, vocab)
-            lse = torch.logsumexp(logits, dim=-1)
             tc = tc.clamp(min=0)
             picked = logits.gather(1, tc[:, None]).squeeze(1)
-            total += ((lse - picked) * vc).sum()
-            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-            probs[torch.arange(len(tc), device=tc.device), tc] -= 1.0
-            probs *= (vc / count)[:, None]
+            # one exp pass, in place: e = exp(logits - max), loss = max + log(sum e) - picked
+            top = logits.amax(dim=-1, keepdim=True)
+            e = logits.sub_(top).exp_()
+            sum_e = e.sum(dim=-1, keepdim=True)
+            total += ((top + sum_e.log()).squeeze(1) - picked).mul(vc).sum()
+            # gradient of the mean loss: (softmax - one_hot) * weight, weight = valid / count
+            row_weight = (vc / count)[:, None]
+            probs = e.mul_(row_weight / sum_e)
+            probs[torch.arange(len(tc), device=tc.device), tc] -= row_weight.squeeze(1)
             grad_h[s : s + chunk_rows] = (probs.to(weight.dtype) @ weight).to(h.dtype)
             grad_w.addmm_(probs.t(), hc.float())
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
