@@ -205,6 +205,8 @@ def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
     else:
         model = build_model(cfg, tok.vocab_size)
 
+    print0(dist_info, format_config(cfg))  # resolved: vocab_size and shape are known now
+
     # --- data (rank 0 prepares; the others wait, then read the same files)
     if dist_info.is_main:
         train_tokens, val_tokens, _ = ensure_prepared(cfg, tok)
@@ -245,7 +247,6 @@ def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
     tokens_per_step = t.macro_batch_size * cfg.model.T
     flops_per_step = raw_model.flops_per_token() * tokens_per_step
     peak = peak_flops(device, dtype) if dist_info.is_main else None
-    print0(dist_info, format_config(cfg))
     print0(
         dist_info,
         f"\nmodel: {raw_model.num_params() / 1e6:.2f}M parameters | device {device} | "
