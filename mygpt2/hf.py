@@ -16,8 +16,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from mygpt2.checkpoint import atomic_write
 from mygpt2.config import ModelConfig
 from mygpt2.errors import MyGPT2Error
 from mygpt2.model import GPT, Linear
@@ -178,20 +179,17 @@ def save_hf_gpt2(model: GPT, directory: str | os.PathLike) -> None:
         "bos_token_id": cfg.vocab_size - 1,
         "eos_token_id": cfg.vocab_size - 1,
     }
-    tmp = path / "config.json.tmp"
-    tmp.write_text(json.dumps(hf_config, indent=2), encoding="utf-8")
-    os.replace(tmp, path / "config.json")
-    tmp = path / "model.safetensors.tmp"
-    save_file(hf_state_dict(model), str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path / "model.safetensors")
+    config_text = json.dumps(hf_config, indent=2).encode("utf-8")
+    atomic_write(path / "config.json", lambda fh: fh.write(config_text))
+    weights = save(hf_state_dict(model), metadata={"format": "pt"})
+    atomic_write(path / "model.safetensors", lambda fh: fh.write(weights))
 
 
 def save_safetensors(model: GPT, path: str | os.PathLike) -> None:
     """Our own state dict (without the tied lm_head copy) as safetensors, written atomically."""
     sd = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    tmp = f"{path}.tmp"
-    save_file(sd, tmp, metadata={"format": "pt", "mygpt2_config": json.dumps(vars(model.config))})
-    os.replace(tmp, path)
+    data = save(sd, metadata={"format": "pt", "mygpt2_config": json.dumps(vars(model.config))})
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def cli(argv: list[str]) -> None:
