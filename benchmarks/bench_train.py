@@ -28,8 +28,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from mygpt2.config import Config, ModelConfig
 from mygpt2.model import GPT
+from mygpt2.optim import make_optimizer
 from mygpt2.runtime import measure_matmul_flops
-from mygpt2.train import make_optimizer
 
 SHAPES = {
     "small": dict(n_layers=4, n_heads=4, n_emb=128, T=64, batch=12),

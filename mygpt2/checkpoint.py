@@ -12,10 +12,8 @@ previous checkpoint whole.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +21,9 @@ import numpy as np
 import torch
 
 from mygpt2.errors import MyGPT2Error
+from mygpt2.fileio import atomic_write
 
 FORMAT_VERSION = 1
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call `write(file_object)` on a temp file beside `path`, fsync, then rename onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; use the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise MyGPT2Error(
-                f"could not write '{path}': {e.strerror or e}. The previous file, if any, is "
-                "intact. Free some disk space or choose another --out_dir."
-            ) from None
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:

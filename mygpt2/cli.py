@@ -14,12 +14,21 @@ from mygpt2.errors import MyGPT2Error
 
 # subcommand -> (module with a `cli(argv)` function, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("mygpt2.demo", "the whole pipeline on the built-in corpus, offline, on a CPU"),
-    "tokenizer": ("mygpt2.tokenizer_cli", "train, show or inspect a BPE tokenizer"),
-    "prepare": ("mygpt2.prepare", "tokenize a corpus into train.bin / val.bin"),
-    "train": ("mygpt2.train", "train a GPT (from scratch, GPT-2 weights, or --resume)"),
-    "sample": ("mygpt2.sample", "generate text from a checkpoint or GPT-2 weights (--prompt)"),
-    "export": ("mygpt2.hf", "a checkpoint's weights as safetensors or a Hugging Face directory"),
+    "demo": (
+        "mygpt2.commands.demo",
+        "the whole pipeline on the built-in corpus, offline, on a CPU",
+    ),
+    "tokenizer": ("mygpt2.commands.tokenizer", "train, show or inspect a BPE tokenizer"),
+    "prepare": ("mygpt2.commands.prepare", "tokenize a corpus into train.bin / val.bin"),
+    "train": ("mygpt2.commands.train", "train a GPT (from scratch, GPT-2 weights, or --resume)"),
+    "sample": (
+        "mygpt2.commands.sample",
+        "generate text from a checkpoint or GPT-2 weights (--prompt)",
+    ),
+    "export": (
+        "mygpt2.commands.export",
+        "a checkpoint's weights as safetensors or a Hugging Face directory",
+    ),
 }
 
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mygpt2.checkpoint import atomic_write
+from mygpt2.fileio import atomic_write
 
 
 class MetricsLog:

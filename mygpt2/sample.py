@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
-from mygpt2.checkpoint import atomic_write, load_checkpoint
-from mygpt2.config import Config, DataConfig, flags_help, load_config, wants_gpt2_tokenizer
+from mygpt2.checkpoint import load_checkpoint
+from mygpt2.config import Config, DataConfig, wants_gpt2_tokenizer
 from mygpt2.errors import MyGPT2Error
+from mygpt2.fileio import atomic_write
 from mygpt2.generate import check_sampling, generate_stream
 from mygpt2.model import GPT
 from mygpt2.runtime import pick_device
@@ -241,21 +242,3 @@ def interactive(cfg: Config, input_fn: Callable[[str], str] = input) -> None:
             print(f"\n[{n} tokens, {n / dt if dt > 0 else 0:,.1f} tokens/s]", flush=True)
         except KeyboardInterrupt:
             print("\n[stopped]", flush=True)
-
-
-def cli(argv: list[str]) -> None:
-    """`mygpt2 sample` / `run_pretrained.py`."""
-    if "-h" in argv or "--help" in argv:
-        print(
-            "usage: mygpt2 sample [--start TEXT | --start FILE:path] [--prompt] "
-            "[--init_from gpt2|DIR] [--FIELD VALUE ...]\n\nflags (every config field):\n"
-            + flags_help()
-        )
-        return
-    cfg, _, positional = load_config(argv)
-    if positional:
-        raise MyGPT2Error(f"unexpected argument '{positional[0]}': flags look like --name value.")
-    if cfg.sample.prompt:
-        interactive(cfg)
-    else:
-        sample(cfg)

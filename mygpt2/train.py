@@ -17,10 +17,8 @@ Design choices:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -35,46 +33,25 @@ from mygpt2.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_r
 from mygpt2.config import (
     Config,
     ModelConfig,
-    flags_help,
     format_config,
-    load_config,
     wants_gpt2_tokenizer,
 )
 from mygpt2.data import Construct_data_loaders
 from mygpt2.errors import MyGPT2Error
 from mygpt2.metrics import MetricsLog
 from mygpt2.model import GPT
+from mygpt2.optim import get_lr, make_optimizer
 from mygpt2.prepare import ensure_prepared
-from mygpt2.runtime import Distributed, autocast, peak_flops, pick_device, pick_dtype, print0
+from mygpt2.runtime import (
+    Distributed,
+    StopRequest,
+    autocast,
+    peak_flops,
+    pick_device,
+    pick_dtype,
+    print0,
+)
 from mygpt2.tokenizer import load_tokenizer
-
-
-def get_lr(step: int, cfg: Config) -> float:
-    """Learning rate at macro step `step` (0-based): linear warmup, then cosine to min_lr."""
-    t = cfg.train
-    warmup = int(t.warmup_ratio * t.max_steps)
-    if step < warmup:
-        return t.lr * (step + 1) / warmup
-    if step >= t.max_steps:
-        return t.min_lr
-    progress = (step - warmup) / max(1, t.max_steps - warmup)
-    return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.lr - t.min_lr)
-
-
-def make_optimizer(model: GPT, cfg: Config, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (embeddings, Linear weights) only."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]  # biases and LayerNorm gains
-    groups = [
-        {"params": decay, "weight_decay": cfg.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    # one fused kernel instead of a chain of foreach ops: on a CPU the step is ~6x faster
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(
-        groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=fused
-    )
 
 
 def accum_steps_for(cfg: Config, world_size: int) -> int:
@@ -128,29 +105,6 @@ def check_resumable(ckpt: dict[str, Any], cfg: Config, path: Path) -> None:
             f"cannot resume from '{path}': the model config changed ({'; '.join(diff)}). "
             "Use the checkpoint's settings or start a new run in another --out_dir."
         )
-
-
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (then saves and exits)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C means "now"
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def train(cfg: Config) -> dict[str, Any]:
@@ -422,17 +376,3 @@ def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
         "checkpoint": str(ckpt_path),
         "history": log.history,
     }
-
-
-def cli(argv: list[str]) -> None:
-    """`mygpt2 train` / `run_train.py`: train with config flags."""
-    if "-h" in argv or "--help" in argv:
-        print(
-            "usage: mygpt2 train [--config run.toml] [--preset NAME] [--FIELD VALUE ...]\n\n"
-            "flags (every config field):\n" + flags_help()
-        )
-        return
-    cfg, _, positional = load_config(argv)
-    if positional:
-        raise MyGPT2Error(f"unexpected argument '{positional[0]}': flags look like --name value.")
-    train(cfg)

@@ -505,7 +505,7 @@ def test_export_command_writes_safetensors_and_a_hf_directory(tmp_path):
 
 
 def test_linear_cross_entropy_in_many_chunks_matches_plain():
-    from mygpt2.model import LinearCrossEntropy
+    from mygpt2.loss import LinearCrossEntropy
 
     torch.manual_seed(1)
     h = torch.randn(50, 8, requires_grad=True)

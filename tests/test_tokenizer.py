@@ -19,7 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiktoken.load import load_tiktoken_bpe
 
+from mygpt2 import bpe
 from mygpt2 import tokenizer as tokmod
+from mygpt2.bpe import count_chunks, train_merges
 from mygpt2.cli import main
 from mygpt2.config import DataConfig
 from mygpt2.errors import MyGPT2Error
@@ -30,9 +32,7 @@ from mygpt2.tokenizer import (
     GPT4_SPLIT_PATTERN,
     RegexTokenizer,
     bytes_to_token_str,
-    count_chunks,
     load_tokenizer,
-    train_merges,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,8 +148,8 @@ def test_parallel_pre_tokenization_is_exact(
     shakespeare: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # small blocks force many cuts and the 2-process path; counts must equal one regex pass
-    monkeypatch.setattr(tokmod, "BLOCK_CHARS", 50_000)
-    monkeypatch.setattr(tokmod, "PARALLEL_MIN_CHARS", 1)
+    monkeypatch.setattr(bpe, "BLOCK_CHARS", 50_000)
+    monkeypatch.setattr(bpe, "PARALLEL_MIN_CHARS", 1)
     text = shakespeare + "\n\n  \n  tail  "
     for pattern in (GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN):
         expected = Counter(regex.findall(pattern, text))
@@ -164,12 +164,12 @@ def test_parallel_pre_tokenization_is_exact(
 def test_cut_documents_count_like_one_pass(text: str) -> None:
     text = text * 5
     for pattern in (GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN):
-        old = tokmod.BLOCK_CHARS
-        tokmod.BLOCK_CHARS = 7
+        old = bpe.BLOCK_CHARS
+        bpe.BLOCK_CHARS = 7
         try:
             got = count_chunks(text, pattern, num_proc=1)
         finally:
-            tokmod.BLOCK_CHARS = old
+            bpe.BLOCK_CHARS = old
         assert got == Counter(regex.findall(pattern, text))
 
 
@@ -518,7 +518,7 @@ def test_cli_train_show_stats(
 
 
 def test_show_colours_alternate(trained: RegexTokenizer) -> None:
-    from mygpt2.tokenizer_cli import render_tokens
+    from mygpt2.commands.tokenizer import render_tokens
 
     ids = trained.encode("ab\ncd é")
     plain = render_tokens(trained, ids, colour=False)

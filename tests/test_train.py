@@ -18,8 +18,9 @@ import torch
 from mygpt2.checkpoint import load_checkpoint, save_checkpoint
 from mygpt2.config import Config, load_config
 from mygpt2.errors import MyGPT2Error
+from mygpt2.optim import get_lr
 from mygpt2.tokenizer import RegexTokenizer
-from mygpt2.train import accum_steps_for, get_lr, train
+from mygpt2.train import accum_steps_for, train
 
 REPO = Path(__file__).resolve().parents[1]
 

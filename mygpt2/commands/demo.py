@@ -59,7 +59,8 @@ def cli(argv: list[str]) -> None:
     args = [f"--{key}={value}" for key, value in values.items()]
     cfg, _, _ = load_config(args)
 
-    from mygpt2 import sample, tokenizer_cli, train
+    from mygpt2 import sample, train
+    from mygpt2.commands import tokenizer as tokenizer_cli
 
     start = time.perf_counter()
     tok_path = Path(cfg.data.tokenizer_path)
