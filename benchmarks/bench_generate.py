@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 
 from mygpt2.generate import generate
-from mygpt2.model import GPT
+from mygpt2.hf import from_pretrained
 
 SHAPES = {
     "small": dict(n_layer=4, n_head=4, n_embd=128),
@@ -83,7 +83,7 @@ def build_models(shape: dict[str, int]):
     hf = transformers.GPT2LMHeadModel(config).eval()
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        ours = GPT.from_pretrained(tmp).eval()
+        ours = from_pretrained(tmp).eval()
     return hf, ours
 
 

@@ -112,7 +112,7 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def load_hf_gpt2(name_or_dir: str, dtype: torch.dtype = torch.float32) -> GPT:
+def from_pretrained(name_or_dir: str, dtype: torch.dtype = torch.float32) -> GPT:
     """Build a GPT from a Hugging Face GPT-2 checkpoint (local directory or hub name)."""
     directory = _resolve_dir(name_or_dir)
     model = GPT(read_hf_config(directory))
@@ -156,7 +156,7 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_hf_gpt2(model: GPT, directory: str | os.PathLike) -> None:
+def save_pretrained(model: GPT, directory: str | os.PathLike) -> None:
     """Write config.json + model.safetensors that `GPT2LMHeadModel.from_pretrained` loads."""
     cfg = model.config
     path = Path(directory)

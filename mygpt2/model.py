@@ -317,36 +317,3 @@ class GPT(nn.Module):
             raise ValueError(f"can only crop the context to 1..{self.config.T}, not {T}")
         self.config.T = T
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:T].detach().clone())
-
-    # ------------------------------------------------------------------ weights in / out
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str, dtype: torch.dtype = torch.float32) -> GPT:
-        """Load Hugging Face GPT-2 weights from a local directory or a hub name (`gpt2`, ...)."""
-        from mygpt2.hf import load_hf_gpt2
-
-        return load_hf_gpt2(name_or_dir, dtype=dtype)
-
-    def save_pretrained(self, directory: str) -> None:
-        """Write a directory that `transformers.GPT2LMHeadModel.from_pretrained` loads."""
-        from mygpt2.hf import save_hf_gpt2
-
-        save_hf_gpt2(self, directory)
-
-    def save_safetensors(self, path: str) -> None:
-        """Write our own weights (tied embedding stored once) as a safetensors file."""
-        from mygpt2.hf import save_safetensors
-
-        save_safetensors(self, path)
-
-    # ------------------------------------------------------------------------ generation
-    def generate(self, prompts, max_new_tokens: int, **sampling) -> list[list[int]]:
-        """Continue each prompt; see `mygpt2.generate.generate` for the sampling options."""
-        from mygpt2.generate import generate
-
-        return generate(self, prompts, max_new_tokens, **sampling)
-
-    def generate_stream(self, prompts, max_new_tokens: int, **sampling):
-        """Yield the next token of every row as soon as it is sampled; see `mygpt2.generate`."""
-        from mygpt2.generate import generate_stream
-
-        return generate_stream(self, prompts, max_new_tokens, **sampling)

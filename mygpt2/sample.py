@@ -30,6 +30,7 @@ from mygpt2.config import Config, DataConfig, wants_gpt2_tokenizer
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import atomic_write
 from mygpt2.generate import check_sampling, generate_stream
+from mygpt2.hf import from_pretrained
 from mygpt2.model import GPT
 from mygpt2.runtime import pick_device
 from mygpt2.tokenizer import RegexTokenizer, load_tokenizer
@@ -39,7 +40,7 @@ def load_model(cfg: Config) -> tuple[GPT, RegexTokenizer]:
     """The model and tokenizer to sample from: a checkpoint, or GPT-2 weights (`init_from`)."""
     device = pick_device(cfg.train.device)
     if cfg.train.init_from != "scratch":
-        model = GPT.from_pretrained(cfg.train.init_from)
+        model = from_pretrained(cfg.train.init_from)
         data_cfg = DataConfig(**{**vars(cfg.data), "use_tiktoken": wants_gpt2_tokenizer(cfg)})
         tok = load_tokenizer(data_cfg)
     else:

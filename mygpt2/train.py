@@ -38,6 +38,7 @@ from mygpt2.config import (
 )
 from mygpt2.data import Construct_data_loaders
 from mygpt2.errors import MyGPT2Error
+from mygpt2.hf import from_pretrained
 from mygpt2.metrics import MetricsLog
 from mygpt2.model import GPT
 from mygpt2.optim import get_lr, make_optimizer
@@ -72,7 +73,7 @@ def build_model(cfg: Config, vocab_size: int) -> GPT:
     if cfg.train.init_from == "scratch":
         cfg.model.vocab_size = vocab_size
         return GPT(cfg.model)
-    model = GPT.from_pretrained(cfg.train.init_from)
+    model = from_pretrained(cfg.train.init_from)
     if model.config.vocab_size != vocab_size:
         raise MyGPT2Error(
             f"'{cfg.train.init_from}' has a vocabulary of {model.config.vocab_size} tokens but the "

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from mygpt2.config import ModelConfig
 from mygpt2.errors import MyGPT2Error
 from mygpt2.generate import generate, generate_stream, sample_next
+from mygpt2.hf import from_pretrained, save_pretrained, save_safetensors
 from mygpt2.model import GPT
 
 transformers = pytest.importorskip("transformers")
@@ -68,7 +69,7 @@ def prompt_ids(vocab_size: int, length: int, seed: int = 1) -> list[int]:
 def test_logits_match_hf_safetensors(tmp_path: Path, shape):
     hf = hf_model(shape)
     hf.save_pretrained(tmp_path)
-    ours = GPT.from_pretrained(str(tmp_path)).eval()
+    ours = from_pretrained(str(tmp_path)).eval()
     idx = torch.randint(0, shape[4], (2, shape[3]))
     with torch.no_grad():
         expected = hf(idx).logits
@@ -84,7 +85,7 @@ def test_logits_match_hf_pytorch_model_bin(tmp_path: Path):
     (tmp_path / "bin").mkdir()
     shutil.copy(tmp_path / "st" / "config.json", tmp_path / "bin" / "config.json")
     torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
-    ours = GPT.from_pretrained(str(tmp_path / "bin")).eval()
+    ours = from_pretrained(str(tmp_path / "bin")).eval()
     idx = torch.randint(0, shape[4], (1, 20))
     with torch.no_grad():
         torch.testing.assert_close(ours(idx)[0], hf(idx).logits, atol=1e-4, rtol=0)
@@ -92,8 +93,8 @@ def test_logits_match_hf_pytorch_model_bin(tmp_path: Path):
 
 def test_ours_to_hf_to_ours_is_bitwise(tmp_path: Path):
     ours = tiny_gpt(seed=5, n_layers=3, n_heads=4, n_emb=32, T=40, vocab_size=77)
-    ours.save_pretrained(str(tmp_path))
-    back = GPT.from_pretrained(str(tmp_path))
+    save_pretrained(ours, str(tmp_path))
+    back = from_pretrained(str(tmp_path))
     assert back.config == ours.config
     sd, sd_back = ours.state_dict(), back.state_dict()
     assert sd.keys() == sd_back.keys()
@@ -108,7 +109,7 @@ def test_ours_to_hf_to_ours_is_bitwise(tmp_path: Path):
 
 def test_model_without_biases_exports_to_hf(tmp_path: Path):
     ours = tiny_gpt(seed=6, bias=False)
-    ours.save_pretrained(str(tmp_path))  # HF GPT-2 always has biases: written as zeros
+    save_pretrained(ours, str(tmp_path))  # HF GPT-2 always has biases: written as zeros
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     idx = torch.randint(0, 61, (2, 24))
     with torch.no_grad():
@@ -119,7 +120,7 @@ def test_model_without_biases_exports_to_hf(tmp_path: Path):
 def test_greedy_matches_hf_generate(tmp_path: Path, shape):
     hf = hf_model(shape, seed=7)
     hf.save_pretrained(tmp_path)
-    ours = GPT.from_pretrained(str(tmp_path))
+    ours = from_pretrained(str(tmp_path))
     prompt = prompt_ids(shape[4], 8)
     assert len(prompt) + 32 <= shape[3]  # HF cannot go past n_positions
     x = torch.tensor([prompt])
@@ -359,7 +360,7 @@ def test_init_scales_residual_projections():
 def test_save_safetensors_round_trip(tmp_path: Path):
     model = tiny_gpt(seed=26)
     path = tmp_path / "model.safetensors"
-    model.save_safetensors(str(path))
+    save_safetensors(model, str(path))
     fresh = tiny_gpt(seed=99)
     result = fresh.load_state_dict(load_file(str(path)), strict=False)
     assert result.missing_keys == ["lm_head.weight"]  # tied: stored once as wte
@@ -373,22 +374,22 @@ def test_save_safetensors_round_trip(tmp_path: Path):
 
 def test_from_pretrained_missing_files(tmp_path: Path):
     with pytest.raises(MyGPT2Error, match=r"config\.json"):
-        GPT.from_pretrained(str(tmp_path))
-    tiny_gpt().save_pretrained(str(tmp_path))
+        from_pretrained(str(tmp_path))
+    save_pretrained(tiny_gpt(), str(tmp_path))
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(MyGPT2Error, match=r"model\.safetensors or pytorch_model\.bin"):
-        GPT.from_pretrained(str(tmp_path))
+        from_pretrained(str(tmp_path))
     with pytest.raises(MyGPT2Error, match="neither a directory"):
-        GPT.from_pretrained(str(tmp_path / "nowhere"))
+        from_pretrained(str(tmp_path / "nowhere"))
 
 
 def test_from_pretrained_refuses_other_architectures(tmp_path: Path):
-    tiny_gpt().save_pretrained(str(tmp_path))
+    save_pretrained(tiny_gpt(), str(tmp_path))
     cfg = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
     cfg["model_type"] = "llama"
     (tmp_path / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
     with pytest.raises(MyGPT2Error, match="llama"):
-        GPT.from_pretrained(str(tmp_path))
+        from_pretrained(str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -400,7 +401,7 @@ def test_from_pretrained_refuses_other_architectures(tmp_path: Path):
     ],
 )
 def test_from_pretrained_refuses_unsupported_settings(tmp_path: Path, change, words):
-    tiny_gpt().save_pretrained(str(tmp_path))
+    save_pretrained(tiny_gpt(), str(tmp_path))
     cfg = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
     for key, value in change.items():
         if value is None:
@@ -409,16 +410,16 @@ def test_from_pretrained_refuses_unsupported_settings(tmp_path: Path, change, wo
             cfg[key] = value
     (tmp_path / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
     with pytest.raises(MyGPT2Error, match=words):
-        GPT.from_pretrained(str(tmp_path))
+        from_pretrained(str(tmp_path))
 
 
 def test_from_pretrained_wrong_shape_names_tensor_and_shapes(tmp_path: Path):
-    tiny_gpt().save_pretrained(str(tmp_path))
+    save_pretrained(tiny_gpt(), str(tmp_path))
     sd = load_file(str(tmp_path / "model.safetensors"))
     sd["transformer.h.1.mlp.c_fc.bias"] = torch.zeros(100)
     save_file(sd, str(tmp_path / "model.safetensors"))
     with pytest.raises(MyGPT2Error) as err:
-        GPT.from_pretrained(str(tmp_path))
+        from_pretrained(str(tmp_path))
     message = str(err.value)
     assert "transformer.h.1.mlp.c_fc.bias" in message
     assert "(100,)" in message and "(128,)" in message

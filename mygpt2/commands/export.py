@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mygpt2.errors import MyGPT2Error
-from mygpt2.hf import save_hf_gpt2, save_safetensors
+from mygpt2.hf import save_pretrained, save_safetensors
 from mygpt2.model import GPT
 
 
@@ -32,5 +32,5 @@ def cli(argv: list[str]) -> None:
     save_safetensors(model, target)
     print(f"wrote {target}")
     if "hf" in extras:
-        save_hf_gpt2(model, extras["hf"])
+        save_pretrained(model, extras["hf"])
         print(f"wrote {extras['hf']}/config.json and model.safetensors (Hugging Face GPT-2)")
