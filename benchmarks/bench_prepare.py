@@ -60,11 +60,11 @@ def child_prepare(corpus: Path, out: Path) -> dict:
     from mygpt2.tokenizer import load_tokenizer
 
     cfg = Config()
-    cfg.data.use_tiktoken = True
-    cfg.data.tiktoken_file = str(SHARED / "gpt2.tiktoken")
+    cfg.tokenizer.use_tiktoken = True
+    cfg.tokenizer.tiktoken_file = str(SHARED / "gpt2.tiktoken")
     cfg.data.data = str(corpus)
     cfg.data.data_dir = str(out)
-    tok = load_tokenizer(cfg.data)
+    tok = load_tokenizer(cfg.tokenizer)
     tok.encode_ordinary("warm up")
     base = rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()

@@ -139,7 +139,7 @@ def bench_shape(name: str, shape: dict, steps: int, warmup: int, compiled: bool)
 
 def loss_check(steps: int, shakespeare: Path, tiktoken_file: Path, out: Path) -> list[str]:
     """Train the same small model on Tiny Shakespeare in fp32 and bf16; compare val loss."""
-    from mygpt2.config import load_config
+    from mygpt2.commands.args import load_config
     from mygpt2.train import train
 
     lines = []
@@ -167,7 +167,7 @@ def loss_check(steps: int, shakespeare: Path, tiktoken_file: Path, out: Path) ->
             "--seed=0",
         ]
         t0 = time.perf_counter()
-        result = train(load_config(args)[0])
+        result = train(load_config(args))
         results[dtype] = (result["val_loss"], time.perf_counter() - t0)
     for dtype, (val, secs) in results.items():
         lines.append(f"  {dtype:<10} val loss after {steps} steps: {val:.4f}  ({secs:.0f}s)")

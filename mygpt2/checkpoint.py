@@ -12,6 +12,7 @@ previous checkpoint whole.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -20,8 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from mygpt2.config import Config, TokenizerConfig, wants_gpt2_tokenizer
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import atomic_write
+from mygpt2.hf import from_pretrained
+from mygpt2.model import GPT
+from mygpt2.tokenizer import RegexTokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
 
@@ -82,3 +87,53 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_path(cfg: Config) -> Path:
+    """The checkpoint a command reads: `checkpoint`, or `out_dir/checkpoint.pt`."""
+    return Path(cfg.run.checkpoint or Path(cfg.run.out_dir) / "checkpoint.pt")
+
+
+def check_tokenizer(ckpt: dict[str, Any], tok: RegexTokenizer, path: str | os.PathLike) -> None:
+    """Refuse a tokenizer other than the one the checkpoint was trained with."""
+    saved = ckpt.get("tokenizer", {})
+    if saved.get("fingerprint") and saved["fingerprint"] != tok.fingerprint():
+        raise MyGPT2Error(
+            f"'{path}' was trained with tokenizer {saved.get('name')}, not {tok.name}. "
+            "Pass the right file with --tokenizer_path."
+        )
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> GPT:
+    """The GPT a loaded checkpoint holds (its config, its weights)."""
+    model = GPT(Config.from_saved(ckpt["config"]).model)
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def load_model_and_tokenizer(cfg: Config) -> tuple[GPT, RegexTokenizer]:
+    """The weights a command reads, with the tokenizer they speak, on the CPU in float32.
+
+    `init_from` other than `scratch`: GPT-2 weights (a hub name or a local Hugging Face
+    directory) with GPT-2's tokenizer, unless a tokenizer file is given. Otherwise the checkpoint
+    `checkpoint` (default `out_dir/checkpoint.pt`) with the tokenizer it was trained with; given
+    tokenizer flags point elsewhere, and must still match the checkpoint's fingerprint."""
+    if cfg.run.init_from != "scratch":
+        model = from_pretrained(cfg.run.init_from)
+        tok_cfg = dataclasses.replace(cfg.tokenizer, use_tiktoken=wants_gpt2_tokenizer(cfg))
+        return model, load_tokenizer(tok_cfg)
+    path = checkpoint_path(cfg)
+    ckpt = load_checkpoint(path)
+    saved = Config.from_saved(ckpt["config"]).tokenizer
+    given = {k: getattr(cfg.tokenizer, k) for k in vars(saved) if k in cfg.given}
+    tok_cfg = TokenizerConfig(**{**vars(saved), **given})
+    try:
+        tok = load_tokenizer(tok_cfg)
+    except MyGPT2Error as e:
+        raise MyGPT2Error(
+            f"the checkpoint '{path}' was trained with tokenizer "
+            f"{ckpt.get('tokenizer', {}).get('name', '?')}, which cannot be loaded: {e} "
+            "Pass the right file with --tokenizer_path."
+        ) from None
+    check_tokenizer(ckpt, tok, path)
+    return model_from_checkpoint(ckpt), tok

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 from mygpt2.errors import MyGPT2Error
 
@@ -40,9 +41,14 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"mygpt2: warning: {message}", file=sys.stderr, flush=True)
+
+
 def run(command: str, argv: list[str]) -> int:
     """Run one subcommand, printing user errors without a traceback. Returns the exit code."""
     module_name, _ = COMMANDS[command]
+    warnings.showwarning = _show_warning  # library warnings read as one line, no source path
     try:
         importlib.import_module(module_name).cli(argv)
     except MyGPT2Error as e:

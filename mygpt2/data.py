@@ -216,6 +216,20 @@ class ValLoader:
             yield _collate([self.dataset[i] for i in range(b * self.batch_size, stop)])
 
 
+def check_block_sizes(n_train: int, n_val: int, T: int) -> None:
+    """Each split must hold at least one full block of T + 1 tokens (input and shifted target)."""
+    need = T + 1
+    for name, n, fix in (
+        ("train", n_train, "Raise split or use a bigger corpus"),
+        ("val", n_val, "Lower split or use a bigger corpus"),
+    ):
+        if n < need:
+            raise MyGPT2Error(
+                f"the {name} split has {n} tokens, fewer than one block of T + 1 = {need}. "
+                f"{fix}, or a smaller --T."
+            )
+
+
 def construct_data_loaders(
     cfg: Config,
     train_tokens: np.ndarray,
@@ -226,9 +240,12 @@ def construct_data_loaders(
 ) -> tuple[TrainLoader, ValLoader]:
     """Train and val loaders for this rank, sized by max_steps (or one epoch with single_pass)."""
     t, T = cfg.train, cfg.model.T
-    train_set = BlockPairDataset(train_tokens, T, pad_id=pad_id, shuffle=t.shuffle, seed=t.seed)
+    check_block_sizes(len(train_tokens), len(val_tokens), T)
+    train_set = BlockPairDataset(
+        train_tokens, T, pad_id=pad_id, shuffle=t.shuffle, seed=cfg.run.seed
+    )
     blocks = len(train_set.starts)
-    if cfg.data.single_pass:
+    if cfg.train.single_pass:
         steps = blocks // t.macro_batch_size
         if steps == 0:
             raise MyGPT2Error(

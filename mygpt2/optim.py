@@ -41,3 +41,11 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) ->
     return torch.optim.AdamW(
         groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=fused
     )
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, cfg: Config) -> None:
+    """Put the config's betas and weight decay into a (restored) optimizer's groups, so that
+    values given on `--resume` take effect instead of those saved in its state."""
+    for group in optimizer.param_groups:
+        group["betas"] = (cfg.train.beta1, cfg.train.beta2)
+    optimizer.param_groups[0]["weight_decay"] = cfg.train.weight_decay  # the matrices' group

@@ -120,26 +120,20 @@ def check_tokenizer(meta: dict[str, Any], tok: Any, directory: Path) -> None:
         )
 
 
-def check_block_sizes(n_total: int, n_train: int, n_val: int, T: int, split: float) -> None:
-    """Enough tokens for at least one full block of T+1 tokens in each split."""
-    need = T + 1
+def check_split_sizes(n_total: int, n_train: int, n_val: int, split: float) -> None:
+    """Each split must hold at least one (input, target) pair, i.e. two tokens. Whether they
+    hold a block of the run's context length is the data loader's check (`mygpt2.data`)."""
     if n_total == 0:
         raise MyGPT2Error("the corpus is empty: it holds no text to tokenize.")
-    if n_total < need:
-        raise MyGPT2Error(
-            f"the corpus has only {n_total} tokens; one training block needs T + 1 = {need}. "
-            "Use a bigger corpus or a smaller T."
-        )
-    if n_val < need:
-        raise MyGPT2Error(
-            f"the val split has {n_val} tokens (split = {split}), fewer than one block of "
-            f"T + 1 = {need}. Lower split, use a bigger corpus, or a smaller T."
-        )
-    if n_train < need:
-        raise MyGPT2Error(
-            f"the train split has {n_train} tokens (split = {split}), fewer than one block of "
-            f"T + 1 = {need}. Raise split or use a bigger corpus."
-        )
+    for name, n, fix in (
+        ("train", n_train, "Raise split or use a bigger corpus."),
+        ("val", n_val, "Lower split or use a bigger corpus."),
+    ):
+        if n < 2:
+            raise MyGPT2Error(
+                f"the {name} split has {n} token(s) (split = {split}, {n_total} tokens in all); "
+                f"it needs at least 2. {fix}"
+            )
 
 
 def _open_tokens(path: Path, dtype: np.dtype, count: int) -> np.memmap:
@@ -167,7 +161,7 @@ def open_prepared(cfg: Config, tok: Any) -> tuple[np.memmap, np.memmap, dict[str
         raise MyGPT2Error(f"'{directory / 'meta.json'}' is damaged ({e}); prepare again.") from None
     if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)):
         raise MyGPT2Error(f"'{directory / 'meta.json'}' names dtype {dtype}; prepare again.")
-    check_block_sizes(n_train + n_val, n_train, n_val, cfg.model.T, meta.get("split", 0))
+    check_split_sizes(n_train + n_val, n_train, n_val, meta.get("split", 0))
     train = _open_tokens(directory / "train.bin", dtype, n_train)
     val = _open_tokens(directory / "val.bin", dtype, n_val)
     return train, val, meta
@@ -352,7 +346,7 @@ def prepare(
         n_total = writer.tokens
         n_train = int(n_total * cfg.data.split)
         n_val = n_total - n_train
-        check_block_sizes(n_total, n_train, n_val, cfg.model.T, cfg.data.split)
+        check_split_sizes(n_total, n_train, n_val, cfg.data.split)
         _copy_tail(all_path, work / "val.bin", n_train, dtype)
         os.truncate(all_path, n_train * dtype.itemsize)
         meta = {

@@ -23,70 +23,29 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-from mygpt2.checkpoint import load_checkpoint
-from mygpt2.config import Config, DataConfig, wants_gpt2_tokenizer
+from mygpt2.checkpoint import load_model_and_tokenizer
+from mygpt2.config import Config
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import atomic_write
 from mygpt2.generate import check_sampling, generate_stream
-from mygpt2.hf import from_pretrained
 from mygpt2.model import GPT
-from mygpt2.runtime import pick_device
-from mygpt2.tokenizer import RegexTokenizer, load_tokenizer
+from mygpt2.runtime import pick_device, pick_dtype
+from mygpt2.tokenizer import RegexTokenizer
 
 
 def load_model(cfg: Config) -> tuple[GPT, RegexTokenizer]:
-    """The model and tokenizer to sample from: a checkpoint, or GPT-2 weights (`init_from`)."""
-    device = pick_device(cfg.train.device)
-    if cfg.train.init_from != "scratch":
-        model = from_pretrained(cfg.train.init_from)
-        data_cfg = DataConfig(**{**vars(cfg.data), "use_tiktoken": wants_gpt2_tokenizer(cfg)})
-        tok = load_tokenizer(data_cfg)
-    else:
-        path = Path(cfg.sample.checkpoint or Path(cfg.train.out_dir) / "checkpoint.pt")
-        ckpt = load_checkpoint(path)
-        saved = Config.from_saved(ckpt["config"])
-        model = GPT(saved.model)
-        model.load_state_dict(ckpt["model"])
-        # the tokenizer the checkpoint was trained with, unless the user points elsewhere
-        data_cfg = saved.override_with(cfg).data
-        try:
-            tok = load_tokenizer(data_cfg)
-        except MyGPT2Error as e:
-            raise MyGPT2Error(
-                f"the checkpoint '{path}' was trained with tokenizer "
-                f"{ckpt.get('tokenizer', {}).get('name', '?')}, which cannot be loaded: {e} "
-                "Pass the right file with --tokenizer_path."
-            ) from None
-        want = ckpt.get("tokenizer", {}).get("fingerprint")
-        if want and tok.fingerprint() != want:
-            raise MyGPT2Error(
-                f"the tokenizer {tok.name} is not the one '{path}' was trained with "
-                f"({ckpt['tokenizer'].get('name')}). Pass the right file with --tokenizer_path."
-            )
-    if device.type == "cuda":
-        model = model.to(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    elif device.type == "mps":
-        model = model.to(torch.float16)
-    return model.to(device).eval(), tok
+    """The model (on `device`, in `dtype`, eval mode) and tokenizer to sample from."""
+    model, tok = load_model_and_tokenizer(cfg)
+    device = pick_device(cfg.run.device)
+    return model.to(device=device, dtype=pick_dtype(cfg.run.dtype, device)).eval(), tok
 
 
-def encode_start(tok, text: str, allow_special: bool, T: int | None = None) -> list[int]:
+def encode_start(tok: RegexTokenizer, text: str, allow_special: bool) -> list[int]:
     """Prompt ids; empty text means the end-of-text token, i.e. 'start of a new document'.
-    A prompt longer than the context `T` keeps its last `T` tokens, with a warning."""
+    (A prompt longer than the context is cropped by `generate_stream`, with a warning.)"""
     if text == "":
         return [tok.eot_id]
-    ids = tok.encode(text, allowed_special="all") if allow_special else tok.encode_ordinary(text)
-    if T is not None and len(ids) > T:
-        print(
-            f"mygpt2: warning: the prompt has {len(ids)} tokens, more than the context length "
-            f"T={T}; keeping its last {T} tokens.",
-            file=sys.stderr,
-            flush=True,
-        )
-        ids = ids[-T:]
-    return ids
+    return tok.encode(text, allowed_special="all") if allow_special else tok.encode_ordinary(text)
 
 
 def stream_text(
@@ -143,10 +102,10 @@ def sample(cfg: Config) -> list[str]:
         if not path.is_file():
             raise MyGPT2Error(f"start file '{path}' does not exist.")
         start = path.read_text(encoding="utf-8")
-    prompt_ids = encode_start(tok, start, s.allow_special, model.config.T)
+    prompt_ids = encode_start(tok, start, s.allow_special)
     texts, total_tokens, total_time = [], 0, 0.0
     for i in range(s.num_samples):
-        seed = cfg.train.seed + i
+        seed = cfg.run.seed + i
         header = f"--- sample {i + 1}/{s.num_samples} (seed {seed}) ---\n"
         _stdout(header + (start if start else ""))
         text, n, dt = stream_text(model, tok, prompt_ids, cfg, seed, _stdout)
@@ -154,7 +113,7 @@ def sample(cfg: Config) -> list[str]:
         texts.append(start + text)
         total_tokens += n
         total_time += dt
-    out = Path(cfg.train.out_dir) / "generated.txt"
+    out = Path(cfg.run.out_dir) / "generated.txt"
     body = "".join(f"--- sample {i + 1} ---\n{t}\n" for i, t in enumerate(texts))
     atomic_write(out, lambda fh: fh.write(body.encode("utf-8")))
     rate = total_tokens / total_time if total_time > 0 else float("nan")
@@ -211,7 +170,7 @@ def interactive(cfg: Config, input_fn: Callable[[str], str] = input) -> None:
             elif word == "/show":
                 print(
                     f"temp {s.temperature} | topk {s.top_k} | topp {s.top_p} | len "
-                    f"{s.max_new_tokens} | seed {cfg.train.seed}",
+                    f"{s.max_new_tokens} | seed {cfg.run.seed}",
                     flush=True,
                 )
             elif word in SETTINGS:
@@ -237,9 +196,9 @@ def interactive(cfg: Config, input_fn: Callable[[str], str] = input) -> None:
         if not line:
             continue
         try:
-            prompt_ids = encode_start(tok, line, s.allow_special, model.config.T)
+            prompt_ids = encode_start(tok, line, s.allow_special)
             _stdout(line)
-            _, n, dt = stream_text(model, tok, prompt_ids, cfg, cfg.train.seed, _stdout)
+            _, n, dt = stream_text(model, tok, prompt_ids, cfg, cfg.run.seed, _stdout)
             print(f"\n[{n} tokens, {n / dt if dt > 0 else 0:,.1f} tokens/s]", flush=True)
         except KeyboardInterrupt:
             print("\n[stopped]", flush=True)

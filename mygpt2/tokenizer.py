@@ -53,6 +53,7 @@ from mygpt2.bpe import (
     count_chunks,
     train_merges,
 )
+from mygpt2.config import TokenizerConfig
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import atomic_write
 
@@ -704,11 +705,11 @@ def _fix_surrogates(text: str) -> str:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def load_tokenizer(data_cfg: Any) -> RegexTokenizer:
-    """The tokenizer a DataConfig asks for: GPT-2's via tiktoken when `use_tiktoken` is set
+def load_tokenizer(tok_cfg: TokenizerConfig) -> RegexTokenizer:
+    """The tokenizer a TokenizerConfig asks for: GPT-2's via tiktoken when `use_tiktoken` is set
     (from `tiktoken_file` if given), else our `tokenizer.json` at `tokenizer_path`."""
-    if data_cfg.use_tiktoken:
-        if data_cfg.tiktoken_file:
-            return RegexTokenizer.from_tiktoken_file(data_cfg.tiktoken_file, "gpt2", {EOT: 50256})
+    if tok_cfg.use_tiktoken:
+        if tok_cfg.tiktoken_file:
+            return RegexTokenizer.from_tiktoken_file(tok_cfg.tiktoken_file, "gpt2", {EOT: 50256})
         return RegexTokenizer.from_tiktoken("gpt2")
-    return RegexTokenizer.load(data_cfg.tokenizer_path)
+    return RegexTokenizer.load(tok_cfg.tokenizer_path)

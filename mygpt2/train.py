@@ -30,18 +30,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mygpt2.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from mygpt2.config import (
-    Config,
-    ModelConfig,
-    format_config,
-    wants_gpt2_tokenizer,
-)
+from mygpt2.config import Config, format_config, merge_saved, shape_changes, wants_gpt2_tokenizer
 from mygpt2.data import Construct_data_loaders
 from mygpt2.errors import MyGPT2Error
 from mygpt2.hf import from_pretrained
 from mygpt2.metrics import MetricsLog
 from mygpt2.model import GPT
-from mygpt2.optim import get_lr, make_optimizer
+from mygpt2.optim import get_lr, make_optimizer, set_hyperparameters
 from mygpt2.prepare import ensure_prepared
 from mygpt2.runtime import (
     Distributed,
@@ -69,20 +64,39 @@ def accum_steps_for(cfg: Config, world_size: int) -> int:
 
 
 def build_model(cfg: Config, vocab_size: int) -> GPT:
-    """A fresh GPT from the config, or GPT-2 weights when `init_from` names them."""
-    if cfg.train.init_from == "scratch":
+    """A fresh GPT from the config, or GPT-2 weights when `init_from` names them.
+
+    With `init_from`, the weights fix the shape: a given `--T` shorter than theirs crops the
+    context, a given `--dropout` applies, any other given shape key is refused."""
+    if "vocab_size" in cfg.given and cfg.model.vocab_size != vocab_size:
+        raise MyGPT2Error(
+            f"vocab_size {cfg.model.vocab_size} was given, but the tokenizer has {vocab_size} "
+            "tokens and the model takes the tokenizer's size. Drop --vocab_size, or train a "
+            f"tokenizer of that size (mygpt2 tokenizer train --vocab_size {cfg.model.vocab_size})."
+        )
+    if cfg.run.init_from == "scratch":
         cfg.model.vocab_size = vocab_size
         return GPT(cfg.model)
-    model = from_pretrained(cfg.train.init_from)
+    model = from_pretrained(cfg.run.init_from)
     if model.config.vocab_size != vocab_size:
         raise MyGPT2Error(
-            f"'{cfg.train.init_from}' has a vocabulary of {model.config.vocab_size} tokens but the "
+            f"'{cfg.run.init_from}' has a vocabulary of {model.config.vocab_size} tokens but the "
             f"tokenizer has {vocab_size}. GPT-2 weights need the GPT-2 tokenizer: --use_tiktoken true."
         )
-    # keep the loaded shape, but the run's own dropout, and a shorter context when asked for
-    if cfg.model.T != ModelConfig().T and cfg.model.T < model.config.T:
+    if "T" in cfg.given and cfg.model.T < model.config.T:
         model.crop_context(cfg.model.T)
-    cfg.model = dataclasses.replace(model.config, dropout=cfg.model.dropout)
+    fixed = dataclasses.replace(model.config, dropout=cfg.model.dropout)
+    conflicts = [
+        f"{k}: weights {getattr(fixed, k)!r}, given {cfg.get(k)!r}"
+        for k in ("n_layers", "n_heads", "n_emb", "T", "bias", "pad_vocab")
+        if k in cfg.given and cfg.get(k) != getattr(fixed, k)
+    ]
+    if conflicts:
+        raise MyGPT2Error(
+            f"--init_from {cfg.run.init_from} fixes the model's shape; these given settings "
+            f"differ ({'; '.join(conflicts)}). Drop them (T may only shrink the context)."
+        )
+    cfg.model = fixed
     model.config.dropout = cfg.model.dropout
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
@@ -92,26 +106,22 @@ def build_model(cfg: Config, vocab_size: int) -> GPT:
     return model
 
 
-def check_resumable(ckpt: dict[str, Any], cfg: Config, path: Path) -> None:
-    """Refuse to resume into a different model shape, naming the keys that changed."""
-    saved = ckpt["config"]["model"]
-    now = dataclasses.asdict(cfg.model)
-    diff = [
-        f"{k}: {saved[k]!r} -> {now[k]!r}"
-        for k in now
-        if k in saved and saved[k] != now[k] and k != "dropout"  # dropout may change
-    ]
+def resume_config(ckpt: dict[str, Any], cfg: Config, path: Path) -> Config:
+    """The checkpoint's config with the given keys on top; a given change of shape is refused."""
+    saved = Config.from_saved(ckpt["config"])
+    merged = merge_saved(saved, cfg)
+    diff = shape_changes(saved.model, merged.model)
     if diff:
         raise MyGPT2Error(
-            f"cannot resume from '{path}': the model config changed ({'; '.join(diff)}). "
-            "Use the checkpoint's settings or start a new run in another --out_dir."
+            f"cannot resume from '{path}': the model's shape would change ({'; '.join(diff)}). "
+            "Drop those flags to continue the run, or start a new run in another --out_dir."
         )
+    return merged
 
 
 def train(cfg: Config) -> dict[str, Any]:
     """Train a GPT as `cfg` says; returns a summary (final losses, steps, paths)."""
-    t = cfg.train
-    dist_info = Distributed.from_env(t.device)
+    dist_info = Distributed.from_env(cfg.run.device)
     try:
         return _train(cfg, dist_info)
     finally:
@@ -122,32 +132,29 @@ def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
     ckpt = None
     if cfg.train.resume:
         # the checkpoint's config, with what this command line sets on top
-        ckpt_path = Path(cfg.train.out_dir) / "checkpoint.pt"
+        ckpt_path = Path(cfg.run.out_dir) / "checkpoint.pt"
         ckpt = load_checkpoint(ckpt_path)
-        stop_at = cfg.train.stop_at
-        cfg = Config.from_saved(ckpt["config"]).override_with(cfg)
-        cfg.train.stop_at = stop_at  # where the previous run stopped is not this run's business
-        check_resumable(ckpt, cfg, ckpt_path)
+        cfg = resume_config(ckpt, cfg, ckpt_path)
     t = cfg.train
-    device = pick_device(t.device, dist_info.local_rank)
-    dtype = pick_dtype(t.dtype, device)
+    device = pick_device(cfg.run.device, dist_info.local_rank)
+    dtype = pick_dtype(cfg.run.dtype, device)
     accum_steps = accum_steps_for(cfg, dist_info.world_size)
-    out_dir = Path(t.out_dir)
+    out_dir = Path(cfg.run.out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
     if wants_gpt2_tokenizer(cfg):
-        cfg.data.use_tiktoken = True
+        cfg.tokenizer.use_tiktoken = True
     # absolute paths, so the checkpoint finds its tokenizer from any working directory
     for name in ("tokenizer_path", "tiktoken_file"):
-        value = getattr(cfg.data, name)
+        value = getattr(cfg.tokenizer, name)
         if value and Path(value).exists():
-            setattr(cfg.data, name, str(Path(value).resolve()))
-    torch.manual_seed(t.seed + dist_info.rank)
+            setattr(cfg.tokenizer, name, str(Path(value).resolve()))
+    torch.manual_seed(cfg.run.seed + dist_info.rank)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
     # --- tokenizer and model
-    tok = load_tokenizer(cfg.data)
+    tok = load_tokenizer(cfg.tokenizer)
     if ckpt is not None:
         saved_tok = ckpt.get("tokenizer", {}).get("fingerprint")
         if saved_tok and saved_tok != tok.fingerprint():
@@ -169,22 +176,18 @@ def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
     if not dist_info.is_main:
         train_tokens, val_tokens, _ = ensure_prepared(cfg, tok)
     pad_id = tok.encode_ordinary("\n")[0]
-    if len(train_tokens) <= cfg.model.T:
-        raise MyGPT2Error(
-            f"T={cfg.model.T} is longer than the training data ({len(train_tokens)} tokens). "
-            "Use a smaller --T or a bigger corpus."
-        )
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
     train_loader, val_loader = Construct_data_loaders(
         cfg, train_tokens, val_tokens, pad_id, rank=dist_info.rank, world_size=dist_info.world_size
     )
-    if cfg.data.single_pass:  # one epoch: the data decides the length (and so the LR schedule)
+    if cfg.train.single_pass:  # one epoch: the data decides the length (and so the LR schedule)
         t.max_steps = train_loader.steps
     start_step, best_val, history = 0, float("inf"), []
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
+        set_hyperparameters(optimizer, cfg)  # given --weight_decay/--beta1/--beta2 take effect
         scaler.load_state_dict(ckpt["scaler"])
         train_loader.load_state_dict(ckpt["data"])
         start_step = ckpt["step"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from mygpt2.cli import main
+from mygpt2.commands.args import Command, load_config, parse
 from mygpt2.config import (
     PRESETS,
     Config,
@@ -17,7 +19,8 @@ from mygpt2.config import (
     ModelConfig,
     SampleConfig,
     TrainConfig,
-    load_config,
+    format_config,
+    merge_saved,
 )
 from mygpt2.errors import MyGPT2Error
 from mygpt2.model import GPT
@@ -29,9 +32,8 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_defaults():
-    cfg, extras, positional = load_config([])
-    assert cfg == Config()
-    assert (extras, positional) == ({}, [])
+    cfg = load_config([])
+    assert cfg == Config() and cfg.given == {}
     assert cfg.model == ModelConfig(n_layers=4, n_heads=4, n_emb=128, T=128, vocab_size=50257)
     assert cfg.train == TrainConfig() and cfg.data == DataConfig() and cfg.sample == SampleConfig()
     assert cfg.train.compile is False
@@ -41,7 +43,7 @@ def test_defaults():
     "argv", [["--n_layers", "4"], ["--n_layers=4"], ["--n-layers", "4"], ["--n-layers=4"]]
 )
 def test_int_flag_forms(argv):
-    cfg, _, _ = load_config([*argv, "--n_heads", "2"])
+    cfg = load_config([*argv, "--n_heads", "2"])
     assert cfg.model.n_layers == 4 and cfg.model.n_heads == 2
 
 
@@ -57,8 +59,8 @@ def test_flags_of_every_section_and_type():
         "--top_p",
         "0.9",
     ]
-    cfg, _, _ = load_config(argv)
-    assert cfg.train.lr == 3e-4 and cfg.data.split == 0.8 and cfg.train.out_dir == "runs/a"
+    cfg = load_config(argv)
+    assert cfg.train.lr == 3e-4 and cfg.data.split == 0.8 and cfg.run.out_dir == "runs/a"
     assert cfg.train.max_steps == 1000 and cfg.sample.top_p == 0.9
 
 
@@ -76,22 +78,22 @@ def test_flags_of_every_section_and_type():
     ],
 )
 def test_bool_flags(argv, expected):
-    cfg, _, _ = load_config(argv)
+    cfg = load_config(argv)
     assert cfg.train.compile is expected
 
 
 def test_positionals_and_extra_flags():
-    cfg, extras, positional = load_config(
-        ["data.txt", "--n_layers", "2", "--out", "x"], extra_flags=("out",)
-    )
-    assert positional == ["data.txt"] and extras == {"out": "x"} and cfg.model.n_layers == 2
+    command = Command("x", "usage", {"model": None}, extra={"out": "where"})
+    args = parse(["data.txt", "--n_layers", "2", "--out", "x"], command)
+    assert args.positional == ["data.txt"] and args.extras == {"out": "x"}
+    assert args.config.model.n_layers == 2 and args.config.given == {"n_layers": "flag"}
 
 
 def test_toml_flat(tmp_path: Path):
     path = write(
         tmp_path / "run.toml", 'n_layers = 6\nn_heads = 3\nn_emb = 96\nlr = 0.01\ndata = "x.txt"\n'
     )
-    cfg, _, _ = load_config(["--config", str(path)])
+    cfg = load_config(["--config", str(path)])
     assert (cfg.model.n_layers, cfg.model.n_heads, cfg.model.n_emb) == (6, 3, 96)
     assert cfg.train.lr == 0.01 and cfg.data.data == "x.txt"
 
@@ -102,12 +104,12 @@ def test_toml_tables_and_flag_overrides(tmp_path: Path):
         "[model]\nn_layers = 6\nT = 64\n\n[train]\ncompile = true\nbatch_size = 8\n\n"
         "[sample]\ntemperature = 0.5\n",
     )
-    cfg, _, _ = load_config(["--config", str(path)])
+    cfg = load_config(["--config", str(path)])
     assert cfg.model.n_layers == 6 and cfg.model.T == 64
     assert cfg.train.compile is True and cfg.train.batch_size == 8
     assert cfg.sample.temperature == 0.5
     # flags win over the file, wherever they stand on the command line
-    cfg, _, _ = load_config(["--n_layers=2", "--config", str(path), "--compile", "false"])
+    cfg = load_config(["--n_layers=2", "--config", str(path), "--compile", "false"])
     assert cfg.model.n_layers == 2 and cfg.model.T == 64 and cfg.train.compile is False
 
 
@@ -171,8 +173,6 @@ def test_flag_without_value():
         (["--split", "1.0"], "split"),
         (["--dropout", "1.0"], "dropout"),
         (["--min_lr", "1", "--lr", "0.1"], "min_lr"),
-        (["--top_p", "0"], "top_p"),
-        (["--temperature", "-1"], "temperature"),
         (["--dtype", "float8"], "dtype"),
     ],
 )
@@ -182,7 +182,7 @@ def test_invalid_combinations_fail_before_work(argv, words):
 
 
 def test_dict_round_trip():
-    cfg, _, _ = load_config(["--n_layers", "3", "--compile", "--data", "shakespeare"])
+    cfg = load_config(["--n_layers", "3", "--compile", "--data", "shakespeare"])
     assert Config.from_dict(cfg.to_dict()) == cfg
     assert Config.from_dict({"n_layers": 3}).model.n_layers == 3
     with pytest.raises(MyGPT2Error, match="Did you mean 'n_heads'"):
@@ -200,7 +200,7 @@ PRESET_PARAMS = {
 
 @pytest.mark.parametrize("name", list(PRESET_PARAMS))
 def test_presets_have_gpt2_sizes(name):
-    cfg, _, _ = load_config(["--preset", name])
+    cfg = load_config(["--preset", name])
     assert cfg.model.vocab_size == 50257 and cfg.model.T == 1024
     with torch.device("meta"):  # shapes only: no memory, no time
         model = GPT(cfg.model)
@@ -208,16 +208,16 @@ def test_presets_have_gpt2_sizes(name):
 
 
 def test_gpt2_preset_builds_124m():
-    cfg, _, _ = load_config(["--preset", "gpt2"])
+    cfg = load_config(["--preset", "gpt2"])
     assert (cfg.model.n_layers, cfg.model.n_heads, cfg.model.n_emb) == (12, 12, 768)
     model = GPT(cfg.model)
     assert model.num_params() / 1e6 == pytest.approx(124.4, abs=0.05)
 
 
 def test_preset_then_flags_and_small_preset():
-    cfg, _, _ = load_config(["--preset", "gpt2", "--T", "256"])
+    cfg = load_config(["--preset", "gpt2", "--T", "256"])
     assert cfg.model.n_layers == 12 and cfg.model.T == 256
-    cfg, _, _ = load_config(["--preset", "small"])
+    cfg = load_config(["--preset", "small"])
     assert cfg.model.n_layers == PRESETS["small"]["n_layers"]
     with pytest.raises(MyGPT2Error, match="Did you mean 'gpt2-xl'"):
         load_config(["--preset", "gpt2-xxl"])
@@ -243,3 +243,108 @@ def test_cli_process_prints_no_traceback():
     assert run.returncode == 2
     assert "unknown command 'frobnicate'" in run.stderr
     assert "Traceback" not in run.stderr + run.stdout
+
+
+# ---- the config knows what was said ---------------------------------------------------------
+
+
+def test_given_records_each_key_and_where_it_came_from(tmp_path: Path):
+    path = write(tmp_path / "run.toml", "[train]\nlr = 0.01\nbatch_size = 8\n")
+    cfg = load_config(["--preset", "gpt2", "--config", str(path), "--lr", "1e-3", "--T=256"])
+    # a flag equal to the default still counts as given: nothing is guessed from values
+    assert cfg.train.lr == 1e-3 and cfg.given["lr"] == "flag"
+    assert cfg.given["batch_size"] == f"file {path}"
+    assert cfg.given["n_layers"] == "preset gpt2" and cfg.given["T"] == "flag"
+    assert "max_steps" not in cfg.given
+
+
+def test_format_config_marks_where_non_defaults_came_from(tmp_path: Path):
+    path = write(tmp_path / "run.toml", "batch_size = 8\n")
+    cfg = load_config(["--config", str(path), "--lr", "0.003"])
+    text = format_config(cfg)
+    lines = {line.split(" = ")[0]: line for line in text.splitlines() if " = " in line}
+    assert lines["lr"].endswith("# flag") and lines["batch_size"].endswith(f"# file {path}")
+    assert "#" not in lines["max_steps"]  # defaults carry no mark
+    assert text.splitlines()[0] == "[model]"
+
+
+def test_resume_merge_takes_given_keys_over_the_checkpoint():
+    saved = load_config(["--lr", "3e-3", "--dropout", "0.1", "--weight_decay", "0.2"])
+    saved.train.stop_at, saved.train.max_steps = 50, 200
+    # the user gives values equal to the defaults: they must still win (the old bug)
+    now = load_config(["--resume", "--lr", "1e-3", "--dropout", "0.0", "--weight_decay", "0.1"])
+    merged = merge_saved(saved, now)
+    assert (merged.train.lr, merged.model.dropout, merged.train.weight_decay) == (1e-3, 0.0, 0.1)
+    assert merged.train.max_steps == 200 and merged.given["max_steps"] == "checkpoint"
+    assert merged.train.stop_at == 0 and merged.train.resume is True  # never inherited
+    assert merged.given["lr"] == "flag"
+
+
+# ---- each command takes its own flags --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["sample", "--lr", "5"], r"mygpt2 sample does not take --lr \(a \[train\] setting"),
+        (
+            ["sample", "--temprature", "1"],
+            "unknown flag '--temprature' for mygpt2 sample. Did you mean 'temperature'",
+        ),
+        (["prepare", "--n_layers", "2"], "mygpt2 prepare does not take --n_layers"),
+        (["export", "--seed", "1"], "mygpt2 export does not take --seed"),
+        (
+            ["tokenizer", "stats", "--max_steps", "3"],
+            "mygpt2 tokenizer stats does not take --max_steps",
+        ),
+        (["train", "--top_k", "3"], "mygpt2 train does not take --top_k"),
+    ],
+)
+def test_inapplicable_flag_is_a_usage_error(argv, words, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(words, err) and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "present", "absent"),
+    [
+        (
+            ["train", "--help"],
+            ["--lr FLOAT", "[model]", "--preset", "peak learning rate"],
+            ["--top_k", "--checkpoint STR"],
+        ),
+        (
+            ["sample", "--help"],
+            ["--top_k INT", "[sample]", "--checkpoint STR", "--dtype"],
+            ["--lr", "--n_layers", "--preset"],
+        ),
+        (["prepare", "--help"], ["--data STR", "--split FLOAT"], ["--lr", "--top_k"]),
+        (
+            ["tokenizer", "train", "--help"],
+            ["--vocab_size INT", "--split_pattern", "--export_tiktoken"],
+            ["--lr", "--n_layers"],
+        ),
+        (["export", "--help"], ["--hf", "--out_dir"], ["--lr", "--device"]),
+    ],
+)
+def test_help_lists_just_the_commands_flags_with_descriptions(argv, present, absent, capsys):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for word in present:
+        assert word in out, word
+    for word in absent:
+        assert word not in out, word
+    assert "[default:" in out
+
+
+def test_toml_keys_of_other_commands_are_skipped_with_a_note(tmp_path: Path, capsys):
+    from mygpt2.commands.sample import COMMAND as SAMPLE
+
+    path = write(tmp_path / "run.toml", "[train]\nlr = 0.01\n[sample]\ntop_k = 5\n")
+    cfg = parse(["--config", str(path)], SAMPLE).config
+    assert cfg.sample.top_k == 5 and cfg.train.lr == TrainConfig().lr
+    assert "does not use lr; skipped" in capsys.readouterr().err
+    typo = write(tmp_path / "typo.toml", "[sample]\ntop_kk = 5\n")
+    with pytest.raises(MyGPT2Error, match=r"unknown config key 'top_kk'\. Did you mean 'top_k'"):
+        parse(["--config", str(typo)], SAMPLE)

@@ -193,7 +193,7 @@ def test_resume_with_more_processes_at_a_step_boundary(tmp_path) -> None:
     single.next_batch()  # now mid-step: cannot be re-cut for two processes
     with pytest.raises(MyGPT2Error, match="middle of a step"):
         ranks[0].load_state_dict(single.state_dict())
-    cfg.train.seed += 1
+    cfg.run.seed += 1
     other, _ = construct_data_loaders(cfg, tokens, tokens, PAD)
     with pytest.raises(MyGPT2Error, match="seed"):
         other.load_state_dict(state)
@@ -204,7 +204,7 @@ def test_training_length_and_single_pass(tmp_path) -> None:
     cfg = make_cfg(batch_size=2, macro_batch_size=4, max_steps=50, shuffle=True)
     train, _ = construct_data_loaders(cfg, tokens, tokens, PAD)
     assert train.steps == 50 and len(train.dataset) == 200 and len(train) == 100
-    cfg.data.single_pass = True
+    cfg.train.single_pass = True
     train, _ = construct_data_loaders(cfg, tokens, tokens, PAD)
     assert train.steps == 9 and len(train) == 18  # 38 // 4 steps; 2 leftover blocks dropped
     seen = [train.dataset.start(i) for p in range(len(train)) for i in train.indices(p)]
@@ -233,3 +233,13 @@ def test_val_loader(tmp_path) -> None:
     shards = [construct_data_loaders(cfg, train_tokens, val_tokens, PAD, r, 2)[1] for r in (0, 1)]
     firsts = [next(iter(v))[0] for v in shards]
     assert not torch.equal(firsts[0], firsts[1])  # each rank evaluates its own batches
+
+
+def test_block_size_check_names_the_split_and_the_fix() -> None:
+    from mygpt2.data import check_block_sizes
+
+    check_block_sizes(17, 17, 16)  # exactly one block of T + 1 each: fine
+    with pytest.raises(MyGPT2Error, match=r"train split has 16 tokens.*T \+ 1 = 17.*--T"):
+        check_block_sizes(16, 100, 16)
+    with pytest.raises(MyGPT2Error, match=r"val split has 3 tokens.*T \+ 1 = 17"):
+        check_block_sizes(100, 3, 16)

@@ -13,8 +13,10 @@ import pytest
 
 from mygpt2 import prepare as prepare_mod
 from mygpt2.cli import run
-from mygpt2.config import Config, load_config
+from mygpt2.commands.args import load_config
+from mygpt2.config import Config
 from mygpt2.corpus import open_corpus
+from mygpt2.data import construct_data_loaders
 from mygpt2.errors import MyGPT2Error
 from mygpt2.prepare import (
     ensure_prepared,
@@ -35,9 +37,9 @@ TEXT = (
 @pytest.fixture(scope="module")
 def gpt2(gpt2_tiktoken_path: Path) -> RegexTokenizer:
     cfg = Config()
-    cfg.data.use_tiktoken = True
-    cfg.data.tiktoken_file = str(gpt2_tiktoken_path)
-    return load_tokenizer(cfg.data)
+    cfg.tokenizer.use_tiktoken = True
+    cfg.tokenizer.tiktoken_file = str(gpt2_tiktoken_path)
+    return load_tokenizer(cfg.tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -199,10 +201,10 @@ def test_bad_inputs_leave_prepared_files_untouched(tmp_path, gpt2) -> None:
     latin1.write_bytes(TEXT.encode() + b"caf\xe9\n")
     bad = [
         (dict(data=str(empty)), "the corpus is empty"),
-        (dict(data=str(short)), r"only 4 tokens; one training block needs T \+ 1 = 17"),
+        (dict(data=str(short)), r"val split has 1 token\(s\) \(split = 0.9, 4 tokens in all\)"),
         (dict(data=str(latin1), strict_utf8=True), r"not valid UTF-8 \(byte offset"),
-        (dict(split=0.999), r"val split has 1 tokens .*fewer than one block"),
-        (dict(split=1.0), "val split has 0 tokens"),
+        (dict(split=0.999), r"val split has 1 token\(s\)"),
+        (dict(split=1.0), r"val split has 0 token\(s\)"),
         (dict(split=0.001), "train split has"),
     ]
     for fields, message in bad:
@@ -266,7 +268,7 @@ def test_damaged_files_are_refused_then_repaired(tmp_path, gpt2) -> None:
     assert gpt2.decode([*train.tolist(), *val.tolist()]) == TEXT
     cfg.model.T = 1024  # existing files, but too few tokens for this context length
     with pytest.raises(MyGPT2Error, match="T \\+ 1 = 1025"):
-        open_prepared(cfg, gpt2)
+        construct_data_loaders(cfg, train, val, pad_id=0)
 
 
 def test_memmaps_are_read_only_views(tmp_path, gpt2) -> None:
@@ -279,7 +281,7 @@ def test_memmaps_are_read_only_views(tmp_path, gpt2) -> None:
 def test_command_line(tmp_path, gpt2_tiktoken_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     src = write(tmp_path / "a.txt", TEXT)
-    flags = ["--use_tiktoken", "--tiktoken_file", str(gpt2_tiktoken_path), "--T", "16"]
+    flags = ["--use_tiktoken", "--tiktoken_file", str(gpt2_tiktoken_path)]
     assert run("prepare", [str(src), *flags]) == 0
     out = capsys.readouterr().out
     assert "train and" in out and "data_cache" in out
@@ -292,8 +294,8 @@ def test_command_line(tmp_path, gpt2_tiktoken_path, monkeypatch, capsys) -> None
 
 def test_progress_bar_and_root_script(tmp_path, gpt2_tiktoken_path, capsys) -> None:
     tok_cfg = make_cfg(tmp_path, write(tmp_path / "a.txt", TEXT))
-    tok_cfg.data.use_tiktoken, tok_cfg.data.tiktoken_file = True, str(gpt2_tiktoken_path)
-    prepare(tok_cfg, load_tokenizer(tok_cfg.data), progress=True)
+    tok_cfg.tokenizer.use_tiktoken, tok_cfg.tokenizer.tiktoken_file = True, str(gpt2_tiktoken_path)
+    prepare(tok_cfg, load_tokenizer(tok_cfg.tokenizer), progress=True)
     err = capsys.readouterr().err
     assert "preparing file" in err and "tokenizing" in err and "B/s" in err
     root = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from mygpt2 import bpe
 from mygpt2 import tokenizer as tokmod
 from mygpt2.bpe import count_chunks, train_merges
 from mygpt2.cli import main
-from mygpt2.config import DataConfig
+from mygpt2.config import TokenizerConfig
 from mygpt2.errors import MyGPT2Error
 from mygpt2.regex_tokenizer import RegexTokenizer as ReExported
 from mygpt2.tokenizer import (
@@ -332,14 +332,14 @@ def _cl100k_ours() -> RegexTokenizer:
 
 
 def test_load_tokenizer_from_config(tmp_path: Path, gpt2_tiktoken_path: Path) -> None:
-    tok = load_tokenizer(DataConfig(use_tiktoken=True, tiktoken_file=str(gpt2_tiktoken_path)))
+    tok = load_tokenizer(TokenizerConfig(use_tiktoken=True, tiktoken_file=str(gpt2_tiktoken_path)))
     assert tok.vocab_size == 50257 and tok.eot_id == 50256
     assert tok.name.startswith("tiktoken-file:")
     with pytest.raises(MyGPT2Error, match="mygpt2 tokenizer train"):
-        load_tokenizer(DataConfig(tokenizer_path=str(tmp_path / "missing.json")))
+        load_tokenizer(TokenizerConfig(tokenizer_path=str(tmp_path / "missing.json")))
     trained = RegexTokenizer().train("some text to train on, some text", 260)
     trained.save(tmp_path / "tok.json")
-    loaded = load_tokenizer(DataConfig(tokenizer_path=str(tmp_path / "tok.json")))
+    loaded = load_tokenizer(TokenizerConfig(tokenizer_path=str(tmp_path / "tok.json")))
     assert loaded.fingerprint() == trained.fingerprint()
     assert ReExported is RegexTokenizer
 

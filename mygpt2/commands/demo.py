@@ -16,8 +16,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mygpt2.config import flags_help, load_config, parse_flags
-from mygpt2.errors import MyGPT2Error
+from mygpt2.commands.args import ALL, Command, help_text, no_positional, parse, wants_help
+from mygpt2.config import SECTIONS, validate
 
 # Sized to finish in under 10 minutes on 2 CPU cores (see README: measured timings).
 DEMO_SETTINGS: dict[str, str] = {
@@ -46,34 +46,45 @@ DEMO_SETTINGS: dict[str, str] = {
 }
 
 
+COMMAND = Command(
+    name="demo",
+    usage="usage: mygpt2 demo [--FLAG VALUE ...]\n\n" + (__doc__ or "").split("\n\n", 1)[1],
+    sections={section: ALL for section in SECTIONS},
+)
+
+
 def cli(argv: list[str]) -> None:
     """`mygpt2 demo`: tokenizer, data, training and sampling in one go."""
-    if "-h" in argv or "--help" in argv:
-        print(__doc__ + "\nflags (every config field):\n" + flags_help())
+    if wants_help(argv):
+        print(help_text(COMMAND))
         return
-    user, positional = parse_flags(argv, ("config",))
-    if positional:
-        raise MyGPT2Error(f"unexpected argument '{positional[0]}': flags look like --name value.")
-    values = {**DEMO_SETTINGS, **user}
-    values.setdefault("tokenizer_path", str(Path(values["out_dir"]) / "tokenizer.json"))
-    args = [f"--{key}={value}" for key, value in values.items()]
-    cfg, _, _ = load_config(args)
+    args = parse(argv, COMMAND)
+    no_positional(args)
+    cfg = args.config
+    for key, value in DEMO_SETTINGS.items():  # the user's flags and files win
+        if key not in cfg.given:
+            cfg.set(key, value, "demo")
+    if "tokenizer_path" not in cfg.given:
+        cfg.set("tokenizer_path", str(Path(cfg.run.out_dir) / "tokenizer.json"), "demo")
+    validate(cfg)
 
-    from mygpt2 import sample, train
-    from mygpt2.commands import tokenizer as tokenizer_cli
+    from mygpt2.commands.tokenizer import train_tokenizer
+    from mygpt2.sample import sample
+    from mygpt2.train import train
 
     start = time.perf_counter()
-    tok_path = Path(cfg.data.tokenizer_path)
+    tok_path = Path(cfg.tokenizer.tokenizer_path)
     if tok_path.is_file():
         print(f"[1/3] tokenizer: reusing {tok_path}")
     else:
         print(f"[1/3] training a {cfg.model.vocab_size}-token BPE tokenizer on {cfg.data.data}")
-        tokenizer_cli.cli(["train", *args])
+        train_tokenizer(cfg)
+    cfg.given.pop("vocab_size")  # the model takes the tokenizer's size, whatever it reached
     print("[2/3] training the model (data is tokenized on first use)")
-    train.train(cfg)
+    train(cfg)
     print("[3/3] sampling")
-    sample.sample(cfg)
-    out = Path(cfg.train.out_dir)
+    sample(cfg)
+    out = Path(cfg.run.out_dir)
     print(
         f"\ndemo finished in {time.perf_counter() - start:.0f}s. See {out / 'loss_plot.png'}, "
         f"{out / 'generated.txt'}; sample more with: mygpt2 sample --out_dir {out}"

@@ -2,35 +2,33 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from mygpt2.commands.args import Command, help_text, no_positional, parse, wants_help
 
-from mygpt2.errors import MyGPT2Error
-from mygpt2.hf import save_pretrained, save_safetensors
-from mygpt2.model import GPT
+COMMAND = Command(
+    name="export",
+    usage="""usage: mygpt2 export [--out_dir DIR | --checkpoint FILE] [--hf EXPORT_DIR]
+
+Writes model.safetensors beside the checkpoint; with --hf, also a directory that
+transformers.GPT2LMHeadModel.from_pretrained loads.""",
+    sections={"run": ("out_dir", "checkpoint")},
+    extra={"hf": "also write a Hugging Face GPT-2 directory here"},
+)
 
 
 def cli(argv: list[str]) -> None:
-    """`mygpt2 export`: a checkpoint's weights as model.safetensors, and/or a Hugging Face dir."""
-    from mygpt2.checkpoint import load_checkpoint
-    from mygpt2.config import Config, load_config
-
-    if "-h" in argv or "--help" in argv:
-        print(
-            "usage: mygpt2 export [--out_dir DIR | --checkpoint FILE] [--hf EXPORT_DIR]\n\n"
-            "Writes DIR/model.safetensors from DIR/checkpoint.pt; with --hf, also a directory\n"
-            "that transformers.GPT2LMHeadModel.from_pretrained loads."
-        )
+    if wants_help(argv):
+        print(help_text(COMMAND))
         return
-    cfg, extras, positional = load_config(argv, extra_flags=("hf",))
-    if positional:
-        raise MyGPT2Error(f"unexpected argument '{positional[0]}': flags look like --name value.")
-    path = Path(cfg.sample.checkpoint or Path(cfg.train.out_dir) / "checkpoint.pt")
-    ckpt = load_checkpoint(path)
-    model = GPT(Config.from_saved(ckpt["config"]).model)
-    model.load_state_dict(ckpt["model"])
+    args = parse(argv, COMMAND)
+    no_positional(args)
+    from mygpt2.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
+    from mygpt2.hf import save_pretrained, save_safetensors
+
+    path = checkpoint_path(args.config)
+    model = model_from_checkpoint(load_checkpoint(path))
     target = path.parent / "model.safetensors"
     save_safetensors(model, target)
     print(f"wrote {target}")
-    if "hf" in extras:
-        save_pretrained(model, extras["hf"])
-        print(f"wrote {extras['hf']}/config.json and model.safetensors (Hugging Face GPT-2)")
+    if "hf" in args.extras:
+        save_pretrained(model, args.extras["hf"])
+        print(f"wrote {args.extras['hf']}/config.json and model.safetensors (Hugging Face GPT-2)")

@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
-from mygpt2.config import flags_help, load_config
-from mygpt2.corpus import open_corpus
-from mygpt2.errors import MyGPT2Error
-from mygpt2.prepare import prepare, read_meta
+from mygpt2.commands.args import ALL, Command, UsageError, help_text, parse, wants_help
 
-USAGE = """usage: mygpt2 prepare [DATA] [--flag value ...]
+COMMAND = Command(
+    name="prepare",
+    usage="""usage: mygpt2 prepare [DATA] [--FLAG VALUE ...]
 
 Tokenize a corpus into train.bin, val.bin and meta.json. DATA (or --data) is a text file,
-a directory, a glob, stdlib, shakespeare, or hf:NAME[:CONFIG]. Unchanged inputs are reused.
-"""
+a directory, a glob, stdlib, shakespeare, or hf:NAME[:CONFIG]. Unchanged inputs are reused.""",
+    sections={"data": ALL, "tokenizer": ("use_tiktoken", "tokenizer_path", "tiktoken_file")},
+)
 
 
 def cli(argv: list[str]) -> None:
-    """`mygpt2 prepare`: tokenize the corpus now and print where the files went."""
+    if wants_help(argv):
+        print(help_text(COMMAND))
+        return
+    args = parse(argv, COMMAND)
+    if len(args.positional) > 1:
+        raise UsageError(f"prepare takes at most one DATA argument, got {len(args.positional)}.")
+    cfg = args.config
+    if args.positional:
+        cfg.set("data", args.positional[0], "flag")
+    from mygpt2.corpus import open_corpus
+    from mygpt2.prepare import prepare, read_meta
     from mygpt2.tokenizer import load_tokenizer
 
-    if "-h" in argv or "--help" in argv:
-        print(USAGE + "\nflags:\n" + flags_help())
-        return
-    cfg, _, positional = load_config(argv)
-    if len(positional) > 1:
-        raise MyGPT2Error(f"prepare takes at most one DATA argument, got {len(positional)}.")
-    if positional:
-        cfg.data.data = positional[0]
     corpus = open_corpus(cfg.data)  # a wrong --data is reported before tokenizer problems
-    tok = load_tokenizer(cfg.data)
+    tok = load_tokenizer(cfg.tokenizer)
     directory = prepare(cfg, tok, corpus=corpus)
     meta = read_meta(directory)
     print(

@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-from mygpt2.config import flags_help, load_config
-from mygpt2.errors import MyGPT2Error
-from mygpt2.sample import interactive, sample
+from mygpt2.commands.args import ALL, Command, help_text, no_positional, parse, wants_help
+
+COMMAND = Command(
+    name="sample",
+    usage="""usage: mygpt2 sample [--start TEXT | --start FILE:path] [--prompt] [--FLAG VALUE ...]
+
+Continue a start text with a trained model (--out_dir or --checkpoint) or GPT-2 weights
+(--init_from gpt2|DIR), streaming to the terminal and writing out_dir/generated.txt.
+--prompt opens an interactive prompt instead.""",
+    sections={
+        "run": ("out_dir", "checkpoint", "init_from", "device", "dtype", "seed"),
+        "tokenizer": ("use_tiktoken", "tokenizer_path", "tiktoken_file"),
+        "sample": ALL,
+    },
+)
 
 
 def cli(argv: list[str]) -> None:
-    """`mygpt2 sample` / `run_pretrained.py`."""
-    if "-h" in argv or "--help" in argv:
-        print(
-            "usage: mygpt2 sample [--start TEXT | --start FILE:path] [--prompt] "
-            "[--init_from gpt2|DIR] [--FIELD VALUE ...]\n\nflags (every config field):\n"
-            + flags_help()
-        )
+    if wants_help(argv):
+        print(help_text(COMMAND))
         return
-    cfg, _, positional = load_config(argv)
-    if positional:
-        raise MyGPT2Error(f"unexpected argument '{positional[0]}': flags look like --name value.")
-    if cfg.sample.prompt:
-        interactive(cfg)
+    args = parse(argv, COMMAND)
+    no_positional(args)
+    from mygpt2.generate import check_sampling
+    from mygpt2.sample import interactive, sample
+
+    s = args.config.sample
+    check_sampling(s.temperature, s.top_k or None, s.top_p)  # before loading any weights
+    if s.prompt:
+        interactive(args.config)
     else:
-        sample(cfg)
+        sample(args.config)

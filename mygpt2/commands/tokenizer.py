@@ -21,7 +21,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from mygpt2.config import flags_help, load_config
+from mygpt2.commands.args import Command, UsageError, help_text, parse, wants_help
+from mygpt2.config import Config
 from mygpt2.corpus import Corpus, open_corpus
 from mygpt2.errors import MyGPT2Error
 from mygpt2.tokenizer import RegexTokenizer, check_vocab_size, load_tokenizer, pattern_name
@@ -32,7 +33,34 @@ USAGE = """usage:
   mygpt2 tokenizer show "some text" [--tokenizer_path P | --use_tiktoken [--tiktoken_file F]]
   mygpt2 tokenizer stats FILE [--tokenizer_path P | --use_tiktoken [--tiktoken_file F]]
 
-`show` reads standard input when no text is given."""
+`show` reads standard input when no text is given. 'mygpt2 tokenizer SUB --help' lists the
+flags of one subcommand."""
+
+TRAIN = Command(
+    name="tokenizer train",
+    usage="usage: mygpt2 tokenizer train [--data PATH] [--vocab_size N] [--FLAG VALUE ...]\n\n"
+    "Learn a byte-level BPE from --data and write it to --tokenizer_path.",
+    sections={
+        "model": ("vocab_size",),
+        "data": ("data", "stdlib_max_mb", "strict_utf8", "cache_dir", "shakespeare_path"),
+        "tokenizer": ("tokenizer_path", "split_pattern"),
+    },
+    extra={"export_tiktoken": "also write the merges as a .tiktoken file here"},
+)
+_USING = ("use_tiktoken", "tokenizer_path", "tiktoken_file")
+SHOW = Command(
+    name="tokenizer show",
+    usage='usage: mygpt2 tokenizer show "TEXT" [--FLAG VALUE ...]\n\n'
+    "Print TEXT (or standard input) cut into tokens, then the ids.",
+    sections={"tokenizer": _USING, "sample": ("allow_special",)},
+)
+STATS = Command(
+    name="tokenizer stats",
+    usage="usage: mygpt2 tokenizer stats FILE [--FLAG VALUE ...]\n\n"
+    "Print the vocabulary size and the compression (bytes per token) on FILE.",
+    sections={"tokenizer": _USING},
+)
+SUBCOMMANDS = {"train": TRAIN, "show": SHOW, "stats": STATS}
 
 # light backgrounds with black text: readable on dark and light terminals
 _COLOURS = [153, 229, 194, 224, 189, 255]
@@ -41,20 +69,15 @@ _COLOURS = [153, 229, 194, 224, 189, 255]
 def cli(argv: list[str]) -> None:
     """Dispatch `train`, `show` and `stats`."""
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE + "\n\nconfig flags:\n" + flags_help())
+        print(USAGE)
         return
     sub, rest = argv[0], argv[1:]
-    if "-h" in rest or "--help" in rest:
-        print(USAGE + "\n\nconfig flags:\n" + flags_help())
+    if sub not in SUBCOMMANDS:
+        raise UsageError(f"unknown tokenizer command '{sub}': use train, show or stats.\n{USAGE}")
+    if wants_help(rest):
+        print(help_text(SUBCOMMANDS[sub]))
         return
-    if sub == "train":
-        train_cli(rest)
-    elif sub == "show":
-        show_cli(rest)
-    elif sub == "stats":
-        stats_cli(rest)
-    else:
-        raise MyGPT2Error(f"unknown tokenizer command '{sub}': use train, show or stats.\n{USAGE}")
+    {"train": train_cli, "show": show_cli, "stats": stats_cli}[sub](rest)
 
 
 # ---- train ----------------------------------------------------------------------------------
@@ -68,17 +91,21 @@ def training_documents(source: Corpus) -> Iterator[str]:
 
 def train_cli(argv: list[str]) -> None:
     """`mygpt2 tokenizer train`: learn merges from --data and write --tokenizer_path."""
-    if "-h" in argv or "--help" in argv:
-        print(USAGE + "\n\nconfig flags:\n" + flags_help())
-        return
-    cfg, extras, positional = load_config(argv, extra_flags=("export_tiktoken",))
-    if positional:
-        raise MyGPT2Error(f"unexpected argument(s) {positional}: give the corpus as --data PATH.")
+    args = parse(argv, TRAIN)
+    if args.positional:
+        raise UsageError(
+            f"unexpected argument(s) {args.positional}: give the corpus as --data PATH."
+        )
+    train_tokenizer(args.config, args.extras.get("export_tiktoken"))
+
+
+def train_tokenizer(cfg: Config, export_tiktoken: str | None = None) -> RegexTokenizer:
+    """Train a `vocab_size` BPE on `data` and save it to `tokenizer_path`, reporting progress."""
     verbose = sys.stderr.isatty()  # progress bars only for people, not for logs
-    d, vocab_size = cfg.data, cfg.model.vocab_size
-    tok = RegexTokenizer(d.split_pattern)
+    vocab_size, path = cfg.model.vocab_size, cfg.tokenizer.tokenizer_path
+    tok = RegexTokenizer(cfg.tokenizer.split_pattern)
     check_vocab_size(vocab_size, len(tok.special_tokens))  # before reading any text
-    source = open_corpus(d)
+    source = open_corpus(cfg.data)
     print(
         f"training a {vocab_size}-token BPE ({pattern_name(tok.pattern)} split pattern) "
         f"on {source.description}",
@@ -90,21 +117,17 @@ def train_cli(argv: list[str]) -> None:
         tok.train(training_documents(source), vocab_size, verbose=verbose)
     for message in [*source.warnings, *(w.message for w in caught)]:
         print(f"warning: {message}", file=sys.stderr)
-    tok.save(d.tokenizer_path)
-    if extras.get("export_tiktoken"):
-        tok.save_tiktoken(extras["export_tiktoken"])
+    tok.save(path)
+    if export_tiktoken:
+        tok.save_tiktoken(export_tiktoken)
     print(
-        f"wrote {d.tokenizer_path}: {tok.vocab_size} tokens in {time.perf_counter() - t0:.1f} s "
+        f"wrote {path}: {tok.vocab_size} tokens in {time.perf_counter() - t0:.1f} s "
         f"(fingerprint {tok.fingerprint()[:16]})"
     )
+    return tok
 
 
 # ---- show and stats -------------------------------------------------------------------------
-
-
-def _tokenizer_from_flags(argv: list[str]) -> tuple[RegexTokenizer, list[str]]:
-    cfg, _, positional = load_config(argv)
-    return load_tokenizer(cfg.data), positional
 
 
 def render_tokens(tok: RegexTokenizer, ids: list[int], colour: bool) -> str:
@@ -133,9 +156,10 @@ def render_tokens(tok: RegexTokenizer, ids: list[int], colour: bool) -> str:
 
 def show_cli(argv: list[str]) -> None:
     """`mygpt2 tokenizer show TEXT`: the text cut into tokens, then the ids."""
-    tok, positional = _tokenizer_from_flags(argv)
-    text = " ".join(positional) if positional else sys.stdin.read()
-    ids = tok.encode(text, allowed_special="all")
+    args = parse(argv, SHOW)
+    tok = load_tokenizer(args.config.tokenizer)
+    text = " ".join(args.positional) if args.positional else sys.stdin.read()
+    ids = tok.encode(text, allowed_special="all" if args.config.sample.allow_special else "none")
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     print(render_tokens(tok, ids, colour))
     print(ids)
@@ -144,7 +168,9 @@ def show_cli(argv: list[str]) -> None:
 
 def stats_cli(argv: list[str]) -> None:
     """`mygpt2 tokenizer stats FILE`: vocabulary size and bytes per token on FILE."""
-    tok, positional = _tokenizer_from_flags(argv)
+    args = parse(argv, STATS)
+    positional = args.positional
+    tok = load_tokenizer(args.config.tokenizer)
     if len(positional) != 1:
         raise MyGPT2Error("stats needs one text file: mygpt2 tokenizer stats FILE.")
     path = Path(positional[0])
