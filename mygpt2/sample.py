@@ -1,9 +1,8 @@
 """Sampling: continue a start text from a checkpoint or GPT-2 weights, streaming as it goes.
 
-`mygpt2 sample` / `run_pretrained.py` writes `num_samples` continuations to the terminal, token
-by token, and to `out_dir/generated.txt`. With `--prompt` it becomes an interactive loop:
-type a prompt, watch the continuation stream, change settings with `/temp 0.7`, `/topk 40`,
-`/topp 0.9`, `/len 200`, `/seed 1`; Ctrl-C stops a generation, Ctrl-D or `/quit` leaves.
+`sample(cfg, write)` makes `num_samples` continuations, hands each piece of text to `write`
+as soon as it is decoded (the command passes the terminal), and saves them all to
+`out_dir/generated.txt`. The interactive prompt lives in `mygpt2.commands.sample`.
 
 Design choices:
 - A checkpoint names its tokenizer (the file it was trained with and that file's fingerprint);
@@ -17,10 +16,9 @@ Design choices:
 from __future__ import annotations
 
 import codecs
-import contextlib
-import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from mygpt2.checkpoint import load_model_and_tokenizer
@@ -86,119 +84,51 @@ def stream_text(
     return "".join(pieces), n, time.perf_counter() - t0
 
 
-def _stdout(piece: str) -> None:
-    sys.stdout.write(piece)
-    sys.stdout.flush()
+def read_start(start: str) -> str:
+    """The start text: `start` itself, or the contents of the file named by `FILE:path`."""
+    if not start.startswith("FILE:"):
+        return start
+    path = Path(start[5:])
+    if not path.is_file():
+        raise MyGPT2Error(f"start file '{path}' does not exist.")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MyGPT2Error(
+            f"start file '{path}' is not UTF-8 text (byte {e.start} is 0x{e.object[e.start]:02x}). "
+            "Convert it to UTF-8, e.g. iconv -f latin1 -t utf-8."
+        ) from None
 
 
-def sample(cfg: Config) -> list[str]:
-    """Write `num_samples` continuations to stdout (streaming) and out_dir/generated.txt."""
+@dataclass
+class Samples:
+    """What `sample` made: the texts (start included), tokens generated, seconds, output file."""
+
+    texts: list[str]
+    tokens: int
+    seconds: float
+    path: Path
+
+
+def sample(cfg: Config, write: Callable[[str], None] = lambda piece: None) -> Samples:
+    """Generate `num_samples` continuations of the start text, passing each piece of text to
+    `write` as it is decoded (a header line opens each sample), and save them all to
+    out_dir/generated.txt."""
     s = cfg.sample
     check_sampling(s.temperature, s.top_k or None, s.top_p)
+    start = read_start(s.start)
     model, tok = load_model(cfg)
-    start = s.start
-    if start.startswith("FILE:"):
-        path = Path(start[5:])
-        if not path.is_file():
-            raise MyGPT2Error(f"start file '{path}' does not exist.")
-        start = path.read_text(encoding="utf-8")
     prompt_ids = encode_start(tok, start, s.allow_special)
     texts, total_tokens, total_time = [], 0, 0.0
     for i in range(s.num_samples):
         seed = cfg.run.seed + i
-        header = f"--- sample {i + 1}/{s.num_samples} (seed {seed}) ---\n"
-        _stdout(header + (start if start else ""))
-        text, n, dt = stream_text(model, tok, prompt_ids, cfg, seed, _stdout)
-        _stdout("\n")
+        write(f"--- sample {i + 1}/{s.num_samples} (seed {seed}) ---\n{start}")
+        text, n, dt = stream_text(model, tok, prompt_ids, cfg, seed, write)
+        write("\n")
         texts.append(start + text)
         total_tokens += n
         total_time += dt
     out = Path(cfg.run.out_dir) / "generated.txt"
     body = "".join(f"--- sample {i + 1} ---\n{t}\n" for i, t in enumerate(texts))
     atomic_write(out, lambda fh: fh.write(body.encode("utf-8")))
-    rate = total_tokens / total_time if total_time > 0 else float("nan")
-    print(
-        f"\n{total_tokens} tokens in {total_time:.2f}s ({rate:,.1f} tokens/s); written to '{out}'.",
-        file=sys.stderr,
-    )
-    return texts
-
-
-HELP = """commands:
-  /temp X    temperature (0 = greedy)      /topk N   top-k (0 = off)
-  /topp X    nucleus probability (0, 1]    /len N    tokens to generate
-  /seed N    random seed                   /show     current settings
-  /help      this text                     /quit     leave (or Ctrl-D)
-Ctrl-C stops the current generation."""
-
-SETTINGS = {  # command -> (config field, type)
-    "/temp": ("temperature", float),
-    "/topk": ("top_k", int),
-    "/topp": ("top_p", float),
-    "/len": ("max_new_tokens", int),
-    "/seed": ("seed", int),
-}
-
-
-def interactive(cfg: Config, input_fn: Callable[[str], str] = input) -> None:
-    """Read a prompt, stream the continuation, repeat; settings change with /commands."""
-    with contextlib.suppress(ImportError):
-        import readline  # noqa: F401  (line editing and history for input())
-    model, tok = load_model(cfg)
-    s = cfg.sample
-    print(
-        f"mygpt2 interactive: {model.num_params() / 1e6:.1f}M parameters, tokenizer "
-        f"{tok.name}. Type a prompt; /help for commands.",
-        flush=True,
-    )
-    while True:
-        try:
-            line = input_fn(">>> ")
-        except EOFError:
-            print("\nbye", flush=True)
-            return
-        except KeyboardInterrupt:
-            print(flush=True)
-            continue
-        if line.strip().startswith("/"):
-            word, _, arg = line.strip().partition(" ")
-            if word in ("/quit", "/exit"):
-                print("bye", flush=True)
-                return
-            if word == "/help":
-                print(HELP, flush=True)
-            elif word == "/show":
-                print(
-                    f"temp {s.temperature} | topk {s.top_k} | topp {s.top_p} | len "
-                    f"{s.max_new_tokens} | seed {cfg.run.seed}",
-                    flush=True,
-                )
-            elif word in SETTINGS:
-                name, typ = SETTINGS[word]
-                try:
-                    value = typ(arg)
-                    target = cfg.train if name == "seed" else s
-                    old = getattr(target, name)
-                    setattr(target, name, value)
-                    try:
-                        check_sampling(s.temperature, s.top_k or None, s.top_p)
-                        if s.max_new_tokens < 0:
-                            raise MyGPT2Error("length must be 0 or more.")
-                    except MyGPT2Error:
-                        setattr(target, name, old)
-                        raise
-                    print(f"{name} = {value}", flush=True)
-                except (ValueError, MyGPT2Error) as e:
-                    print(f"could not set {name} to {arg!r}: {e}", flush=True)
-            else:
-                print(f"unknown command {word}; /help lists them.", flush=True)
-            continue
-        if not line:
-            continue
-        try:
-            prompt_ids = encode_start(tok, line, s.allow_special)
-            _stdout(line)
-            _, n, dt = stream_text(model, tok, prompt_ids, cfg, cfg.run.seed, _stdout)
-            print(f"\n[{n} tokens, {n / dt if dt > 0 else 0:,.1f} tokens/s]", flush=True)
-        except KeyboardInterrupt:
-            print("\n[stopped]", flush=True)
+    return Samples(texts, total_tokens, total_time, out)

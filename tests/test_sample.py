@@ -79,10 +79,10 @@ def test_run_pretrained_writes_generated_txt(run_dir, tmp_path):
 
 def test_same_seed_same_text_different_seed_different_text(run_dir):
     cfg = load_config(sample_args(run_dir, "--start=KING", "--seed=7", "--temperature=1.0"))
-    a = sample(cfg)
-    b = sample(cfg)
+    a = sample(cfg).texts
+    b = sample(cfg).texts
     cfg.run.seed = 8
-    c = sample(cfg)
+    c = sample(cfg).texts
     assert a == b
     assert a != c
 
@@ -90,7 +90,7 @@ def test_same_seed_same_text_different_seed_different_text(run_dir):
 def test_start_from_file_and_default_start(run_dir, tmp_path):
     start = tmp_path / "start.txt"
     start.write_text("First Citizen:\n", encoding="utf-8")
-    texts = sample(load_config(sample_args(run_dir, f"--start=FILE:{start}")))
+    texts = sample(load_config(sample_args(run_dir, f"--start=FILE:{start}"))).texts
     assert texts[0].startswith("First Citizen:\n")
     # default: a new document, i.e. the <|endoftext|> token
     cfg = load_config(sample_args(run_dir, "--max_new_tokens=5"))
@@ -98,7 +98,7 @@ def test_start_from_file_and_default_start(run_dir, tmp_path):
     from mygpt2.sample import encode_start
 
     assert encode_start(tok, cfg.sample.start, allow_special=False) == [tok.eot_id]
-    assert len(sample(cfg)) == 1
+    assert len(sample(cfg).texts) == 1
 
 
 def test_special_token_text_in_prompt_is_ordinary_unless_allowed(run_dir):
@@ -195,7 +195,7 @@ def test_sampling_from_hf_gpt2_weights_with_gpt2_tokenizer(tmp_path, gpt2_tiktok
     model, tok = load_model(cfg)
     assert tok.vocab_size == 50257 and tok.eot_id == 50256  # GPT-2's own tokenizer
     assert model.config.n_emb == 16
-    texts = sample(cfg)
+    texts = sample(cfg).texts
     assert texts[0].startswith("Hello")
     assert (tmp_path / "generated.txt").is_file()
 
@@ -261,4 +261,4 @@ def test_long_prompt_is_cropped_with_a_warning(run_dir, capsys):
     assert encode_start(tok, text, allow_special=False) == full
     cfg.sample.start = text
     with pytest.warns(UserWarning, match="longer than the context length"):
-        assert sample(cfg)[0].startswith(text)  # sampling goes on from the cropped prompt
+        assert sample(cfg).texts[0].startswith(text)  # sampling goes on from the cropped prompt

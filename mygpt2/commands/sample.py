@@ -1,8 +1,21 @@
-"""`mygpt2 sample` / `run_pretrained.py`: continue a start text, or an interactive prompt."""
+"""`mygpt2 sample` / `run_pretrained.py`: continue a start text, or an interactive prompt.
+
+With `--prompt`: type a prompt, watch the continuation stream, change settings with
+`/temp 0.7`, `/topk 40`, `/topp 0.9`, `/len 200`, `/seed 1`; Ctrl-C stops a generation,
+Ctrl-D or `/quit` leaves.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Callable
+
 from mygpt2.commands.args import ALL, Command, help_text, no_positional, parse, wants_help
+from mygpt2.config import Config
+from mygpt2.errors import MyGPT2Error
+from mygpt2.generate import check_sampling
+from mygpt2.sample import encode_start, load_model, sample, stream_text
 
 COMMAND = Command(
     name="sample",
@@ -25,12 +38,100 @@ def cli(argv: list[str]) -> None:
         return
     args = parse(argv, COMMAND)
     no_positional(args)
-    from mygpt2.generate import check_sampling
-    from mygpt2.sample import interactive, sample
-
     s = args.config.sample
     check_sampling(s.temperature, s.top_k or None, s.top_p)  # before loading any weights
     if s.prompt:
         interactive(args.config)
-    else:
-        sample(args.config)
+        return
+    done = sample(args.config, write_stdout)
+    rate = done.tokens / done.seconds if done.seconds > 0 else float("nan")
+    print(
+        f"\n{done.tokens} tokens in {done.seconds:.2f}s ({rate:,.1f} tokens/s); "
+        f"written to '{done.path}'.",
+        file=sys.stderr,
+    )
+
+
+def write_stdout(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+HELP = """commands:
+  /temp X    temperature (0 = greedy)      /topk N   top-k (0 = off)
+  /topp X    nucleus probability (0, 1]    /len N    tokens to generate
+  /seed N    random seed                   /show     current settings
+  /help      this text                     /quit     leave (or Ctrl-D)
+Ctrl-C stops the current generation."""
+
+SETTINGS = {  # command -> (config field, type)
+    "/temp": ("temperature", float),
+    "/topk": ("top_k", int),
+    "/topp": ("top_p", float),
+    "/len": ("max_new_tokens", int),
+    "/seed": ("seed", int),
+}
+
+
+def interactive(cfg: Config, input_fn: Callable[[str], str] = input) -> None:
+    """Read a prompt, stream the continuation, repeat; settings change with /commands."""
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
+    model, tok = load_model(cfg)
+    s = cfg.sample
+    print(
+        f"mygpt2 interactive: {model.num_params() / 1e6:.1f}M parameters, tokenizer "
+        f"{tok.name}. Type a prompt; /help for commands.",
+        flush=True,
+    )
+    while True:
+        try:
+            line = input_fn(">>> ")
+        except EOFError:
+            print("\nbye", flush=True)
+            return
+        except KeyboardInterrupt:
+            print(flush=True)
+            continue
+        if line.strip().startswith("/"):
+            word, _, arg = line.strip().partition(" ")
+            if word in ("/quit", "/exit"):
+                print("bye", flush=True)
+                return
+            if word == "/help":
+                print(HELP, flush=True)
+            elif word == "/show":
+                print(
+                    f"temp {s.temperature} | topk {s.top_k} | topp {s.top_p} | len "
+                    f"{s.max_new_tokens} | seed {cfg.run.seed}",
+                    flush=True,
+                )
+            elif word in SETTINGS:
+                name, typ = SETTINGS[word]
+                try:
+                    value = typ(arg)
+                    target = cfg.run if name == "seed" else s
+                    old = getattr(target, name)
+                    setattr(target, name, value)
+                    try:
+                        check_sampling(s.temperature, s.top_k or None, s.top_p)
+                        if s.max_new_tokens < 0:
+                            raise MyGPT2Error("length must be 0 or more.")
+                    except MyGPT2Error:
+                        setattr(target, name, old)
+                        raise
+                    print(f"{name} = {value}", flush=True)
+                except (ValueError, MyGPT2Error) as e:
+                    print(f"could not set {name} to {arg!r}: {e}", flush=True)
+            else:
+                print(f"unknown command {word}; /help lists them.", flush=True)
+            continue
+        if not line:
+            continue
+        try:
+            prompt_ids = encode_start(tok, line, s.allow_special)
+            write_stdout(line)
+            _, n, dt = stream_text(model, tok, prompt_ids, cfg, cfg.run.seed, write_stdout)
+            print(f"\n[{n} tokens, {n / dt if dt > 0 else 0:,.1f} tokens/s]", flush=True)
+        except KeyboardInterrupt:
+            print("\n[stopped]", flush=True)
