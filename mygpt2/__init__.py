@@ -1,8 +1,61 @@
 """mygpt2: a small, fast, readable GPT-2 toolkit.
 
-Trainable tokenizer (`mygpt2.tokenizer`), data pipeline (`mygpt2.data`), model with KV-cache
-generation and GPT-2 weights in and out (`mygpt2.model`), training (`mygpt2.train`) and
-sampling (`mygpt2.sample`), behind one command, `mygpt2`.
+The public face, in a few names (imported on first use, so `mygpt2 --help` stays fast):
+
+    import mygpt2
+
+    model = mygpt2.GPT(mygpt2.ModelConfig(n_layers=4, n_heads=4, n_emb=128))
+    model = mygpt2.from_pretrained("gpt2")            # or a local Hugging Face directory
+    mygpt2.save_pretrained(model, "export/")          # transformers reads it
+    ids = mygpt2.generate(model, [464, 3290], max_new_tokens=20, seed=1)
+    tok = mygpt2.RegexTokenizer("gpt4").train(text, vocab_size=4096)
+    cfg = mygpt2.load_config(["--data", "corpus.txt", "--max_steps", "100"])
+    summary = mygpt2.train(cfg)
+    model, tok = mygpt2.load_model_and_tokenizer(cfg)
+
+Modules, from the bottom up: `errors`, `fileio`, `config`, `runtime` (base); `bpe`,
+`tokenizer`, `corpus`, `prepare`, `data`, `loss`, `model`, `generate`, `hf` (domain);
+`checkpoint`, `optim`, `metrics`, `train`, `sample` (runs); `commands` and `cli` (the command
+line). docs/ARCHITECTURE.md draws the layers.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "GPT": "mygpt2.model",
+    "KVCache": "mygpt2.model",
+    "ModelConfig": "mygpt2.config",
+    "Config": "mygpt2.config",
+    "load_config": "mygpt2.commands.args",
+    "from_pretrained": "mygpt2.hf",
+    "save_pretrained": "mygpt2.hf",
+    "save_safetensors": "mygpt2.hf",
+    "generate": "mygpt2.generate",
+    "generate_stream": "mygpt2.generate",
+    "RegexTokenizer": "mygpt2.tokenizer",
+    "load_tokenizer": "mygpt2.tokenizer",
+    "train": "mygpt2.train",
+    "train_step": "mygpt2.train",
+    "load_model_and_tokenizer": "mygpt2.checkpoint",
+    "MyGPT2Error": "mygpt2.errors",
+}
+
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'mygpt2' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -43,11 +43,7 @@ import regex
 
 from mygpt2.bpe import (
     GPT2_SPLIT_PATTERN as GPT2_SPLIT_PATTERN,  # re-exported: part of the tokenizer's API
-)
-from mygpt2.bpe import (
     GPT4_SPLIT_PATTERN as GPT4_SPLIT_PATTERN,
-)
-from mygpt2.bpe import (
     SPLIT_PATTERNS,
     check_vocab_size,
     count_chunks,
@@ -56,8 +52,21 @@ from mygpt2.bpe import (
 from mygpt2.config import TokenizerConfig
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import atomic_write
+from mygpt2.tokenizer_files import (  # the byte alphabet is re-exported as part of this API
+    BYTE_TO_CHAR as BYTE_TO_CHAR,
+    CHAR_TO_BYTE as CHAR_TO_BYTE,
+    EOT,
+    bytes_to_token_str as bytes_to_token_str,
+    parse_tokenizer_json,
+    ranks_from_vocab_merges,
+    read_hf_files,
+    read_json,
+    read_tiktoken_file,
+    tiktoken_text,
+    token_str_to_bytes as token_str_to_bytes,
+    tokenizer_json,
+)
 
-EOT = "<|endoftext|>"
 FORMAT_VERSION = 1  # of the `mygpt2` section of tokenizer.json
 
 TRAIN_HINT = (
@@ -97,40 +106,6 @@ def resolve_pattern(pattern: str) -> str:
 def pattern_name(pattern: str) -> str:
     """`gpt2`/`gpt4` for the built-in patterns, else `custom`."""
     return next((name for name, pat in SPLIT_PATTERNS.items() if pat == pattern), "custom")
-
-
-# ---------------------------------------------------------------------------------------------
-# GPT-2's byte <-> unicode alphabet (used by tokenizer.json, vocab.json and merges.txt)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """Map every byte to a printable character: printable Latin-1 bytes map to themselves,
-    the rest (control characters, space, ...) to code points from 256 up, in byte order."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    keep += range(ord("®"), ord("ÿ") + 1)
-    mapping: dict[int, str] = {}
-    shifted = 0
-    for b in range(256):
-        if b in keep:
-            mapping[b] = chr(b)
-        else:
-            mapping[b] = chr(256 + shifted)
-            shifted += 1
-    return mapping
-
-
-BYTE_TO_CHAR = _bytes_to_unicode()
-CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
-
-
-def bytes_to_token_str(b: bytes) -> str:
-    """Token bytes as a byte-level string, e.g. b' the' -> 'Ġthe'."""
-    return "".join(BYTE_TO_CHAR[x] for x in b)
-
-
-def token_str_to_bytes(s: str) -> bytes:
-    """Inverse of `bytes_to_token_str`; KeyError on a character outside the alphabet."""
-    return bytes(CHAR_TO_BYTE[c] for c in s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,73 +407,16 @@ class RegexTokenizer:
 
     def to_json_dict(self) -> dict[str, Any]:
         """The tokenizer as a Hugging Face `tokenizers` JSON document (plus a `mygpt2` part)."""
-        vocab = {bytes_to_token_str(b): i for b, i in sorted(self.ranks.items(), key=_by_rank)}
-        merges = [f"{bytes_to_token_str(a)} {bytes_to_token_str(b)}" for a, b in self.merges]
-        added = [
-            {
-                "id": i,
-                "content": s,
-                "single_word": False,
-                "lstrip": False,
-                "rstrip": False,
-                "normalized": False,
-                "special": True,
-            }
-            for s, i in sorted(self.special_tokens.items(), key=lambda kv: kv[1])
-        ]
-        return {
-            "version": "1.0",
-            "truncation": None,
-            "padding": None,
-            "added_tokens": added,
-            "normalizer": None,
-            "pre_tokenizer": {
-                "type": "Sequence",
-                "pretokenizers": [
-                    {
-                        "type": "Split",
-                        "pattern": {"Regex": self.pattern},
-                        "behavior": "Isolated",
-                        "invert": False,
-                    },
-                    {
-                        "type": "ByteLevel",
-                        "add_prefix_space": False,
-                        "trim_offsets": True,
-                        "use_regex": False,
-                    },
-                ],
-            },
-            "post_processor": None,
-            "decoder": {
-                "type": "ByteLevel",
-                "add_prefix_space": True,
-                "trim_offsets": True,
-                "use_regex": True,
-            },
-            "model": {
-                "type": "BPE",
-                "dropout": None,
-                "unk_token": None,
-                "continuing_subword_prefix": None,
-                "end_of_word_suffix": None,
-                "fuse_unk": False,
-                "byte_fallback": False,
-                "ignore_merges": True,
-                # our own fields: the HF loader ignores unknown keys here (not at top level)
-                "mygpt2": {
-                    "format_version": FORMAT_VERSION,
-                    "split_pattern": self.pattern,
-                    "split_pattern_name": pattern_name(self.pattern),
-                    "fingerprint": self.fingerprint(),
-                },
-                "vocab": vocab,
-                "merges": merges,
-            },
+        ours = {
+            "format_version": FORMAT_VERSION,
+            "split_pattern": self.pattern,
+            "split_pattern_name": pattern_name(self.pattern),
+            "fingerprint": self.fingerprint(),
         }
+        return tokenizer_json(self.pattern, self.ranks, self.merges, self.special_tokens, ours)
 
     def save(self, path: str | Path) -> None:
-        """Write `tokenizer.json` (Hugging Face schema; see the module docstring)."""
+        """Write `tokenizer.json` (Hugging Face schema; see `mygpt2.tokenizer_files`)."""
         text = json.dumps(self.to_json_dict(), ensure_ascii=False, indent=1) + "\n"
         # atomic: never leave a half-written tokenizer.json behind
         atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
@@ -507,16 +425,7 @@ class RegexTokenizer:
     def load(cls, path: str | Path) -> RegexTokenizer:
         """Read a `tokenizer.json` written by `save` (no `tokenizers` needed)."""
         path = Path(path)
-        if not path.is_file():
-            raise MyGPT2Error(f"tokenizer file '{path}' does not exist. {TRAIN_HINT}")
-        try:
-            with open(path, encoding="utf-8") as fh:
-                doc = json.load(fh)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MyGPT2Error(
-                f"tokenizer file '{path}' is not valid JSON ({e}); it may be truncated. "
-                f"Train it again. {TRAIN_HINT}"
-            ) from None
+        doc = read_json(path, "tokenizer file", f"Train it again. {TRAIN_HINT}")
         tok = cls.from_json_dict(doc, where=f"tokenizer file '{path}'")
         tok.name = f"tokenizer.json:{path}"
         return tok
@@ -524,31 +433,10 @@ class RegexTokenizer:
     @classmethod
     def from_json_dict(cls, doc: Any, where: str = "tokenizer.json") -> RegexTokenizer:
         """Build from a parsed `tokenizer.json` document; see `load`."""
-        if not isinstance(doc, dict):
-            raise MyGPT2Error(f"{where}: expected a JSON object, got {type(doc).__name__}.")
-        model = doc.get("model")
-        ours = model.get("mygpt2") if isinstance(model, dict) else None
-        if not isinstance(ours, dict) or "format_version" not in ours:
-            raise MyGPT2Error(
-                f"{where} was not written by mygpt2 (it has no model.mygpt2 section with a "
-                f"format_version). {TRAIN_HINT}"
-            )
-        if ours["format_version"] != FORMAT_VERSION:
-            raise MyGPT2Error(
-                f"{where} has format_version {ours['format_version']!r}; this mygpt2 reads "
-                f"version {FORMAT_VERSION}. Train the tokenizer again with this version."
-            )
-        try:
-            if model.get("type", "BPE") != "BPE":
-                raise MyGPT2Error(f"{where}: model type {model.get('type')!r} is not BPE.")
-            vocab = model["vocab"]
-            merges = model["merges"]
-            pattern = ours["split_pattern"]
-            specials = {t["content"]: t["id"] for t in doc.get("added_tokens", [])}
-            tok = cls.from_vocab_merges(vocab, merges, pattern, specials, where=where)
-        except (KeyError, TypeError, AttributeError, ValueError) as e:
-            raise MyGPT2Error(f"{where}: missing or malformed field {e}.") from None
-        return tok
+        vocab, merges, pattern, specials = parse_tokenizer_json(
+            doc, where, FORMAT_VERSION, TRAIN_HINT
+        )
+        return cls.from_vocab_merges(vocab, merges, pattern, specials, where=where)
 
     @classmethod
     def from_vocab_merges(
@@ -560,42 +448,7 @@ class RegexTokenizer:
         where: str = "vocabulary",
     ) -> RegexTokenizer:
         """From byte-level `vocab` {token string: id} and `merges` ("a b" or [a, b]) in order."""
-        try:
-            ranks = {token_str_to_bytes(s): int(i) for s, i in vocab.items()}
-        except KeyError as e:
-            raise MyGPT2Error(
-                f"{where}: vocab has a character {e} outside the byte alphabet."
-            ) from None
-        if len(ranks) != len(vocab):
-            raise MyGPT2Error(f"{where}: two vocab entries have the same bytes.")
-        pairs: list[tuple[bytes, bytes]] = []
-        last = -1
-        for k, m in enumerate(merges):
-            parts = m.split(" ") if isinstance(m, str) else list(m)
-            if len(parts) != 2:
-                raise MyGPT2Error(f"{where}: merge {k} ({m!r}) is not two tokens.")
-            try:
-                a, b = token_str_to_bytes(parts[0]), token_str_to_bytes(parts[1])
-            except KeyError as e:
-                raise MyGPT2Error(
-                    f"{where}: merge {k} has a character {e} outside the byte alphabet."
-                ) from None
-            rank = ranks.get(a + b)
-            if a not in ranks or b not in ranks or rank is None:
-                raise MyGPT2Error(f"{where}: merge {k} ({m!r}) uses or makes a token not in vocab.")
-            # tiktoken ranks by id, so ids must grow in merge order for both to agree
-            if rank <= last:
-                raise MyGPT2Error(
-                    f"{where}: merge {k} ({m!r}) makes id {rank}, not above the previous merge's "
-                    f"id {last}; ids must follow merge order."
-                )
-            last = rank
-            pairs.append((a, b))
-        if len(pairs) != sum(len(b) > 1 for b in ranks):
-            raise MyGPT2Error(
-                f"{where}: {len(pairs)} merges for {sum(len(b) > 1 for b in ranks)} multi-byte "
-                "tokens; every token longer than one byte needs exactly one merge."
-            )
+        ranks, pairs = ranks_from_vocab_merges(vocab, merges, where)
         tok = cls(pattern, special_tokens=special_tokens or {}, ranks=ranks, name=where)
         tok._merge_pairs = pairs
         return tok
@@ -610,23 +463,8 @@ class RegexTokenizer:
     ) -> RegexTokenizer:
         """From Hugging Face `vocab.json` + `merges.txt` (GPT-2 style). Specials default to
         the vocab entries that look like `<|...|>`."""
-        for p in (vocab_json, merges_txt):
-            if not Path(p).is_file():
-                raise MyGPT2Error(f"file '{p}' does not exist.")
-        try:
-            vocab = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MyGPT2Error(f"'{vocab_json}' is not valid JSON ({e}).") from None
-        if not isinstance(vocab, dict):
-            raise MyGPT2Error(f"'{vocab_json}' must hold a JSON object of token -> id.")
-        lines = Path(merges_txt).read_text(encoding="utf-8").splitlines()
-        merges = [ln for ln in lines if ln and not ln.startswith("#version")]
-        if special_tokens is None:
-            special_tokens = {
-                s: i for s, i in vocab.items() if s.startswith("<|") and s.endswith("|>")
-            }
-        vocab = {s: i for s, i in vocab.items() if s not in special_tokens}
-        tok = cls.from_vocab_merges(vocab, merges, pattern, special_tokens, where=str(vocab_json))
+        vocab, merges, specials = read_hf_files(vocab_json, merges_txt, special_tokens)
+        tok = cls.from_vocab_merges(vocab, merges, pattern, specials, where=str(vocab_json))
         tok.name = f"hf:{vocab_json}"
         return tok
 
@@ -639,21 +477,7 @@ class RegexTokenizer:
     ) -> RegexTokenizer:
         """From a `.tiktoken` ranks file (base64 token, rank per line). Specials default to
         GPT-2's `<|endoftext|>` placed right after the ranks."""
-        path = Path(path)
-        if not path.is_file():
-            raise MyGPT2Error(f"tiktoken file '{path}' does not exist.")
-        ranks: dict[bytes, int] = {}
-        with open(path, "rb") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    tok, rank = line.split()
-                    ranks[base64.b64decode(tok, validate=True)] = int(rank)
-                except ValueError:
-                    raise MyGPT2Error(
-                        f"tiktoken file '{path}' line {n} is not '<base64 token> <rank>'."
-                    ) from None
+        ranks = read_tiktoken_file(path)
         if special_tokens is None:
             special_tokens = {EOT: max(ranks.values(), default=-1) + 1}
         return cls(pattern, special_tokens, ranks, name=f"tiktoken-file:{path}")
@@ -681,15 +505,8 @@ class RegexTokenizer:
 
     def save_tiktoken(self, path: str | Path) -> None:
         """Export the ranks as a `.tiktoken` file (specials are not part of that format)."""
-        lines = "".join(
-            f"{base64.b64encode(tok).decode('ascii')} {rank}\n"
-            for tok, rank in sorted(self.ranks.items(), key=_by_rank)
-        )
-        atomic_write(path, lambda fh: fh.write(lines.encode("utf-8")))
-
-
-def _by_rank(kv: tuple[bytes, int]) -> int:
-    return kv[1]
+        text = tiktoken_text(self.ranks)
+        atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def _byte_ranks() -> dict[bytes, int]:
