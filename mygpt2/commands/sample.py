@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from mygpt2.commands.args import ALL, Command, help_text, no_positional, parse, wants_help
-from mygpt2.config import Config
 from mygpt2.errors import MyGPT2Error
-from mygpt2.generate import check_sampling
-from mygpt2.sample import encode_start, load_model, sample, stream_text
+
+if TYPE_CHECKING:
+    from mygpt2.config import Config
 
 COMMAND = Command(
     name="sample",
@@ -38,6 +39,10 @@ def cli(argv: list[str]) -> None:
         return
     args = parse(argv, COMMAND)
     no_positional(args)
+    # torch is imported only now: --help and usage errors answer at once
+    from mygpt2.generate import check_sampling
+    from mygpt2.sample import sample
+
     s = args.config.sample
     check_sampling(s.temperature, s.top_k or None, s.top_p)  # before loading any weights
     if s.prompt:
@@ -77,6 +82,9 @@ def interactive(cfg: Config, input_fn: Callable[[str], str] = input) -> None:
     """Read a prompt, stream the continuation, repeat; settings change with /commands."""
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
+    from mygpt2.generate import check_sampling
+    from mygpt2.sample import encode_start, load_model, stream_text
+
     model, tok = load_model(cfg)
     s = cfg.sample
     print(
