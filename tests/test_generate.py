@@ -1,0 +1,213 @@
+"""Generation (mygpt2.generate): KV-cache decoding against cache-free decoding and Hugging Face
+`generate`, the sliding window past T, left-padded batches, top-k / top-p sampling, seeds and
+stop tokens, and bad settings.
+
+Models are tiny and random-initialised inside the tests (see models.py): nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from models import SHAPES, hf_model, prompt_ids, tiny_gpt
+
+from mygpt2.errors import MyGPT2Error
+from mygpt2.generate import generate, generate_stream, sample_next
+from mygpt2.hf import from_pretrained
+
+# ------------------------------------------------------------ reference and cache
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_greedy_matches_hf_generate(tmp_path: Path, shape):
+    hf = hf_model(shape, seed=7)
+    hf.save_pretrained(tmp_path)
+    ours = from_pretrained(str(tmp_path))
+    prompt = prompt_ids(shape[4], 8)
+    assert len(prompt) + 32 <= shape[3]  # HF cannot go past n_positions
+    x = torch.tensor([prompt])
+    with torch.no_grad():
+        out = hf.generate(
+            x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=32,
+            min_new_tokens=32,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    expected = out[0, len(prompt) :].tolist()
+    assert len(expected) == 32
+    assert generate(ours, prompt, 32, temperature=0) == [expected]
+
+
+def test_cache_matches_no_cache_including_past_T():
+    model = tiny_gpt(seed=11, T=16)
+    prompt = prompt_ids(61, 5)
+    # 40 new tokens: the window slides for the last 29 of them
+    cached = generate(model, prompt, 40, temperature=0)
+    uncached = generate(model, prompt, 40, temperature=0, use_cache=False)
+    assert cached == uncached
+    assert len(cached[0]) == 40
+    # seeded sampling gives varied tokens, so every window position matters
+    kw = dict(temperature=1.0, seed=3)
+    sampled = generate(model, prompt, 40, **kw)
+    assert sampled == generate(model, prompt, 40, use_cache=False, **kw)
+    assert len(set(sampled[0])) > 10
+
+
+def test_batch_of_different_lengths_equals_each_alone():
+    model = tiny_gpt(seed=13, T=20)
+    prompts = [prompt_ids(61, n, seed=n) for n in (3, 9, 1, 14)]
+    # 12 new tokens stay inside T for the short prompts; 30 makes every row slide
+    for n_new in (12, 30):
+        batched = generate(model, prompts, n_new, temperature=0)
+        alone = [generate(model, p, n_new, temperature=0)[0] for p in prompts]
+        assert batched == alone
+
+
+# ------------------------------------------------------------------ sampling
+
+
+def allowed_tokens(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> set[int]:
+    """The top-k set intersected with the nucleus of a 1-D logits vector, computed directly."""
+    logits = logits.double()
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    if top_k is not None:
+        kth = torch.sort(logits, descending=True).values[top_k - 1]
+        keep &= logits >= kth
+    if top_p is not None:
+        masked = logits.masked_fill(~keep, float("-inf"))
+        probs = torch.softmax(masked, dim=-1)
+        total = 0.0
+        nucleus = torch.zeros_like(keep)
+        for i in torch.argsort(probs, descending=True).tolist():
+            nucleus[i] = True
+            total += probs[i].item()
+            if total >= top_p:
+                break
+        keep &= nucleus
+    return set(torch.nonzero(keep).flatten().tolist())
+
+
+@pytest.mark.parametrize(
+    ("top_k", "top_p", "temperature"),
+    [(5, None, 1.0), (None, 0.6, 1.0), (20, 0.9, 0.7), (1, None, 1.3), (None, 0.05, 1.0)],
+)
+def test_sample_next_stays_in_top_k_and_nucleus(top_k, top_p, temperature):
+    g = torch.Generator().manual_seed(0)
+    for trial in range(5):
+        logits = torch.randn(100, generator=g) * 2
+        allowed = allowed_tokens(logits / temperature, top_k, top_p)
+        rows = logits.expand(2000, -1)  # 2000 independent draws
+        drawn = sample_next(rows, temperature, top_k, top_p, generator=g)
+        seen = set(drawn.tolist())
+        assert seen <= allowed, f"trial {trial}: drew {sorted(seen - allowed)} outside the set"
+        if len(allowed) <= 20:  # and nothing allowed is wrongly excluded
+            assert seen == allowed
+
+
+def test_generate_samples_stay_in_top_k_and_nucleus():
+    model = tiny_gpt(seed=21)
+    with torch.no_grad():  # sharpen the random model so the nucleus is small
+        model.lm_head.weight.mul_(8)
+    prompt = prompt_ids(61, 6)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt]))[0][0, -1]
+    for top_k, top_p in [(4, None), (None, 0.5), (10, 0.8)]:
+        allowed = allowed_tokens(logits / 0.9, top_k, top_p)
+        first = set()
+        for seed in range(40):
+            out = generate(model, prompt, 1, temperature=0.9, top_k=top_k, top_p=top_p, seed=seed)
+            first.add(out[0][0])
+        batch = generate(model, [prompt] * 300, 1, temperature=0.9, top_k=top_k, top_p=top_p)
+        first |= {row[0] for row in batch}
+        assert first <= allowed
+
+
+def test_seeded_sampling_is_reproducible():
+    model = tiny_gpt(seed=22)
+    prompts = [prompt_ids(61, 4), prompt_ids(61, 7, seed=2)]
+    kw = dict(temperature=1.0, top_k=30, top_p=0.95)
+    a = generate(model, prompts, 30, seed=123, **kw)
+    b = generate(model, prompts, 30, seed=123, **kw)
+    c = generate(model, prompts, 30, seed=124, **kw)
+    assert a == b
+    assert a != c
+
+
+def test_stop_tokens_end_a_row():
+    model = tiny_gpt(seed=23)
+    prompts = [prompt_ids(61, 5), prompt_ids(61, 8, seed=3)]
+    kw = dict(temperature=1.0, seed=5)  # seeded: the same draws with and without stops
+    free = generate(model, prompts, 12, **kw)
+    # the first token of row 0 that is new after the first one: row 0 stops at position j
+    j = next(i for i, tok in enumerate(free[0]) if i > 0 and tok not in free[0][:i])
+    stop = free[0][j]
+    stopped = generate(model, prompts, 12, stop_tokens=[stop], **kw)
+    assert stopped[0] == free[0][:j]
+    if stop in free[1]:
+        assert stopped[1] == free[1][: free[1].index(stop)]
+    else:
+        assert stopped[1] == free[1]
+    # the stream yields the stop token itself, then -1 while the other row goes on
+    stream = generate_stream(model, prompts, 12, stop_tokens=[stop], **kw)
+    row0 = [step[0].item() for step in stream]
+    assert row0[: j + 1] == [*free[0][:j], stop]
+    assert all(tok == -1 for tok in row0[j + 1 :])
+    # a single row ends the stream at its stop token
+    alone = [s.item() for s in generate_stream(model, prompts[:1], 12, stop_tokens=[stop], **kw)]
+    assert len(alone) < 12 and alone[-1] == stop and stop not in alone[:-1]
+    assert generate(model, prompts[:1], 12, stop_tokens=[stop], **kw) == [alone[:-1]]
+
+
+def test_padded_vocab_is_never_sampled():
+    model = tiny_gpt(seed=24, vocab_size=100, pad_vocab=True)
+    assert model.padded_vocab_size == 128
+    with torch.no_grad():  # make the padded ids the most likely by far
+        # a large final-LayerNorm bias along one axis, and padded embeddings along it alone
+        model.transformer.ln_f.bias[0] = 10.0
+        model.transformer.wte.weight[100:] = 0.0
+        model.transformer.wte.weight[100:, 0] = 1.0
+        assert model(torch.tensor([[1, 2, 3]]))[0][0, -1].argmax() >= 100
+    prompts = [prompt_ids(100, 3)] * 50
+    for out in (
+        generate(model, prompts, 5, temperature=0),
+        generate(model, prompts, 5, temperature=1.5, seed=0),
+        generate(model, prompts, 5, temperature=1.0, top_k=120, top_p=1.0, seed=1),
+    ):
+        assert max(max(row) for row in out) < 100
+
+
+# ----------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        (dict(top_k=0), "top_k"),
+        (dict(top_k=-3), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(temperature=-0.1), "temperature"),
+    ],
+)
+def test_generate_rejects_bad_settings(kw, words):
+    with pytest.raises(MyGPT2Error, match=words):
+        generate(tiny_gpt(), [1, 2], 3, **kw)
+
+
+def test_generate_rejects_empty_prompt():
+    model = tiny_gpt()
+    for empty in ([], [[]], [[1, 2], []]):
+        with pytest.raises(MyGPT2Error, match="empty prompt"):
+            generate(model, empty, 3)
+
+
+def test_long_prompt_warns_and_crops():
+    model = tiny_gpt(seed=27, T=16)
+    prompt = prompt_ids(61, 40)
+    with pytest.warns(UserWarning, match="longer than the context length"):
+        out = generate(model, prompt, 10, temperature=0)
+    assert out == generate(model, prompt[-16:], 10, temperature=0)
