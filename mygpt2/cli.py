@@ -1,8 +1,8 @@
 """The `mygpt2` command: one entry, a subcommand per job.
 
-Each subcommand lives in the module that does the work and exposes `cli(argv)`; this file
-only dispatches and turns `MyGPT2Error` into a one-line message with exit status 2, so
-users never see a traceback for a problem with their input.
+Each subcommand is a module in `mygpt2/commands/` with a `cli(argv)` function; this file only
+dispatches and turns a `MyGPT2Error` into a one-line message and its exit status (2 for usage
+and input, 1 for a fault while working), so users never see a traceback.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def run(command: str, argv: list[str]) -> int:
         importlib.import_module(module_name).cli(argv)
     except MyGPT2Error as e:
         print(f"mygpt2 {command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"mygpt2 {command}: interrupted", file=sys.stderr)
         return 130

@@ -1,14 +1,24 @@
-"""The one exception type users see.
+"""The exception types users see, and the exit code each one means.
 
-Every problem caused by the user's input (a config key, a file, a setting) is raised as
-`MyGPT2Error` with a message that says what is wrong, where, and what to do. The command
-line prints these messages without a traceback; anything else is a bug in mygpt2.
+Every problem is raised as a `MyGPT2Error` with a message that says what is wrong, where, and
+what to do. The command line prints the message without a traceback and exits with the code
+of its class (the shell convention: 2 for bad usage or input, 1 for a fault while working).
+Anything else escaping is a bug in mygpt2.
 """
 
 
 class MyGPT2Error(Exception):
-    """A problem with the user's input, explained in words; shown without a traceback."""
+    """A problem with the user's input (a file, a setting, a checkpoint): exit code 2."""
+
+    exit_code = 2
 
 
 class UsageError(MyGPT2Error):
     """A bad command line or config (an unknown flag, a wrong type): exit code 2."""
+
+
+class RunError(MyGPT2Error):
+    """A fault while working (disk full, an unwritable directory, a loss that became NaN):
+    exit code 1. Whatever was saved before it is intact."""
+
+    exit_code = 1

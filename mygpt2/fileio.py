@@ -1,28 +1,73 @@
-"""Files written whole or not at all.
+"""Files written whole or not at all, and file-system faults as messages.
 
 `atomic_write` is how every output of mygpt2 reaches the disk (checkpoints, tokenizer files,
-metrics, plots, exported weights): the bytes go to a temporary file in the same directory,
-are flushed and fsynced, and the file is renamed over the target. A crash, a kill or a full
-disk at any moment leaves the previous file whole.
+plots, exported weights): the bytes go to a temporary file in the same directory, are
+flushed and fsynced, and the file is renamed over the target. A crash, a kill or a full disk
+at any moment leaves the previous file whole.
+
+`fault` turns an `OSError` into a `RunError` whose one line names the path, the operation and
+what to do (disk full, read-only or unwritable directory, a path through a regular file, a
+file that vanished), so no file-system problem ends in a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from mygpt2.errors import MyGPT2Error
+from mygpt2.errors import RunError
+
+_ADVICE = {
+    errno.ENOSPC: "the disk is full; free some space or choose another --out_dir",
+    errno.EDQUOT: "the disk quota is used up; free some space or choose another --out_dir",
+    errno.EACCES: "permission denied; fix the permissions or choose another --out_dir",
+    errno.EPERM: "operation not permitted; fix the permissions or choose another --out_dir",
+    errno.EROFS: "the file system is read-only; choose another --out_dir",
+    errno.ENOTDIR: "a part of the path is a regular file, not a directory; choose another path",
+    errno.EEXIST: "a regular file stands where a directory should be; choose another path",
+    errno.ENOENT: "it does not exist (deleted or moved while mygpt2 was working?)",
+    errno.EISDIR: "it is a directory, not a file; choose another path",
+}
+
+
+def fault(e: OSError, path: str | os.PathLike, operation: str) -> RunError:
+    """A one-line `RunError` for an OSError met while doing `operation` on `path`."""
+    advice = _ADVICE.get(e.errno or 0)
+    detail = e.strerror or str(e)
+    return RunError(
+        f"could not {operation} '{path}': " + (f"{advice} ({detail})." if advice else f"{detail}.")
+    )
+
+
+def ensure_dir(path: str | os.PathLike) -> Path:
+    """Create a directory (and its parents) unless it exists; faults as messages."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # exist_ok does not cover a regular file at `path`
+        raise RunError(
+            f"could not create the directory '{path}': a regular file has that name; "
+            "choose another path."
+        ) from None
+    except OSError as e:
+        raise fault(e, path, "create the directory") from None
+    return path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
-    """Call `write(file_object)` on a temp file beside `path`, fsync, then rename onto `path`."""
+    """Call `write(file_object)` on a temp file beside `path`, fsync, then rename onto `path`.
+    On any failure the previous file at `path`, if any, is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    ensure_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise fault(e, path, "write") from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -36,8 +81,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            raise MyGPT2Error(
-                f"could not write '{path}': {e.strerror or e}. The previous file, if any, is "
-                "intact. Free some disk space or choose another --out_dir."
+            raise RunError(
+                f"{fault(e, path, 'write')} The previous file, if any, is intact."
             ) from None
         raise
+
+
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Append UTF-8 text to a file (a log line), faults as messages."""
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as e:
+        raise fault(e, path, "append to") from None
