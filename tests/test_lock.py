@@ -1,0 +1,95 @@
+"""One writer per output directory: the lock file, stale and foreign locks, a real race."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mygpt2.errors import MyGPT2Error
+from mygpt2.lock import LOCK_NAME, DirectoryLock
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def write_lock(directory, **info) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / LOCK_NAME).write_text(json.dumps(info), encoding="utf-8")
+
+
+def test_lock_holds_its_details_and_is_released(tmp_path):
+    with DirectoryLock(tmp_path / "run", "mygpt2 train --x 1") as lock:
+        info = json.loads((tmp_path / "run" / LOCK_NAME).read_text())
+        assert info["pid"] == os.getpid() and info["host"] == socket.gethostname()
+        assert info["command"] == "mygpt2 train --x 1" and abs(info["started"] - time.time()) < 60
+        assert lock.notes == []
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+def test_a_live_holder_stops_the_second_run_naming_it(tmp_path):
+    with (
+        DirectoryLock(tmp_path, "first run"),
+        pytest.raises(
+            MyGPT2Error, match=rf"in use by another run \(pid {os.getpid()} on .*first run"
+        ),
+    ):
+        DirectoryLock(tmp_path, "second run").acquire()
+    DirectoryLock(tmp_path, "third run").acquire()  # free again
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_with_a_note(tmp_path):
+    write_lock(tmp_path, host=socket.gethostname(), pid=dead_pid(), started=1.0, command="old")
+    with DirectoryLock(tmp_path, "new") as lock:
+        assert "took over a stale lock" in lock.notes[0] and "old" in lock.notes[0]
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["command"] == "new"
+
+
+def test_another_hosts_lock_needs_break_lock(tmp_path):
+    write_lock(tmp_path, host="elsewhere.example", pid=1, started=1.0, command="far away")
+    with pytest.raises(MyGPT2Error, match=r"another host .*elsewhere\.example.*--break_lock"):
+        DirectoryLock(tmp_path, "new").acquire()
+    with DirectoryLock(tmp_path, "new", break_lock=True) as lock:
+        assert "broke the lock" in lock.notes[0]
+
+
+def test_a_corrupt_lock_file_is_a_clear_message(tmp_path):
+    (tmp_path / LOCK_NAME).write_bytes(b"\x00garbage")
+    with pytest.raises(MyGPT2Error, match=r"unreadable.*--break_lock"):
+        DirectoryLock(tmp_path, "new").acquire()
+    DirectoryLock(tmp_path, "new", break_lock=True).acquire()
+
+
+RACER = """
+import sys, time
+from mygpt2.errors import MyGPT2Error
+from mygpt2.lock import DirectoryLock
+while time.time() < float(sys.argv[2]):
+    pass
+try:
+    with DirectoryLock(sys.argv[1], "racer"):
+        time.sleep(1.0)
+    print("got it")
+except MyGPT2Error:
+    print("refused")
+"""
+
+
+def test_of_two_processes_starting_at_once_exactly_one_holds_the_lock(tmp_path):
+    start = str(time.time() + 1.0)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(tmp_path), start], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert outs == ["got it", "refused"]
