@@ -1,4 +1,5 @@
-"""Small models and prompts shared by test_model.py, test_generate.py and test_hf.py.
+"""Helpers shared by several test files: tiny models and prompts (test_model.py,
+test_generate.py, test_hf.py) and the hypothesis text strategy (test_tokenizer.py, test_bpe.py).
 
 Imported as `from models import ...`: pytest puts this directory on sys.path (rootdir-relative
 test files without an `__init__.py`, the default "prepend" import mode). Every model is built
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings, strategies as st
 
 from mygpt2.config import ModelConfig
 from mygpt2.model import GPT
@@ -50,3 +52,16 @@ def prompt_ids(vocab_size: int, length: int, seed: int = 1) -> list[int]:
     """`length` random token ids below `vocab_size`, reproducible by `seed`."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (length,), generator=g).tolist()
+
+
+# database=None: hypothesis would otherwise keep examples in .hypothesis/ in the working dir
+FAST = settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+# arbitrary Unicode, plus a dense mix of the characters the split patterns care about
+unicode_text = st.text(max_size=80) | st.text(
+    alphabet=st.sampled_from(list("aAé日 \t\n\r'sdlv0123.,!?-_\u00a0\u2028😀")), max_size=80
+)

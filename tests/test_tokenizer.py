@@ -1,27 +1,22 @@
-"""Tests of mygpt2.tokenizer: the trainer against a brute-force BPE, both encoders against each
-other and against tiktoken's real GPT-2 and cl100k ids, Hugging Face interop, bad input, CLI."""
+"""Tests of mygpt2.tokenizer: both encoders against each other and against tiktoken's real GPT-2
+and cl100k ids, Hugging Face interop, bad input, CLI. The BPE trainer itself (mygpt2.bpe) is
+tested in test_bpe.py."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import subprocess
 import sys
-import warnings
-from collections import Counter
 from pathlib import Path
 
 import pytest
-import regex
 import tiktoken
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings
+from models import FAST, unicode_text
 from tiktoken.load import load_tiktoken_bpe
 
-from mygpt2 import bpe
 from mygpt2 import tokenizer as tokmod
-from mygpt2.bpe import count_chunks, train_merges
 from mygpt2.cli import main
 from mygpt2.config import TokenizerConfig
 from mygpt2.errors import MyGPT2Error
@@ -29,49 +24,15 @@ from mygpt2.regex_tokenizer import RegexTokenizer as ReExported
 from mygpt2.tokenizer import (
     EOT,
     GPT2_SPLIT_PATTERN,
-    GPT4_SPLIT_PATTERN,
     RegexTokenizer,
     bytes_to_token_str,
     load_tokenizer,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-# database=None: hypothesis would otherwise keep examples in .hypothesis/ in the working dir
-FAST = settings(
-    max_examples=60,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-# arbitrary Unicode, plus a dense mix of the characters the split patterns care about
-unicode_text = st.text(max_size=80) | st.text(
-    alphabet=st.sampled_from(list("aAé日 \t\n\r'sdlv0123.,!?-_\u00a0\u2028😀")), max_size=80
-)
 
 
-# ---- helpers ------------------------------------------------------------------------------
-
-
-def brute_force_merges(words: dict[bytes, int], num_merges: int) -> list[tuple[int, int]]:
-    """Textbook BPE: recount every pair of the whole corpus before each merge."""
-    seqs = [(list(w), f) for w, f in words.items()]
-    merges = []
-    for k in range(num_merges):
-        counts: Counter = Counter()
-        for w, f in seqs:
-            for pair in itertools.pairwise(w):
-                counts[pair] += f
-        if not counts:
-            break
-        best = min(counts, key=lambda p: (-counts[p], p))  # highest count, then smallest pair
-        merges.append(best)
-        for w, _ in seqs:
-            i = 0
-            while i < len(w) - 1:
-                if (w[i], w[i + 1]) == best:
-                    w[i : i + 2] = [256 + k]
-                i += 1
-    return merges
+# ---- fixtures -----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -108,69 +69,6 @@ def cl100k() -> tiktoken.Encoding:
 
 
 # ---- training -----------------------------------------------------------------------------
-
-
-@FAST
-@given(
-    st.dictionaries(
-        st.binary(min_size=1, max_size=8).map(lambda b: bytes(x % 4 + 97 for x in b)),
-        st.integers(1, 5),
-        max_size=12,
-    ),
-    st.integers(1, 30),
-)
-def test_trainer_matches_brute_force(words: dict[bytes, int], num_merges: int) -> None:
-    assert train_merges(words, num_merges) == brute_force_merges(words, num_merges)
-
-
-@FAST
-@given(st.lists(st.text(alphabet="ab c\né!1", max_size=30), min_size=1, max_size=6))
-def test_train_matches_brute_force_on_text(docs: list[str]) -> None:
-    pattern = regex.compile(GPT4_SPLIT_PATTERN)
-    words: Counter = Counter()
-    for doc in docs:
-        for chunk in pattern.findall(doc):
-            words[chunk.encode()] += 1
-    if not words:
-        return
-    expected = brute_force_merges(dict(words), 20)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # small corpora run out of pairs
-        tok = RegexTokenizer().train(docs, 256 + 20 + 1)
-    vocab = {i: bytes([i]) for i in range(256)}
-    for k, (a, b) in enumerate(expected):
-        vocab[256 + k] = vocab[a] + vocab[b]
-    assert tok.merges == [(vocab[a], vocab[b]) for a, b in expected]
-    assert tok.vocab_size == 256 + len(expected) + 1 and tok.eot_id == tok.vocab_size - 1
-
-
-def test_parallel_pre_tokenization_is_exact(
-    shakespeare: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # small blocks force many cuts and the 2-process path; counts must equal one regex pass
-    monkeypatch.setattr(bpe, "BLOCK_CHARS", 50_000)
-    monkeypatch.setattr(bpe, "PARALLEL_MIN_CHARS", 1)
-    text = shakespeare + "\n\n  \n  tail  "
-    for pattern in (GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN):
-        expected = Counter(regex.findall(pattern, text))
-        assert count_chunks(text, pattern, num_proc=2) == expected
-        assert count_chunks([text[:1000], text[1000:]], pattern, num_proc=1) == Counter(
-            regex.findall(pattern, text[:1000])
-        ) + Counter(regex.findall(pattern, text[1000:]))
-
-
-@FAST
-@given(unicode_text)
-def test_cut_documents_count_like_one_pass(text: str) -> None:
-    text = text * 5
-    for pattern in (GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN):
-        old = bpe.BLOCK_CHARS
-        bpe.BLOCK_CHARS = 7
-        try:
-            got = count_chunks(text, pattern, num_proc=1)
-        finally:
-            bpe.BLOCK_CHARS = old
-        assert got == Counter(regex.findall(pattern, text))
 
 
 def test_special_tokens_separate_documents() -> None:
