@@ -23,7 +23,7 @@ import torch
 
 from mygpt2.config import Config, TokenizerConfig, wants_gpt2_tokenizer
 from mygpt2.errors import MyGPT2Error
-from mygpt2.fileio import atomic_write
+from mygpt2.fileio import atomic_write, load_torch_file
 from mygpt2.hf import from_pretrained
 from mygpt2.model import GPT
 from mygpt2.tokenizer import RegexTokenizer, load_tokenizer
@@ -45,13 +45,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"no checkpoint at '{path}'. Train one first (mygpt2 train / python run_train.py, "
             "which writes out_dir/checkpoint.pt), or point to one with --out_dir or --checkpoint."
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise MyGPT2Error(
-            f"'{path}' is not a readable checkpoint (truncated or corrupt?): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from None
+    state = load_torch_file(path, "checkpoint")
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise MyGPT2Error(f"'{path}' is not a mygpt2 checkpoint (no model or config inside).")
     if state.get("format_version", 0) > FORMAT_VERSION:
@@ -104,10 +98,25 @@ def check_tokenizer(ckpt: dict[str, Any], tok: RegexTokenizer, path: str | os.Pa
         )
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> GPT:
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> GPT:
     """The GPT a loaded checkpoint holds (its config, its weights)."""
     model = GPT(Config.from_saved(ckpt["config"]).model)
-    model.load_state_dict(ckpt["model"])
+    expected = model.state_dict()
+    weights = ckpt["model"]
+    problems = [f"missing {k}" for k in expected if k not in weights]
+    problems += [f"unexpected {k}" for k in weights if k not in expected]
+    problems += [
+        f"{k} has shape {tuple(v.shape)}, its config needs {tuple(expected[k].shape)}"
+        for k, v in weights.items()
+        if k in expected and hasattr(v, "shape") and v.shape != expected[k].shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise MyGPT2Error(
+            f"'{path}' does not match the model its config describes: "
+            f"{'; '.join(problems[:3])}{more}. The file is damaged or was edited."
+        )
+    model.load_state_dict(weights)
     return model
 
 
@@ -136,4 +145,4 @@ def load_model_and_tokenizer(cfg: Config) -> tuple[GPT, RegexTokenizer]:
             "Pass the right file with --tokenizer_path."
         ) from None
     check_tokenizer(ckpt, tok, path)
-    return model_from_checkpoint(ckpt), tok
+    return model_from_checkpoint(ckpt, path), tok

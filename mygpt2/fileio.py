@@ -18,9 +18,9 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from mygpt2.errors import RunError
+from mygpt2.errors import MyGPT2Error, RunError
 
 _ADVICE = {
     errno.ENOSPC: "the disk is full; free some space or choose another --out_dir",
@@ -94,3 +94,31 @@ def append_text(path: str | os.PathLike, text: str) -> None:
             fh.write(text)
     except OSError as e:
         raise fault(e, path, "append to") from None
+
+
+def load_torch_file(path: str | os.PathLike, what: str) -> Any:
+    """`torch.load(weights_only=True)` of a file, with messages that protect the user.
+
+    A file holding pickled code or objects mygpt2 never writes is refused outright; torch's
+    own message would suggest `weights_only=False`, the one thing that must not be done with a
+    file from an unknown source, so it is not echoed."""
+    import pickle
+
+    import torch  # imported here: most of fileio's users never load tensors
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower():
+            raise MyGPT2Error(
+                f"refusing to load '{path}': it contains code or objects that mygpt2 never "
+                "writes; do not load it with weights_only=False."
+            ) from None
+        raise MyGPT2Error(f"'{path}' is not a readable {what} (truncated or corrupt).") from None
+    except OSError as e:
+        raise fault(e, path, "read") from None
+    except Exception:  # zip, EOF and format errors: the file is damaged
+        raise MyGPT2Error(
+            f"'{path}' is not a readable {what} (truncated or corrupt). Use an earlier copy, "
+            "or make it again."
+        ) from None

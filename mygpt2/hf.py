@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save
 
 from mygpt2.config import ModelConfig
 from mygpt2.errors import MyGPT2Error
-from mygpt2.fileio import atomic_write
+from mygpt2.fileio import atomic_write, load_torch_file
 from mygpt2.model import GPT, Linear
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -103,7 +103,9 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
         if st.is_file():
             return load_file(str(st))
         if binf.is_file():
-            return torch.load(binf, map_location="cpu", weights_only=True)
+            return load_torch_file(binf, "weights file")
+    except MyGPT2Error:
+        raise
     except Exception as e:
         bad = st if st.is_file() else binf
         raise MyGPT2Error(f"could not read weights from '{bad}': {e}") from None

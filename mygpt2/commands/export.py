@@ -25,7 +25,7 @@ def cli(argv: list[str]) -> None:
     from mygpt2.hf import save_pretrained, save_safetensors
 
     path = checkpoint_path(args.config)
-    model = model_from_checkpoint(load_checkpoint(path))
+    model = model_from_checkpoint(load_checkpoint(path), path)
     target = path.parent / "model.safetensors"
     save_safetensors(model, target)
     print(f"wrote {target}")
