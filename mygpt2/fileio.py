@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -109,7 +110,8 @@ def load_torch_file(path: str | os.PathLike, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" in str(e).lower():
+        # torch names what it blocked: a GLOBAL (a class or function) or a REDUCE call
+        if re.search(r"GLOBAL|REDUCE|Unsupported class|not an allowed global", str(e)):
             raise MyGPT2Error(
                 f"refusing to load '{path}': it contains code or objects that mygpt2 never "
                 "writes; do not load it with weights_only=False."
