@@ -22,6 +22,8 @@ line). docs/ARCHITECTURE.md draws the layers.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -59,3 +61,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+class _Package(types.ModuleType):
+    """`mygpt2.train` and `mygpt2.generate` are the API's functions, although modules of the
+    same names exist: importing a submodule would otherwise rebind the package attribute to the
+    module. The modules stay importable by their full names (`from mygpt2.train import ...`)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -67,6 +67,8 @@ class RunConfig:
     device: str = option("auto", "auto, cpu, cuda, cuda:1 or mps")
     dtype: str = option("auto", "auto, float32, bfloat16 or float16 (training: autocast)")
     seed: int = option(1337, "random seed (sampling: the first sample's seed)")
+    overwrite: bool = option(False, "replace what out_dir (or tokenizer_path) already holds")
+    break_lock: bool = option(False, "take out_dir's lock even if another host's run holds it")
 
 
 @dataclass
@@ -110,7 +112,9 @@ class DataConfig:
     strict_utf8: bool = option(
         False, "refuse non-UTF-8 bytes instead of replacing them with U+FFFD"
     )
-    cache_dir: str = option("data_cache", "prepared token files and downloads, relative to the CWD")
+    cache_dir: str = option(
+        "", "prepared token files and downloads; empty: $MYGPT2_CACHE, else the user cache dir"
+    )
     shakespeare_path: str = option("", "a local tinyshakespeare.txt (or env MYGPT2_SHAKESPEARE)")
 
 
@@ -141,7 +145,7 @@ class SampleConfig:
 SECTIONS = ("model", "run", "train", "data", "tokenizer", "sample")
 
 # Keys that describe one invocation, never inherited from a checkpoint on --resume.
-PER_INVOCATION = frozenset({"resume", "stop_at", "checkpoint"})
+PER_INVOCATION = frozenset({"resume", "stop_at", "checkpoint", "overwrite", "break_lock"})
 
 
 @dataclass

@@ -44,6 +44,7 @@ from pathlib import Path
 
 from mygpt2.config import DataConfig
 from mygpt2.errors import MyGPT2Error
+from mygpt2.fileio import user_cache_dir
 
 SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -305,7 +306,7 @@ def _shakespeare_corpus(data_cfg: DataConfig) -> Corpus:
         return _files_corpus(
             "shakespeare", f"Tiny Shakespeare from {path.resolve()}", [path.resolve()], data_cfg
         )
-    cached = Path(data_cfg.cache_dir) / "downloads" / "tinyshakespeare.txt"
+    cached = user_cache_dir(data_cfg.cache_dir) / "downloads" / "tinyshakespeare.txt"
     size = 1115394  # known size, so the fingerprint and progress bar need no download
 
     def read(corpus: Corpus) -> Iterator[Iterator[str]]:

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,20 @@ def fault(e: OSError, path: str | os.PathLike, operation: str) -> RunError:
     return RunError(
         f"could not {operation} '{path}': " + (f"{advice} ({detail})." if advice else f"{detail}.")
     )
+
+
+def user_cache_dir(configured: str = "") -> Path:
+    """Where downloads and prepared token files go: `configured` if set, else `$MYGPT2_CACHE`,
+    else the platform's per-user cache directory (never the current directory)."""
+    if configured:
+        return Path(configured)
+    if os.environ.get("MYGPT2_CACHE"):
+        return Path(os.environ["MYGPT2_CACHE"])
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "mygpt2"
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "mygpt2" / "Cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mygpt2"
 
 
 def ensure_dir(path: str | os.PathLike) -> Path:

@@ -5,7 +5,8 @@
 `--data X` prepares X on first use and reuses it afterwards.
 
 Layout: one directory per (source, tokenizer) pair, `<cache_dir>/<source>-<tokenizer>-<hash>`
-(`cache_dir` defaults to `data_cache/` in the working directory), or exactly `data_dir` when
+(`cache_dir` defaults to `$MYGPT2_CACHE`, else the per-user cache directory such as
+`~/.cache/mygpt2`, never the working directory), or exactly `data_dir` when
 that is set. It holds
 - `train.bin`, `val.bin`: raw little-endian token ids, uint16 when the vocabulary fits in
   16 bits, else uint32, read back with `np.memmap`;
@@ -53,6 +54,7 @@ import numpy as np
 from mygpt2.config import Config
 from mygpt2.corpus import Corpus, open_corpus
 from mygpt2.errors import MyGPT2Error
+from mygpt2.fileio import user_cache_dir
 
 FORMAT_VERSION = 1
 CHUNK_CHARS = 1 << 18  # encode text in pieces of about this many characters
@@ -79,7 +81,7 @@ def prepared_dir(cfg: Config, tok: Any, corpus: Corpus | None = None) -> Path:
     key = hashlib.sha256(f"{corpus.identity}\n{tok.fingerprint()}".encode()).hexdigest()[:10]
     source = re.sub(r"[^A-Za-z0-9._]+", "-", corpus.identity.rsplit("/", 1)[-1]).strip("-.")
     name = re.sub(r"[^A-Za-z0-9._]+", "-", re.split(r"[:/\\]", tok.name)[-1]).strip("-.")
-    return Path(cfg.data.cache_dir) / f"{source[:40] or 'data'}-{name[:30]}-{key}"
+    return user_cache_dir(cfg.data.cache_dir) / f"{source[:40] or 'data'}-{name[:30]}-{key}"
 
 
 # ----------------------------------------------------------------------------- reading back

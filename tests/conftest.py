@@ -14,6 +14,12 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_user_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Downloads and prepared token files of tests go to a temporary cache, never ~/.cache."""
+    os.environ["MYGPT2_CACHE"] = str(tmp_path_factory.mktemp("user-cache"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Directory holding tinyshakespeare.txt and gpt2.tiktoken."""

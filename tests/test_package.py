@@ -158,3 +158,11 @@ def test_readme_python_examples_run_as_written(tmp_path, monkeypatch, shakespear
             exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
         except Exception as e:  # pragma: no cover - the message is the point
             pytest.fail(f"README python block {i + 1} failed: {type(e).__name__}: {e}\n{block}")
+
+
+def test_api_functions_keep_their_names_after_their_modules_are_imported():
+    import mygpt2.generate  # noqa: F401  (a submodule import used to rebind the package name)
+    import mygpt2.train  # noqa: F401
+
+    assert callable(mygpt2.generate) and mygpt2.generate.__module__ == "mygpt2.generate"
+    assert callable(mygpt2.train) and mygpt2.train.__module__ == "mygpt2.train"

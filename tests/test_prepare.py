@@ -280,12 +280,14 @@ def test_memmaps_are_read_only_views(tmp_path, gpt2) -> None:
 
 def test_command_line(tmp_path, gpt2_tiktoken_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MYGPT2_CACHE", str(tmp_path / "user-cache"))
     src = write(tmp_path / "a.txt", TEXT)
     flags = ["--use_tiktoken", "--tiktoken_file", str(gpt2_tiktoken_path)]
     assert run("prepare", [str(src), *flags]) == 0
     out = capsys.readouterr().out
-    assert "train and" in out and "data_cache" in out
-    assert len(list((tmp_path / "data_cache").iterdir())) == 1
+    assert "train and" in out and "user-cache" in out
+    assert len(list((tmp_path / "user-cache").iterdir())) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "user-cache"]  # not the CWD
     assert run("prepare", ["--data", str(tmp_path / "missing.txt"), *flags]) == 2
     assert "is not a file" in capsys.readouterr().err
     assert run("prepare", ["--help"]) == 0
