@@ -161,8 +161,8 @@ def test_readme_python_examples_run_as_written(tmp_path, monkeypatch, shakespear
 
 
 def test_api_functions_keep_their_names_after_their_modules_are_imported():
-    import mygpt2.generate  # noqa: F401  (a submodule import used to rebind the package name)
-    import mygpt2.train  # noqa: F401
+    import mygpt2.generate  # a submodule import used to rebind the package name
+    import mygpt2.train
 
     assert callable(mygpt2.generate) and mygpt2.generate.__module__ == "mygpt2.generate"
     assert callable(mygpt2.train) and mygpt2.train.__module__ == "mygpt2.train"
