@@ -92,9 +92,15 @@ def check_tokenizer(ckpt: dict[str, Any], tok: RegexTokenizer, path: str | os.Pa
     """Refuse a tokenizer other than the one the checkpoint was trained with."""
     saved = ckpt.get("tokenizer", {})
     if saved.get("fingerprint") and saved["fingerprint"] != tok.fingerprint():
+        now = (
+            "that file now holds another tokenizer"
+            if saved.get("name") == tok.name
+            else f"this run's tokenizer is {tok.name}"
+        )
         raise MyGPT2Error(
-            f"'{path}' was trained with tokenizer {saved.get('name')}, not {tok.name}. "
-            "Pass the right file with --tokenizer_path."
+            f"'{path}' was trained with tokenizer {saved.get('name')} (fingerprint "
+            f"{saved['fingerprint'][:12]}), but {now} (fingerprint {tok.fingerprint()[:12]}). "
+            "Pass the tokenizer it was trained with via --tokenizer_path."
         )
 
 

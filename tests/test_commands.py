@@ -111,3 +111,48 @@ def test_tokenizer_show_honours_allow_special(tmp_path, shakespeare_path, capsys
     assert main(["tokenizer", "show", text, "--tokenizer_path", str(path), "--allow_special"]) == 0
     ids = json.loads(capsys.readouterr().out.splitlines()[1])
     assert ids[-1] == tok.eot_id and ids == tok.encode(text, allowed_special="all")
+
+
+def test_tokenizer_train_never_overwrites_silently(tmp_path, shakespeare_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "tok.json"
+    flags = ["--data", str(shakespeare_path), "--vocab_size", "300", "--tokenizer_path", str(path)]
+    assert main(["tokenizer", "train", *flags]) == 0
+    fingerprint = RegexTokenizer.load(path).fingerprint()
+    # a run that used it: the message must name its checkpoint and prepared data
+    out = tmp_path / "run"
+    skip = ("vocab_size", "stdlib_max_mb", "max_new_tokens", "num_samples")
+    tiny = [f"--{k}={v}" for k, v in TINY.items() if k not in skip]
+    train_flags = ["--data", str(shakespeare_path), f"--tokenizer_path={path}", f"--out_dir={out}"]
+    assert main(["train", *train_flags, *tiny, "--max_steps=1"]) == 0
+    before = path.read_bytes()
+    capsys.readouterr()
+    assert main(["tokenizer", "train", *flags[:3], "310", *flags[4:]]) == 2
+    err = capsys.readouterr().err
+    assert f"already holds a 300-token tokenizer (fingerprint {fingerprint[:12]}" in err
+    assert f"checkpoint {out / 'checkpoint.pt'}" in err and "prepared data" in err
+    assert "--overwrite" in err and path.read_bytes() == before
+    assert main(["tokenizer", "train", *flags[:3], "310", *flags[4:], "--overwrite"]) == 0
+    assert RegexTokenizer.load(path).vocab_size == 310
+    # the checkpoint now refuses the changed file, naming both fingerprints (not the path twice)
+    assert main(["sample", f"--out_dir={out}", "--max_new_tokens=2"]) == 2
+    err = capsys.readouterr().err
+    assert f"fingerprint {fingerprint[:12]}), but that file now holds another tokenizer" in err
+
+
+def test_tokenizer_train_reports_invalid_utf8_and_strict_refuses(tmp_path, capsys):
+    corpus = tmp_path / "latin1.txt"
+    corpus.write_bytes(("hello world " * 40).encode() + b"caf\xe9 na\xefve\n")
+    flags = ["--data", str(corpus), "--vocab_size", "260"]
+    assert main(["tokenizer", "train", *flags, f"--tokenizer_path={tmp_path / 'a.json'}"]) == 0
+    assert "2 byte(s) of the corpus were not valid UTF-8" in capsys.readouterr().err
+    strict = [*flags, f"--tokenizer_path={tmp_path / 'b.json'}", "--strict_utf8"]
+    assert main(["tokenizer", "train", *strict]) == 2
+    assert "is not valid UTF-8 (byte offset 483)" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_tokenizer_stats_on_a_directory_says_so(tmp_path, capsys):
+    argv = ["tokenizer", "stats", str(tmp_path), "--use_tiktoken"]
+    assert main(argv) == 2
+    assert "is a directory; stats reads one text file" in capsys.readouterr().err

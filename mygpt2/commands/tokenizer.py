@@ -44,6 +44,7 @@ TRAIN = Command(
         "model": ("vocab_size",),
         "data": ("data", "stdlib_max_mb", "strict_utf8", "cache_dir", "shakespeare_path"),
         "tokenizer": ("tokenizer_path", "split_pattern"),
+        "run": ("overwrite",),
     },
     extra={"export_tiktoken": "also write the merges as a .tiktoken file here"},
 )
@@ -105,6 +106,8 @@ def train_tokenizer(cfg: Config, export_tiktoken: str | None = None) -> RegexTok
     vocab_size, path = cfg.model.vocab_size, cfg.tokenizer.tokenizer_path
     tok = RegexTokenizer(cfg.tokenizer.split_pattern)
     check_vocab_size(vocab_size, len(tok.special_tokens))  # before reading any text
+    if not cfg.run.overwrite:
+        refuse_overwrite(Path(path), cfg)
     source = open_corpus(cfg.data)
     print(
         f"training a {vocab_size}-token BPE ({pattern_name(tok.pattern)} split pattern) "
@@ -115,6 +118,12 @@ def train_tokenizer(cfg: Config, export_tiktoken: str | None = None) -> RegexTok
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tok.train(training_documents(source), vocab_size, verbose=verbose)
+    if source.replaced_bytes:
+        caught_text = (
+            f"{source.replaced_bytes} byte(s) of the corpus were not valid UTF-8 and were "
+            "replaced with U+FFFD; --strict_utf8 true refuses them instead"
+        )
+        print(f"warning: {caught_text}", file=sys.stderr)
     for message in [*source.warnings, *(w.message for w in caught)]:
         print(f"warning: {message}", file=sys.stderr)
     tok.save(path)
@@ -125,6 +134,55 @@ def train_tokenizer(cfg: Config, export_tiktoken: str | None = None) -> RegexTok
         f"(fingerprint {tok.fingerprint()[:16]})"
     )
     return tok
+
+
+def refuse_overwrite(path: Path, cfg: Config) -> None:
+    """Stop before replacing an existing tokenizer file, saying what holds it and who uses it:
+    checkpoints and prepared token files made with it would be orphaned."""
+    if not path.exists():
+        return
+    try:
+        old = RegexTokenizer.load(path)
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+        what = f"a {old.vocab_size}-token tokenizer (fingerprint {old.fingerprint()[:12]}, {stamp})"
+        users = tokenizer_users(old.fingerprint(), path, cfg)
+    except MyGPT2Error:
+        what, users = "a file that is not a readable tokenizer", []
+    used = f" It is used by: {'; '.join(users)}." if users else ""
+    raise MyGPT2Error(
+        f"'{path}' already holds {what}.{used} Training would replace it: choose another "
+        "--tokenizer_path, or pass --overwrite to replace it."
+    )
+
+
+def tokenizer_users(fingerprint: str, path: Path, cfg: Config) -> list[str]:
+    """Checkpoints (beside the tokenizer and in the working directory's subdirectories) and
+    prepared token files (in the cache) made with the tokenizer of this fingerprint."""
+    import json
+
+    from mygpt2.fileio import user_cache_dir
+
+    users = []
+    for meta in sorted(user_cache_dir(cfg.data.cache_dir).glob("*/meta.json")):
+        try:
+            made = json.loads(meta.read_text(encoding="utf-8"))["tokenizer"]["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if made == fingerprint:
+            users.append(f"prepared data {meta.parent}")
+    places = {path.parent, Path.cwd()}
+    candidates = {c for p in places for c in [p / "checkpoint.pt", *p.glob("*/checkpoint.pt")]}
+    if candidates := sorted(c for c in candidates if c.is_file()):
+        import torch  # only when there are checkpoints to look into
+
+        for ckpt in candidates:
+            try:
+                state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+                if state.get("tokenizer", {}).get("fingerprint") == fingerprint:
+                    users.append(f"checkpoint {ckpt}")
+            except Exception:  # unreadable checkpoints are not this question's business
+                continue
+    return users
 
 
 # ---- show and stats -------------------------------------------------------------------------
@@ -170,12 +228,14 @@ def stats_cli(argv: list[str]) -> None:
     """`mygpt2 tokenizer stats FILE`: vocabulary size and bytes per token on FILE."""
     args = parse(argv, STATS)
     positional = args.positional
-    tok = load_tokenizer(args.config.tokenizer)
     if len(positional) != 1:
-        raise MyGPT2Error("stats needs one text file: mygpt2 tokenizer stats FILE.")
+        raise UsageError("stats needs one text file: mygpt2 tokenizer stats FILE.")
     path = Path(positional[0])
+    if path.is_dir():
+        raise MyGPT2Error(f"'{path}' is a directory; stats reads one text file.")
     if not path.is_file():
         raise MyGPT2Error(f"file '{path}' does not exist.")
+    tok = load_tokenizer(args.config.tokenizer)
     text = path.read_text(encoding="utf-8", errors="replace")
     t0 = time.perf_counter()
     n = len(tok.encode_ordinary(text))
