@@ -17,9 +17,14 @@ from models import SHAPES, hf_model, tiny_gpt
 from safetensors.torch import load_file, save_file
 
 from mygpt2.errors import MyGPT2Error
-from mygpt2.hf import from_pretrained, save_pretrained, save_safetensors
+from mygpt2.hf import from_pretrained, hf_state_dict, save_pretrained, save_safetensors
 
 transformers = pytest.importorskip("transformers")
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest absolute difference over the largest expected magnitude."""
+    return ((got - expected).abs().max() / expected.abs().max()).item()
 
 
 # --------------------------------------------------------------------- HF parity
@@ -35,6 +40,39 @@ def test_logits_match_hf_safetensors(tmp_path: Path, shape):
         expected = hf(idx).logits
         logits, _ = ours(idx)
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+
+
+def test_logits_match_hf_with_large_activations(tmp_path: Path):
+    # At GPT-2's init (std 0.02) the MLP inputs are tiny, where exact GELU and GPT-2's tanh
+    # form agree to ~1e-7. Here the MLP inputs are O(1) -- where the two differ by ~1e-3 --
+    # and the LayerNorm gains and biases are far from 1 and 0, so a wrong activation, a
+    # swapped LayerNorm gain/bias or a dropped bias shows; float64 makes 1e-5 a tight bound.
+    hf = hf_model((2, 2, 32, 16, 50), seed=4)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if ".ln_" in name:
+                p.copy_(
+                    (1.0 if name.endswith("weight") else 0.0)
+                    + 0.5 * torch.randn(p.shape, generator=g)
+                )
+            elif ".mlp." in name:
+                p.mul_(10)  # pre-activations of std ~1.5
+                if name.endswith("bias"):
+                    p.copy_(0.5 * torch.randn(p.shape, generator=g))
+            elif ".attn.c_attn." in name:
+                p.mul_(10)  # peaked attention: a mask or scale error shows too
+    hf.save_pretrained(tmp_path)
+    ours = from_pretrained(str(tmp_path), dtype=torch.float64).eval()
+    hf = hf.double()
+    idx = torch.randint(0, 50, (3, 16), generator=g)
+    with torch.no_grad():
+        block = ours.transformer.h[0]
+        x = ours.transformer.wte(idx) + ours.transformer.wpe(torch.arange(16))
+        assert block.mlp.c_fc(block.ln_2(x)).std() > 1.0  # the regime where the GELUs differ
+        expected = hf(idx).logits
+        logits, _ = ours(idx)
+    assert relative_error(logits, expected) < 1e-5
 
 
 def test_logits_match_hf_pytorch_model_bin(tmp_path: Path):
@@ -74,6 +112,29 @@ def test_model_without_biases_exports_to_hf(tmp_path: Path):
     idx = torch.randint(0, 61, (2, 24))
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, ours(idx)[0], atol=1e-4, rtol=0)
+
+
+def test_hf_state_dict_refuses_a_padded_vocabulary():
+    with pytest.raises(MyGPT2Error, match="pad_vocab"):
+        hf_state_dict(tiny_gpt(pad_vocab=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_from_pretrained_keeps_lm_head_tied_to_wte(tmp_path: Path, dtype):
+    hf_model(SHAPES[1], seed=8).save_pretrained(tmp_path)
+    ours = from_pretrained(str(tmp_path), dtype=dtype)
+    wte = ours.transformer.wte.weight
+    assert ours.lm_head.weight is wte
+    assert ours.lm_head.weight.data_ptr() == wte.data_ptr() and wte.dtype == dtype
+    assert sum(p is wte for p in ours.parameters()) == 1  # counted and optimised once
+    # one gradient step through the output head alone moves the embedding as well
+    before = wte.detach().clone()
+    optimizer = torch.optim.SGD(ours.parameters(), lr=1.0)
+    h = torch.randn(4, ours.config.n_emb, dtype=dtype)
+    ours.lm_head(h).logsumexp(-1).sum().backward()
+    optimizer.step()
+    assert not torch.equal(wte.detach(), before)
+    assert torch.equal(ours.lm_head.weight.detach(), wte.detach())
 
 
 def test_save_safetensors_round_trip(tmp_path: Path):
