@@ -78,3 +78,101 @@ def test_left_padded_batch_logits_equal_each_alone():
             for j, step in enumerate(steps):
                 expected = alone[0, len(p) - 1 + j]
                 torch.testing.assert_close(step[i], expected, atol=1e-5, rtol=0)
+
+
+def test_cache_chunks_of_several_tokens_match_full_forward():
+    # a chunk of t > 1 new tokens after a cached prefix goes through KVCache.causal_mask: token
+    # i of the chunk must see every cached key and the chunk's keys up to i, no further
+    model = tiny_gpt(seed=15, n_layers=3)
+    idx = torch.tensor([prompt_ids(61, 20), prompt_ids(61, 20, seed=2)])
+    cache = KVCache.empty(model.config, 2, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        full, _ = model(idx)
+        end = 0
+        for size in (5, 3, 4, 1, 2, 5):  # a prefill, then chunks continuing the cache
+            step, _ = model(idx[:, end : end + size], cache=cache)
+            end += size
+            assert cache.length == end and step.shape == (2, 1, 61)  # last position only
+            torch.testing.assert_close(step[:, -1], full[:, end - 1], atol=1e-5, rtol=0)
+    assert end == 20
+
+
+def test_chunk_after_left_padded_prefill_matches_each_alone():
+    model = tiny_gpt(seed=17, T=20)
+    prompts = [prompt_ids(61, n, seed=n) for n in (2, 7, 4)]
+    L = max(len(p) for p in prompts)
+    tokens = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
+    cache = KVCache.empty(model.config, len(prompts), torch.device("cpu"), torch.float32)
+    cache.pad = torch.tensor([L - len(p) for p in prompts])
+    chunk = [9, 3, 30]  # three new tokens at once, the same for every row
+    with torch.no_grad():
+        model(tokens, cache=cache)
+        step, _ = model(torch.tensor([chunk] * len(prompts)), cache=cache)
+        for i, p in enumerate(prompts):
+            alone, _ = model(torch.tensor([p + chunk]))
+            torch.testing.assert_close(step[i, -1], alone[0, -1], atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------ dropout
+
+
+def test_dropout_only_in_training_mode():
+    model = tiny_gpt(seed=16, dropout=0.1)
+    plain = tiny_gpt(seed=99, dropout=0.0)
+    plain.load_state_dict(model.state_dict())
+    idx = torch.tensor([prompt_ids(61, 24), prompt_ids(61, 24, seed=3)])
+    with torch.no_grad():
+        model.eval()
+        first, second = model(idx)[0], model(idx)[0]
+        assert torch.equal(first, second)
+        torch.testing.assert_close(first, plain(idx)[0], atol=1e-6, rtol=0)
+        cache = KVCache.empty(model.config, 2, torch.device("cpu"), torch.float32)
+        torch.testing.assert_close(model(idx, cache=cache)[0], first[:, -1:], atol=1e-5, rtol=0)
+        model.train()
+        assert not torch.allclose(model(idx)[0], model(idx)[0])
+        # attention dropout on its own: every nn.Dropout off, only the attention's dropout_p
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        assert not torch.allclose(model(idx)[0], model(idx)[0])
+        model.eval()
+        torch.testing.assert_close(model(idx)[0], first, atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------ sizes by hand
+
+
+def test_parameter_and_flop_counts_by_hand():
+    L, C, T, V = 2, 32, 24, 61
+    model = tiny_gpt(n_layers=L, n_emb=C, T=T, vocab_size=V)
+    matmuls = L * (C * 3 * C + C * C + C * 4 * C + 4 * C * C)  # c_attn, c_proj, c_fc, c_proj
+    small = L * (3 * C + C + 4 * C + C + 2 * 2 * C) + 2 * C  # biases, ln_1, ln_2, then ln_f
+    assert model.num_params() == V * C + T * C + matmuls + small  # the tied head counted once
+    assert model.num_params(non_embedding=True) == matmuls + small
+    assert model.flops_per_token() == 6 * (matmuls + V * C) + 12 * L * C * T
+    assert model.flops_per_token(T=10) == 6 * (matmuls + V * C) + 12 * L * C * 10
+
+
+@pytest.mark.parametrize(("vocab_size", "padded"), [(100, 128), (128, 128), (129, 192)])
+def test_pad_vocab_rounds_up_to_a_multiple_of_64(vocab_size, padded):
+    model = tiny_gpt(vocab_size=vocab_size, pad_vocab=True)
+    assert model.padded_vocab_size == padded
+    assert model.transformer.wte.weight.shape == (padded, 32)
+    assert tiny_gpt(vocab_size=vocab_size).padded_vocab_size == vocab_size
+
+
+def test_crop_context_keeps_the_first_positions():
+    model = tiny_gpt(seed=18, T=24)
+    wpe = model.transformer.wpe.weight.detach().clone()
+    idx = torch.tensor([prompt_ids(61, 10)])
+    with torch.no_grad():
+        before = model(idx)[0]
+        model.crop_context(10)
+        assert model.config.T == 10
+        assert torch.equal(model.transformer.wpe.weight, wpe[:10])
+        torch.testing.assert_close(model(idx)[0], before, atol=0, rtol=0)
+        with pytest.raises(ValueError, match="longer than the context length T=10"):
+            model(torch.tensor([prompt_ids(61, 11)]))
+    for bad in (0, 11, 24):
+        with pytest.raises(ValueError, match=r"1\.\.10"):
+            model.crop_context(bad)
