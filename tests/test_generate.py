@@ -67,6 +67,29 @@ def test_batch_of_different_lengths_equals_each_alone():
         assert batched == alone
 
 
+def test_batch_past_T_gives_every_row_its_own_logits():
+    # a random model's greedy tokens soon repeat, so compare the distributions themselves: the
+    # logits of every step, recorded by a forward hook, while the window slides past T
+    model = tiny_gpt(seed=13, T=20)
+    prompts = [prompt_ids(61, n, seed=n) for n in (3, 9, 1, 14)]
+
+    def stepwise_logits(batch) -> list[torch.Tensor]:
+        seen: list[torch.Tensor] = []
+        hook = model.register_forward_hook(lambda m, args, out: seen.append(out[0][:, -1]))
+        try:
+            generate(model, batch, 30, temperature=0)
+        finally:
+            hook.remove()
+        return seen
+
+    batched = stepwise_logits(prompts)
+    assert len(batched) == 31  # the prefill, then one forward after each new token
+    for i, p in enumerate(prompts):
+        alone = stepwise_logits([p])
+        for step, (b, a) in enumerate(zip(batched, alone, strict=True)):
+            torch.testing.assert_close(b[i], a[0], atol=1e-5, rtol=0, msg=f"row {i} step {step}")
+
+
 # ------------------------------------------------------------------ sampling
 
 
@@ -106,6 +129,40 @@ def test_sample_next_stays_in_top_k_and_nucleus(top_k, top_p, temperature):
         assert seen <= allowed, f"trial {trial}: drew {sorted(seen - allowed)} outside the set"
         if len(allowed) <= 20:  # and nothing allowed is wrongly excluded
             assert seen == allowed
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"),
+    [(1.0, None, None), (0.5, None, None), (2.0, None, None), (1.0, 3, None), (0.8, None, 0.7)],
+)
+def test_sample_next_frequencies_follow_the_distribution(temperature, top_k, top_p):
+    # the draws follow softmax(logits / temperature) renormalised over the kept tokens
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.0, -1.0, 0.5])
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    order = torch.argsort(probs, descending=True)
+    keep = torch.zeros(6, dtype=torch.bool)
+    mass = 0.0
+    for rank, i in enumerate(order.tolist()):  # top-k, then the nucleus, by hand
+        if (top_k is not None and rank >= top_k) or (top_p is not None and mass >= top_p):
+            break
+        keep[i] = True
+        mass += probs[i].item()
+    expected = torch.where(keep, probs, 0.0)
+    expected /= expected.sum()
+    n = 40_000
+    g = torch.Generator().manual_seed(0)
+    drawn = sample_next(logits.expand(n, -1), temperature, top_k, top_p, generator=g)
+    freq = torch.bincount(drawn, minlength=6).double() / n
+    assert (freq - expected).abs().max() < 0.012  # about 5 standard errors at n = 40000
+
+
+def test_top_p_keeps_the_token_that_reaches_the_mass():
+    # equal logits: exact probabilities 1/4, cumulative 1/4, 1/2, 3/4, 1
+    logits = torch.zeros(4000, 4)
+    g = torch.Generator().manual_seed(1)
+    for top_p, kept in [(0.25, 1), (0.5, 2), (0.51, 3), (0.75, 3), (1.0, 4)]:
+        drawn = sample_next(logits, 1.0, None, top_p, generator=g)
+        assert len(set(drawn.tolist())) == kept, top_p
 
 
 def test_generate_samples_stay_in_top_k_and_nucleus():
@@ -176,6 +233,7 @@ def test_padded_vocab_is_never_sampled():
         generate(model, prompts, 5, temperature=0),
         generate(model, prompts, 5, temperature=1.5, seed=0),
         generate(model, prompts, 5, temperature=1.0, top_k=120, top_p=1.0, seed=1),
+        generate(model, prompts, 5, temperature=0, use_cache=False),  # full logits, padded ids too
     ):
         assert max(max(row) for row in out) < 100
 
@@ -211,3 +269,42 @@ def test_long_prompt_warns_and_crops():
     with pytest.warns(UserWarning, match="longer than the context length"):
         out = generate(model, prompt, 10, temperature=0)
     assert out == generate(model, prompt[-16:], 10, temperature=0)
+
+
+def test_tensor_prompts_equal_lists():
+    model = tiny_gpt(seed=28)
+    prompts = [prompt_ids(61, 5), prompt_ids(61, 5, seed=2)]
+    expected = generate(model, prompts, 6, temperature=0)
+    assert generate(model, torch.tensor(prompts), 6, temperature=0) == expected
+    assert generate(model, torch.tensor(prompts[0]), 6, temperature=0) == expected[:1]
+    assert generate(model, prompts[0], 6, temperature=0) == expected[:1]
+
+
+def test_generate_restores_the_training_mode():
+    model = tiny_gpt(seed=29, dropout=0.1)
+    for training in (True, False):
+        model.train(training)
+        generate(model, [1, 2, 3], 2, temperature=0)
+        assert model.training is training
+        assert all(m.training is training for m in model.modules())
+
+
+def test_max_new_tokens_zero_gives_nothing():
+    model = tiny_gpt()
+    assert generate(model, [[1, 2], [3]], 0) == [[], []]
+    assert list(generate_stream(model, [1, 2], 0)) == []
+    with pytest.raises(MyGPT2Error, match="max_new_tokens"):
+        generate(model, [1, 2], -1)
+
+
+def test_prompt_ids_outside_the_vocabulary_are_refused():
+    model = tiny_gpt(vocab_size=100, pad_vocab=True)  # ids 100..127 exist but are not tokens
+    for bad in ([5, 100], [-1], [127]):
+        with pytest.raises(MyGPT2Error, match=r"outside the vocabulary \(0\.\.99\)"):
+            generate(model, bad, 1)
+    assert len(generate(model, [0, 99], 1)[0]) == 1
+
+
+def test_prompts_of_different_lengths_need_the_cache():
+    with pytest.raises(MyGPT2Error, match="use_cache=True"):
+        generate(tiny_gpt(), [[1, 2], [3]], 2, use_cache=False)
