@@ -1,6 +1,6 @@
 """Tests of mygpt2.tokenizer: both encoders against each other and against tiktoken's real GPT-2
-and cl100k ids, Hugging Face interop, bad input, CLI. The BPE trainer itself (mygpt2.bpe) is
-tested in test_bpe.py."""
+and cl100k ids, GPT-2's byte alphabet against Hugging Face's, Hugging Face interop, bad input,
+CLI. The BPE trainer itself (mygpt2.bpe) is tested in test_bpe.py."""
 
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ from mygpt2.config import TokenizerConfig
 from mygpt2.errors import MyGPT2Error
 from mygpt2.regex_tokenizer import RegexTokenizer as ReExported
 from mygpt2.tokenizer import (
+    BYTE_TO_CHAR,
     EOT,
     GPT2_SPLIT_PATTERN,
     RegexTokenizer,
     bytes_to_token_str,
     load_tokenizer,
+    token_str_to_bytes,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,6 +242,25 @@ def test_load_tokenizer_from_config(tmp_path: Path, gpt2_tiktoken_path: Path) ->
     loaded = load_tokenizer(TokenizerConfig(tokenizer_path=str(tmp_path / "tok.json")))
     assert loaded.fingerprint() == trained.fingerprint()
     assert ReExported is RegexTokenizer
+
+
+def test_byte_alphabet_is_gpt2s() -> None:
+    # Our vocab.json / merges.txt / tokenizer.json round trips only check the alphabet against
+    # itself; a different bijection would pass them and still misread GPT-2's real files.
+    pytest.importorskip("transformers")
+    try:
+        from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+    except ImportError:  # transformers 5 keeps it with the slow-to-fast converters
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+    reference = bytes_to_unicode()
+    assert len(reference) == 256
+    assert {b: BYTE_TO_CHAR[b] for b in range(256)} == reference
+    for b in range(256):
+        assert bytes_to_token_str(bytes([b])) == reference[b]
+        assert token_str_to_bytes(reference[b]) == bytes([b])
+    every_byte = bytes(range(256))
+    assert bytes_to_token_str(every_byte) == "".join(reference[b] for b in every_byte)
+    assert bytes_to_token_str(b" the") == "\u0120the"  # the famous "Ġthe"
 
 
 # ---- files: tokenizer.json, .tiktoken, Hugging Face ----------------------------------------
