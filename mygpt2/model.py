@@ -31,7 +31,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from mygpt2.config import ModelConfig
-from mygpt2.loss import LinearCrossEntropy
+from mygpt2.loss import linear_cross_entropy
 
 __all__ = ["GPT", "KVCache", "ModelConfig"]
 
@@ -238,9 +238,11 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
         return_logits: bool = True,
+        reduction: str = "mean",
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits for every position of `idx` (B, t); with `targets`, also the mean cross-entropy
-        (positions whose target is -100 are ignored).
+        (positions whose target is -100 are ignored), or with `reduction="sum"` its sum over the
+        valid targets (training weighs micro-batches by their token counts).
 
         Training passes `return_logits=False`: the loss is then computed chunk by chunk without
         materialising the logits (see `LinearCrossEntropy`), and None comes back for them.
@@ -275,14 +277,19 @@ class GPT(nn.Module):
             h = x.reshape(-1, x.size(-1))
             # big chunks keep the matmuls efficient; 2**25 floats (128 MB) bound the memory
             chunk_rows = max(64, 2**25 // self.padded_vocab_size)
-            loss = LinearCrossEntropy.apply(h, self.lm_head.weight, targets.reshape(-1), chunk_rows)
+            loss = linear_cross_entropy(
+                h, self.lm_head.weight, targets.reshape(-1), chunk_rows, reduction
+            )
             return None, loss
         head = cache.head if cache is not None else None
         logits = self.lm_head(x) if head is None else x @ head  # (B, t, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
-                logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100
+                logits.view(-1, logits.size(-1)).float(),
+                targets.reshape(-1),
+                ignore_index=-100,
+                reduction=reduction,
             )
         return logits, loss
 
