@@ -14,6 +14,11 @@ Loaders (build-nanogpt style, no worker processes: slicing a memmap is cheap):
   processes. Training item `k * macro_batch_size + j` belongs to step `k`; under DDP rank `r`
   takes the `r`-th contiguous slice of every macro batch, in micro-batches of `batch_size`.
   So the ranks' shards are disjoint and together are exactly the single-process batches.
+- Batch arithmetic lives here alone: `accum_steps` checks that `macro_batch_size` divides into
+  micro-batches of `batch_size` on every process, and the training loop asks the loader
+  (`TrainLoader.accum`) how many micro-batches make one step.
+- Short blocks are padded with the id recorded in the prepared files' meta.json
+  (`padding_id`), so training pads with what preparation wrote down, not a second guess.
 - Training length is `max_steps` macro batches, or with `single_pass` one epoch: every
   complete macro batch of blocks once (fewer than `macro_batch_size` leftover blocks are
   dropped). `TrainLoader.steps` is the number of macro steps it provides.
@@ -35,8 +40,8 @@ from torch.utils.data import Dataset
 
 from mygpt2.config import Config
 from mygpt2.errors import MyGPT2Error
-
-IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
+from mygpt2.loss import IGNORE_INDEX
+from mygpt2.prepare import newline_id
 
 
 class BlockPairDataset(Dataset):
@@ -103,6 +108,33 @@ def to_device(
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
+def accum_steps(batch_size: int, macro_batch_size: int, world_size: int = 1) -> int:
+    """Micro-batches per optimizer step on each process; an error if the sizes do not divide.
+
+    >>> accum_steps(4, 32, 2)
+    4
+    """
+    per_pass = batch_size * world_size
+    if macro_batch_size % per_pass:
+        suggestion = max(per_pass, macro_batch_size // per_pass * per_pass)
+        raise MyGPT2Error(
+            f"macro_batch_size ({macro_batch_size}) must be a multiple of batch_size "
+            f"({batch_size}) x processes ({world_size}) = {per_pass}. For example use "
+            f"--macro_batch_size {suggestion}."
+        )
+    return macro_batch_size // per_pass
+
+
+def padding_id(meta: dict[str, Any], tok: Any) -> int:
+    """The id that pads the short last block: `newline_id` from the prepared files' meta.json.
+
+    Files prepared before meta.json recorded it fall back to the tokenizer's newline, so old
+    token files keep loading (and pad as they did)."""
+    if "newline_id" in meta:
+        return int(meta["newline_id"])
+    return newline_id(tok)
+
+
 class TrainLoader:
     """Micro-batches of this rank's share of each macro batch; resumable by position."""
 
@@ -115,16 +147,10 @@ class TrainLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        per_rank, rest = divmod(macro_batch_size, world_size)
-        if rest or per_rank % batch_size:
-            raise MyGPT2Error(
-                f"macro_batch_size ({macro_batch_size}) must be a multiple of batch_size "
-                f"({batch_size}) x processes ({world_size}) = {batch_size * world_size}."
-            )
+        self.accum = accum_steps(batch_size, macro_batch_size, world_size)
         self.dataset, self.batch_size, self.macro = dataset, batch_size, macro_batch_size
         self.rank, self.world_size, self.steps = rank, world_size, steps
-        self.per_rank = per_rank
-        self.accum = per_rank // batch_size  # micro-batches per step on each rank
+        self.per_rank = self.accum * batch_size  # sequences per step on each rank
         self.position = 0  # micro-batches consumed
 
     def __len__(self) -> int:
@@ -202,8 +228,8 @@ class ValLoader:
         self.dataset, self.batch_size = dataset, batch_size
         self.rank, self.world_size = rank, world_size
         self.total_batches = -(-len(dataset) // batch_size)  # the last one may be short
-        # Every rank runs the same number of batches (DDP reduces after each); a tiny val
-        # split gives some ranks a repeated batch rather than none.
+        # Every rank runs the same number of batches (DDP's forward may talk to the other
+        # ranks); a tiny val split gives some ranks a repeated batch rather than none.
         self.num_batches = min(eval_batches, max(1, self.total_batches // world_size))
 
     def __len__(self) -> int:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from mygpt2.config import Config
 from mygpt2.data import (
@@ -14,7 +15,9 @@ from mygpt2.data import (
     BlockPairDataset,
     Construct_data_loaders,
     TrainLoader,
+    accum_steps,
     construct_data_loaders,
+    padding_id,
 )
 from mygpt2.errors import MyGPT2Error
 
@@ -154,6 +157,51 @@ def test_macro_batch_must_divide(tmp_path) -> None:
     cfg = make_cfg(batch_size=2, macro_batch_size=8)
     with pytest.raises(MyGPT2Error, match="multiple"):
         construct_data_loaders(cfg, tokens, tokens, PAD, rank=0, world_size=3)
+
+
+def test_accum_steps_and_indivisible_batch() -> None:
+    assert accum_steps(4, 32) == 8
+    assert accum_steps(4, 32, world_size=2) == 4
+    with pytest.raises(MyGPT2Error, match=r"multiple of batch_size.*--macro_batch_size 28"):
+        accum_steps(4, 30)
+    with pytest.raises(MyGPT2Error, match=r"x processes \(3\) = 12.*--macro_batch_size 12"):
+        accum_steps(4, 8, world_size=3)
+
+
+def test_the_loader_owns_the_accumulation_count(tmp_path) -> None:
+    tokens = memmap_tokens(tmp_path, 400)
+    cfg = make_cfg(batch_size=2, macro_batch_size=8)
+    assert construct_data_loaders(cfg, tokens, tokens, PAD)[0].accum == 4
+    assert construct_data_loaders(cfg, tokens, tokens, PAD, 1, 2)[0].accum == 2
+
+
+def test_padding_id_comes_from_the_prepared_meta(tmp_path) -> None:
+    """The id that pads short blocks is what preparation recorded; meta.json files written
+    before it recorded one fall back to the tokenizer's newline."""
+    from mygpt2.prepare import open_prepared, prepare
+    from mygpt2.tokenizer import RegexTokenizer
+
+    text = "To be, or not to be:\nthat is the question.\n" * 40
+    tok = RegexTokenizer().train(text, 280)
+    (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
+    cfg = Config()
+    cfg.data.data, cfg.data.cache_dir = str(tmp_path / "corpus.txt"), str(tmp_path / "cache")
+    directory = prepare(cfg, tok, progress=False)
+    meta_path = directory / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    newline = tok.encode_ordinary("\n")[0]
+    assert padding_id(meta, tok) == meta["newline_id"] == newline
+    assert padding_id({**meta, "newline_id": 123}, tok) == 123  # meta wins over the tokenizer
+    del meta["newline_id"]  # as an older mygpt2 wrote it
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    train, val, old_meta = open_prepared(cfg, tok)  # old token files keep loading
+    assert padding_id(old_meta, tok) == newline
+    cfg.model.T = len(val) // 2 + 1  # two val blocks, the second one short
+    _, val_loader = construct_data_loaders(cfg, train, val, padding_id(old_meta, tok))
+    x, y = next(iter(val_loader))
+    short = cfg.model.T - (len(val) - 1 - cfg.model.T)  # padded positions of the second
+    assert x[1, -short:].tolist() == [newline] * short
+    assert y[1, -short:].tolist() == [IGNORE_INDEX] * short
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
