@@ -1,9 +1,15 @@
-"""What a training run records: `metrics.jsonl`, `loss_plot.png`, and optional TensorBoard.
+"""What a training run records and shows: `metrics.jsonl`, `loss_plot.png`, optional
+TensorBoard, and the messages and progress bar on the terminal.
 
 `MetricsLog` keeps the whole history in memory as well (it is small: one row per step), so a
 checkpoint can carry it and a resumed run continues the same curves. The plot is redrawn from
 that history at each evaluation and written atomically, so an open image viewer never sees a
 half-written file.
+
+`Reporter` is the one place a training run prints: the resolved config, the start banner,
+the progress bar, the stop message and the final line. The training loop hands it facts and
+never calls `print`; only rank 0's reporter is enabled, so "only rank 0 prints" is decided
+once, when it is made.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from mygpt2.fileio import atomic_write
 
@@ -94,3 +102,88 @@ def _tensorboard_writer(path: Path):
         )
         return None
     return SummaryWriter(str(path))
+
+
+class Reporter:
+    """The terminal side of a training run: messages and a progress bar, on rank 0 only."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+
+    def say(self, text: str) -> None:
+        """Print a message (flushed: runs are often watched through a pipe or a log file)."""
+        if self.enabled:
+            print(text, flush=True)
+
+    def config(self, text: str) -> None:
+        """The resolved config, before anything slow (tokenizing the corpus) starts."""
+        self.say(text)
+
+    def banner(
+        self,
+        *,
+        params: int,
+        device: Any,
+        dtype: Any,
+        processes: int,
+        accum_steps: int,
+        tokens_per_step: int,
+        train_tokens: int,
+        val_tokens: int,
+    ) -> None:
+        """One line that says what is about to run."""
+        self.say(
+            f"\nmodel: {params / 1e6:.2f}M parameters | device {device} | "
+            f"dtype {str(dtype).removeprefix('torch.')} | processes {processes} | "
+            f"accum_steps {accum_steps} | {tokens_per_step:,} tokens/step | "
+            f"data {train_tokens:,} train + {val_tokens:,} val tokens\n"
+        )
+
+    def start(self, total: int, initial: int) -> None:
+        """Open the progress bar at step `initial` of `total` (a resumed run starts midway)."""
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            disable=not self.enabled,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
+
+    def step(self, row: dict[str, Any], val_loss: float | None = None) -> None:
+        """Advance the bar by one step, showing a train row's figures and the last val loss."""
+        if self.bar is None:
+            return
+        postfix = {
+            "loss": f"{row['loss']:.4f}",
+            "lr": f"{row['lr']:.2e}",
+            "tok/s": f"{row['tokens_per_s']:,.0f}",
+        }
+        if row.get("grad_norm") is not None:
+            postfix["gnorm"] = f"{row['grad_norm']:.2f}"
+        if row.get("mfu") is not None:
+            postfix["mfu"] = f"{row['mfu']:.0%}"
+        if val_loss is not None:
+            postfix["val"] = f"{val_loss:.4f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        """Close the bar (idempotent), so that messages after it start on a clean line."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def stopped(self, step: int, checkpoint: str | Path) -> None:
+        """The run was asked to stop (SIGINT/SIGTERM) and saved a checkpoint."""
+        self.close()
+        self.say(f"\nstopped at step {step}; resume with --resume (checkpoint in '{checkpoint}').")
+
+    def done(self, step: int, train_loss: float, best_val_loss: float, out_dir: str | Path) -> None:
+        """The run reached max_steps."""
+        self.close()
+        self.say(
+            f"\ndone: {step} steps, final train loss {train_loss:.4f}, "
+            f"best val loss {best_val_loss:.4f}; outputs in '{out_dir}'."
+        )
