@@ -103,6 +103,25 @@ def test_round_trip_joins_documents_with_endoftext(tmp_path, request, which) -> 
     )
 
 
+@pytest.mark.parametrize(("split", "n_train"), [(0.9, 900), (0.5, 500), (0.7, 700), (0.999, 999)])
+def test_split_boundary_by_hand(tmp_path, split, n_train) -> None:
+    # An untrained tokenizer has no merges: one token per byte, plus the end-of-text id 256
+    # between the two documents. So the stream is known by hand: 500 + 1 + 500 = 1001 tokens,
+    # and train.bin holds the first int(1001 * split) of them -- 900.9 -> 900, 500.5 -> 500,
+    # 700.7 -> 700, 999.999 -> 999 -- val.bin the rest, in order.
+    tok = RegexTokenizer()
+    first, second = "abcdefghij" * 50, "0123 56789" * 50
+    write(tmp_path / "corpus" / "1.txt", first)
+    write(tmp_path / "corpus" / "2.txt", second)
+    stream = [*first.encode(), 256, *second.encode()]
+    assert len(stream) == 1001
+    cfg = make_cfg(tmp_path, tmp_path / "corpus", split=split)
+    train, val, meta = tokens_of(prepare(cfg, tok, progress=False))
+    assert len(train) == meta["train_tokens"] == n_train
+    assert len(val) == meta["val_tokens"] == 1001 - n_train
+    assert train.tolist() == stream[:n_train] and val.tolist() == stream[n_train:]
+
+
 def test_chunked_encoding_equals_whole_document(tmp_path, gpt2, shakespeare_path, monkeypatch):
     text = shakespeare_path.read_text(encoding="utf-8")
     monkeypatch.setattr(prepare_mod, "CHUNK_CHARS", 997)  # hundreds of cuts
