@@ -3,8 +3,9 @@
 Both sides run in this one process on the same shapes, batches and thread count, interleaved
 step by step so that background load hits both alike; the median step time is reported. The
 reference is a plain loop: `GPT2LMHeadModel(...)(input_ids, labels=...)`, `loss.backward()`,
-`torch.optim.AdamW.step()`. Ours is the same work through `mygpt2.model.GPT` and
-`mygpt2.train.make_optimizer` (decay groups, gradient clipping as in the training loop).
+`torch.optim.AdamW.step()`. Ours is one call of `mygpt2.train.train_step`, the training loop's
+own step (token-weighted loss, gradient clipping, AdamW with `mygpt2.optim.make_optimizer`'s
+decay groups), on a `mygpt2.model.GPT`.
 
 MFU is model FLOPs (`GPT.flops_per_token`, 6N + attention) per second against the machine's
 measured matmul rate in the same dtype, not against a datasheet.
@@ -17,7 +18,6 @@ measured matmul rate in the same dtype, not against a datasheet.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 import statistics
 import time
@@ -30,6 +30,7 @@ from mygpt2.config import Config, ModelConfig
 from mygpt2.model import GPT
 from mygpt2.optim import make_optimizer
 from mygpt2.runtime import measure_matmul_flops
+from mygpt2.train import train_step
 
 SHAPES = {
     "small": dict(n_layers=4, n_heads=4, n_emb=128, T=64, batch=12),
@@ -50,20 +51,10 @@ def ours_step_fn(shape: dict, dtype: torch.dtype, compile: bool = False):
     raw = GPT(cfg.model)
     opt = make_optimizer(raw, cfg, torch.device("cpu"))
     model = torch.compile(raw) if compile else raw
-    amp = (
-        torch.autocast("cpu", dtype=torch.bfloat16)
-        if dtype == torch.bfloat16
-        else contextlib.nullcontext()
-    )
 
     def step(x, y):
-        with amp:
-            _, loss = model(x, y, return_logits=False)  # as the training loop calls it
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
+        # the training loop's step: one micro-batch, clipped at 1.0 like the reference
+        return train_step(model, opt, [(x, y)], dtype=dtype, grad_clipping=1.0).loss
 
     return raw, step
 

@@ -6,8 +6,8 @@
   `dtype = bfloat16`; it is not the automatic choice because it only pays on CPUs with
   AVX-512 BF16 or AMX, and without them it is far slower than fp32 (docs/BENCHMARKS.md).
 - `Distributed` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and starts the
-  process group: NCCL on CUDA, gloo on CPU. Only rank 0 prints, logs, plots and saves; `print0`
-  keeps that rule out of the training loop.
+  process group: NCCL on CUDA, gloo on CPU. Only rank 0 prints, logs, plots and saves
+  (`Distributed.is_main`); the training loop's printing goes through `metrics.Reporter`.
 - `peak_flops` knows the dense bf16/fp32 peaks of common GPUs, for MFU; on a CPU it measures
   the matmul rate once, since no table can know it.
 """
@@ -113,12 +113,6 @@ class Distributed:
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def print0(dist_info: Distributed, *args, **kwargs) -> None:
-    """print, on rank 0 only."""
-    if dist_info.is_main:
-        print(*args, **kwargs, flush=True)
 
 
 # Dense peak FLOP/s (bf16/fp16 tensor cores, without sparsity) of GPUs people train on.

@@ -1,73 +1,481 @@
 """Training: one flat loop, on a CPU, one GPU, or many with torchrun.
 
-The loop, read top to bottom in `train()`: set the learning rate, run `accum_steps`
-micro-batches (gradients synchronised across processes only on the last one), clip, step,
-log; evaluate every `eval_interval` steps; checkpoint every `checkpoint_interval` steps, at
-the end, and when the process is asked to stop (SIGINT/SIGTERM).
+`train()` reads top to bottom in one screen: set the learning rate, take one optimizer step's
+micro-batches, `train_step`, report; `evaluate` every `eval_interval` steps; `save` every
+`checkpoint_interval` steps, at the end, and when the process is asked to stop (SIGINT/SIGTERM).
+Everything the loop carries between steps is one `Run`, built (or resumed) by `setup`.
 
 Design choices:
 - `max_steps` counts optimizer (macro) steps; each is `macro_batch_size` sequences over all
-  processes, i.e. `accum_steps = macro_batch_size // (batch_size * world_size)` micro-batches.
+  processes. How many micro-batches that is on each process is the data loader's arithmetic
+  (`TrainLoader.accum`), checked in `mygpt2.data` alone.
+- The loss is a mean over *tokens*, not over micro-batches: before the micro-steps of a step,
+  the valid targets (not -100, i.e. not padding) of all its micro-batches are counted and
+  summed over processes; each micro-batch then backpropagates its summed loss divided by that
+  count (times the number of processes, since DDP averages gradients). So accumulation and
+  DDP give the gradients of one big batch, short padded blocks included. Evaluation likewise
+  sums losses and counts over batches and processes and reports sum / count.
 - Exact resume: the checkpoint carries model, optimizer, scaler, the data loader's position
   and every RNG state, so `--resume` continues bit for bit where the run stopped (tested).
-- The learning rate follows the original myGPT2 `_get_cos_lr`: linear warmup over
-  `warmup_ratio * max_steps` steps, then cosine decay from `lr` to `min_lr` at `max_steps`.
+  The RNG states are restored last in `setup`, so nothing after them draws from the generators.
+- `--resume` takes the checkpoint's config with the flags given now on top (`resume_config`);
+  given optimizer hyperparameters are put into the restored optimizer.
 - A non-finite loss stops the run before the optimizer step, keeping the last good checkpoint.
+- The loop does not print: messages and the progress bar go through `metrics.Reporter`,
+  enabled on rank 0 only. The caller's `cfg` is not changed; the resolved one is `Run.cfg`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from mygpt2.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mygpt2.config import Config, format_config, merge_saved, shape_changes, wants_gpt2_tokenizer
-from mygpt2.data import Construct_data_loaders
+from mygpt2.data import TrainLoader, ValLoader, accum_steps, construct_data_loaders, padding_id
 from mygpt2.errors import MyGPT2Error
 from mygpt2.hf import from_pretrained
-from mygpt2.metrics import MetricsLog
+from mygpt2.loss import IGNORE_INDEX
+from mygpt2.metrics import MetricsLog, Reporter
 from mygpt2.model import GPT
 from mygpt2.optim import get_lr, make_optimizer, set_hyperparameters
 from mygpt2.prepare import ensure_prepared
-from mygpt2.runtime import (
-    Distributed,
-    StopRequest,
-    autocast,
-    peak_flops,
-    pick_device,
-    pick_dtype,
-    print0,
-)
+from mygpt2.runtime import Distributed, StopRequest, autocast, peak_flops, pick_device, pick_dtype
 from mygpt2.tokenizer import load_tokenizer
 
+# ----------------------------------------------------------------------------- the loop
 
-def accum_steps_for(cfg: Config, world_size: int) -> int:
-    """Micro-batches per optimizer step on each process; an error if the sizes do not divide."""
-    t = cfg.train
-    per_pass = t.batch_size * world_size
-    if t.macro_batch_size % per_pass != 0:
-        raise MyGPT2Error(
-            f"macro_batch_size ({t.macro_batch_size}) must be a multiple of batch_size "
-            f"({t.batch_size}) x processes ({world_size}) = {per_pass}. For example use "
-            f"--macro_batch_size {max(per_pass, t.macro_batch_size // per_pass * per_pass)}."
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train a GPT as `cfg` says; returns a summary (final losses, steps, paths)."""
+    dist_info = Distributed.from_env(cfg.run.device)
+    reporter = Reporter(enabled=dist_info.is_main)
+    try:
+        run = setup(cfg, dist_info, reporter)
+        t = run.cfg.train
+        batches = iter(run.train_loader)
+        reporter.start(total=t.max_steps, initial=run.step)
+        with StopRequest() as stop:
+            while run.step < run.end_step:
+                t0 = time.perf_counter()
+                lr = get_lr(run.step, run.cfg)
+                micro = [next(batches) for _ in range(run.train_loader.accum)]
+                result = step_run(run, micro, lr)
+                run.step += 1
+                report_step(run, result, lr, time.perf_counter() - t0)
+                if run.step % t.eval_interval == 0 or run.step == t.max_steps:
+                    evaluate_run(run)
+                stopping = stop_requested(stop, run)
+                periodic = t.checkpoint_interval and run.step % t.checkpoint_interval == 0
+                if periodic or stopping or run.step == run.end_step:
+                    save(run)
+                if stopping:
+                    reporter.stopped(run.step, run.ckpt_path)
+                    break
+        reporter.close()
+        run.log.close()
+        if run.step == t.max_steps:
+            reporter.done(run.step, run.train_loss, run.best_val, Path(run.cfg.run.out_dir))
+        return {
+            "step": run.step,
+            "train_loss": run.train_loss,
+            "val_loss": run.val_loss,
+            "best_val_loss": run.best_val,
+            "checkpoint": str(run.ckpt_path),
+            "history": run.log.history,
+        }
+    finally:
+        reporter.close()
+        dist_info.close()
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step measured, over all processes."""
+
+    loss: float  # mean loss per valid target of the step's micro-batches
+    grad_norm: float | None  # total gradient norm before clipping (None: not clipped)
+    tokens: int  # valid targets (not -100) in the step
+
+
+class NonFiniteLossError(MyGPT2Error):
+    """A step's loss was NaN or infinite; the weights were left as they were."""
+
+    def __init__(self, loss: float) -> None:
+        super().__init__(f"the loss became {loss}; stopped before updating the weights.")
+        self.loss = loss
+
+
+def _ddp_world(model: torch.nn.Module) -> int:
+    # a DDP-wrapped model is the sign that the step spans processes
+    return dist.get_world_size() if isinstance(model, DistributedDataParallel) else 1
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    lr: float | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    dtype: torch.dtype = torch.float32,
+    grad_clipping: float = 0.0,
+) -> StepResult:
+    """One optimizer step over this process's micro-batches `batches` [(x, y), ...].
+
+    The gradients are those of the mean loss over every valid target of the step (all
+    micro-batches, all processes when `model` is wrapped in DDP), however the targets are
+    spread: each micro-batch's summed loss is divided by the step's global count. Gradients
+    are synchronised across processes on the last micro-batch only. With `scaler`, the loss
+    is scaled and the gradients unscaled before clipping to `grad_clipping` (0: no clipping),
+    so the reported norm is the true one. A non-finite loss raises `NonFiniteLossError` before
+    the optimizer step. `lr`, when given, is set on every parameter group first.
+    """
+    world = _ddp_world(model)
+    device = next(model.parameters()).device
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    # counted before any forward pass: every micro-batch's share of the step depends on it
+    count = torch.stack([(y != IGNORE_INDEX).sum() for _, y in batches]).sum().to(device)
+    if world > 1:
+        dist.all_reduce(count)
+    # DDP averages gradients over processes: each one's sum counts `world` times to undo that
+    weight = world / count.clamp(min=1).to(torch.float32)
+    loss_sum = torch.zeros((), device=device)
+    for i, (x, y) in enumerate(batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        last = i == len(batches) - 1
+        sync = model.no_sync() if world > 1 and not last else nullcontext()
+        with sync:
+            with autocast(device, dtype):
+                _, loss = model(x, y, return_logits=False, reduction="sum")
+            scaled = loss * weight
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        loss_sum += loss.detach().float()
+    if world > 1:
+        dist.all_reduce(loss_sum)
+    loss_value = (loss_sum / count.clamp(min=1)).item()
+    if not math.isfinite(loss_value):  # every process sees the same value: all stop together
+        raise NonFiniteLossError(loss_value)
+    grad_norm = None
+    if grad_clipping > 0:
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip (and report) the true gradients, not scaled ones
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clipping).item()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss=loss_value, grad_norm=grad_norm, tokens=int(count.item()))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Any, *, dtype: torch.dtype = torch.float32) -> float:
+    """Mean loss per valid target over `batches` of (x, y), and over all processes under DDP."""
+    world = _ddp_world(model)
+    device = next(model.parameters()).device
+    model.eval()
+    total = torch.zeros((), device=device)
+    count = torch.zeros((), dtype=torch.int64, device=device)
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, dtype):
+            _, loss = model(x, y, reduction="sum")
+        total += loss.float()
+        count += (y != IGNORE_INDEX).sum()
+    if world > 1:
+        dist.all_reduce(total)
+        dist.all_reduce(count)
+    model.train()
+    return (total / count.clamp(min=1)).item()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Run:
+    """Everything a training run carries from step to step (built by `setup`)."""
+
+    cfg: Config  # resolved: the checkpoint's settings under --resume, tokenizer paths absolute
+    dist: Distributed
+    reporter: Reporter
+    device: torch.device
+    dtype: torch.dtype
+    model: torch.nn.Module  # what the loop calls: compiled and/or wrapped in DDP
+    raw_model: GPT  # what is saved
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_loader: TrainLoader
+    val_loader: ValLoader
+    log: MetricsLog
+    tokenizer: dict[str, str]  # name and fingerprint, saved with each checkpoint
+    ckpt_path: Path
+    tokens_per_step: int
+    flops_per_step: float
+    peak_flops: float | None
+    step: int = 0
+    best_val: float = math.inf
+    val_loss: float | None = None
+    train_loss: float = math.nan
+
+    @property
+    def end_step(self) -> int:
+        """Where this invocation stops: max_steps, or stop_at when earlier."""
+        t = self.cfg.train
+        return min(t.max_steps, t.stop_at) if t.stop_at else t.max_steps
+
+
+def step_run(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]], lr: float) -> StepResult:
+    """`train_step` with the run's settings; a non-finite loss names the step and checkpoint."""
+    try:
+        result = train_step(
+            run.model,
+            run.optimizer,
+            batches,
+            lr=lr,
+            scaler=run.scaler,
+            dtype=run.dtype,
+            grad_clipping=run.cfg.train.grad_clipping,
         )
-    return t.macro_batch_size // per_pass
+    except NonFiniteLossError as e:
+        raise MyGPT2Error(
+            f"the loss became {e.loss} at step {run.step + 1}; stopped before updating the "
+            f"weights. The last good checkpoint (if any) is in '{run.ckpt_path}'. Try a lower "
+            "--lr, --grad_clipping 1.0, or --dtype float32."
+        ) from None
+    run.train_loss = result.loss
+    return result
+
+
+def report_step(run: Run, result: StepResult, lr: float, seconds: float) -> None:
+    """One train row into the metrics log, and onto the progress bar."""
+    tok_per_s = run.tokens_per_step / seconds
+    row = {
+        "kind": "train",
+        "step": run.step,
+        "loss": result.loss,
+        "lr": lr,
+        "grad_norm": result.grad_norm,
+        "tokens": run.step * run.tokens_per_step,
+        "tokens_per_s": tok_per_s,
+    }
+    if run.peak_flops:
+        row["mfu"] = run.flops_per_step / seconds / (run.peak_flops * run.dist.world_size)
+    run.log.log(row)
+    run.reporter.step(row, run.val_loss)
+
+
+def evaluate_run(run: Run) -> None:
+    """Validation loss now: remembered, logged, plotted; the best so far kept."""
+    run.val_loss = evaluate(run.model, run.val_loader, dtype=run.dtype)
+    run.best_val = min(run.best_val, run.val_loss)
+    run.log.log(
+        {
+            "kind": "eval",
+            "step": run.step,
+            "val_loss": run.val_loss,
+            "best_val_loss": run.best_val,
+            "tokens": run.step * run.tokens_per_step,
+        }
+    )
+    run.log.plot(run.tokens_per_step)
+
+
+def stop_requested(stop: StopRequest, run: Run) -> bool:
+    """Whether any process was asked to stop (SIGINT/SIGTERM) during this step."""
+    stopping = stop.requested
+    if run.dist.enabled:  # every rank must agree, or the collectives would hang
+        flag = torch.tensor(int(stopping), device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stopping = bool(flag.item())
+    return stopping
+
+
+def save(run: Run) -> None:
+    """Checkpoint everything an exact resume needs (rank 0 writes; all ranks give their RNG)."""
+    rngs: Any = rng_state()
+    if run.dist.enabled:  # every rank's RNG, so dropout resumes exactly on each
+        gathered = [None] * run.dist.world_size
+        dist.all_gather_object(gathered, rngs)
+        rngs = gathered
+    if not run.dist.is_main:
+        return
+    save_checkpoint(
+        run.ckpt_path,
+        {
+            "model": run.raw_model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "config": run.cfg.to_dict(),
+            "step": run.step,
+            "data": run.train_loader.state_dict(),
+            "rng": rngs,
+            "tokenizer": run.tokenizer,
+            "best_val_loss": run.best_val,
+            "metrics": run.log.history,
+        },
+    )
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
+    """Build a run from `cfg`, or resume one from `out_dir/checkpoint.pt` with `--resume`.
+
+    Prints the resolved config before the corpus is tokenized, and the banner at the end."""
+    cfg = copy.deepcopy(cfg)  # the resolution below (paths, vocab size, ...) is the run's own
+    ckpt_path = Path(cfg.run.out_dir) / "checkpoint.pt"
+    ckpt = None
+    if cfg.train.resume:
+        # the checkpoint's config, with what this command line sets on top
+        ckpt = load_checkpoint(ckpt_path)
+        cfg = resume_config(ckpt, cfg, ckpt_path)
+    t = cfg.train
+    device = pick_device(cfg.run.device, dist_info.local_rank)
+    dtype = pick_dtype(cfg.run.dtype, device)
+    accum_steps(t.batch_size, t.macro_batch_size, dist_info.world_size)  # fail before slow work
+    resolve_tokenizer_paths(cfg)
+    torch.manual_seed(cfg.run.seed + dist_info.rank)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    tok = load_tokenizer(cfg.tokenizer)
+    model = build_model(cfg, tok.vocab_size) if ckpt is None else resumed_model(cfg, tok, ckpt)
+    reporter.config(format_config(cfg))  # resolved: vocab_size and shape are known now
+
+    # rank 0 prepares the token files; the others wait, then read the same files
+    if dist_info.is_main:
+        train_tokens, val_tokens, meta = ensure_prepared(cfg, tok)
+    dist_info.barrier()
+    if not dist_info.is_main:
+        train_tokens, val_tokens, meta = ensure_prepared(cfg, tok)
+    model.to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
+    train_loader, val_loader = construct_data_loaders(
+        cfg,
+        train_tokens,
+        val_tokens,
+        padding_id(meta, tok),
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+    )
+    if t.single_pass:  # one epoch: the data decides the length (and so the LR schedule)
+        t.max_steps = train_loader.steps
+    step, best_val, history = 0, math.inf, []
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_hyperparameters(optimizer, cfg)  # given --weight_decay/--beta1/--beta2 take effect
+        scaler.load_state_dict(ckpt["scaler"])
+        train_loader.load_state_dict(ckpt["data"])
+        step, best_val, history = ckpt["step"], ckpt["best_val_loss"], ckpt["metrics"]
+    raw_model, wrapped = model, torch.compile(model) if t.compile else model
+    if dist_info.enabled:
+        ids = [dist_info.local_rank] if device.type == "cuda" else None
+        wrapped = DistributedDataParallel(wrapped, device_ids=ids)
+
+    tokens_per_step = t.macro_batch_size * cfg.model.T
+    reporter.banner(
+        params=raw_model.num_params(),
+        device=device,
+        dtype=dtype,
+        processes=dist_info.world_size,
+        accum_steps=train_loader.accum,
+        tokens_per_step=tokens_per_step,
+        train_tokens=len(train_tokens),
+        val_tokens=len(val_tokens),
+    )
+    run = Run(
+        cfg=cfg,
+        dist=dist_info,
+        reporter=reporter,
+        device=device,
+        dtype=dtype,
+        model=wrapped,
+        raw_model=raw_model,
+        optimizer=optimizer,
+        scaler=scaler,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        log=MetricsLog(
+            cfg.run.out_dir, history, enabled=dist_info.is_main, tensorboard=t.tensorboard
+        ),
+        tokenizer={"name": tok.name, "fingerprint": tok.fingerprint()},
+        ckpt_path=ckpt_path,
+        tokens_per_step=tokens_per_step,
+        flops_per_step=raw_model.flops_per_token() * tokens_per_step,
+        peak_flops=peak_flops(device, dtype) if dist_info.is_main else None,
+        step=step,
+        best_val=best_val,
+    )
+    if ckpt is not None:  # last, so nothing above can draw from the restored generators
+        set_rng_state(ckpt["rng"][dist_info.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+    return run
+
+
+def resume_config(ckpt: dict[str, Any], cfg: Config, path: Path) -> Config:
+    """The checkpoint's config with the given keys on top; a given change of shape is refused."""
+    saved = Config.from_saved(ckpt["config"])
+    merged = merge_saved(saved, cfg)
+    diff = shape_changes(saved.model, merged.model)
+    if diff:
+        raise MyGPT2Error(
+            f"cannot resume from '{path}': the model's shape would change ({'; '.join(diff)}). "
+            "Drop those flags to continue the run, or start a new run in another --out_dir."
+        )
+    return merged
+
+
+def resolve_tokenizer_paths(cfg: Config) -> None:
+    """GPT-2's tokenizer when the config asks for it; file paths made absolute, so the
+    checkpoint finds its tokenizer from any working directory."""
+    if wants_gpt2_tokenizer(cfg):
+        cfg.tokenizer.use_tiktoken = True
+    for name in ("tokenizer_path", "tiktoken_file"):
+        value = getattr(cfg.tokenizer, name)
+        if value and Path(value).exists():
+            setattr(cfg.tokenizer, name, str(Path(value).resolve()))
+
+
+def resumed_model(cfg: Config, tok: Any, ckpt: dict[str, Any]) -> GPT:
+    """The checkpoint's weights, after checking they were trained with this tokenizer."""
+    saved_tok = ckpt.get("tokenizer", {}).get("fingerprint")
+    if saved_tok and saved_tok != tok.fingerprint():
+        raise MyGPT2Error(
+            f"cannot resume from '{Path(cfg.run.out_dir) / 'checkpoint.pt'}': it was trained "
+            f"with tokenizer {ckpt['tokenizer'].get('name')}, but this run uses {tok.name}."
+        )
+    model = GPT(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    return model
 
 
 def build_model(cfg: Config, vocab_size: int) -> GPT:
     """A fresh GPT from the config, or GPT-2 weights when `init_from` names them.
 
     With `init_from`, the weights fix the shape: a given `--T` shorter than theirs crops the
-    context, a given `--dropout` applies, any other given shape key is refused."""
+    context, a given `--dropout` applies, any other given shape key is refused. The config's
+    model section is set to the shape built."""
     if "vocab_size" in cfg.given and cfg.model.vocab_size != vocab_size:
         raise MyGPT2Error(
             f"vocab_size {cfg.model.vocab_size} was given, but the tokenizer has {vocab_size} "
@@ -104,279 +512,3 @@ def build_model(cfg: Config, vocab_size: int) -> GPT:
         if hasattr(m, "dropout") and isinstance(m.dropout, float):
             m.dropout = cfg.model.dropout
     return model
-
-
-def resume_config(ckpt: dict[str, Any], cfg: Config, path: Path) -> Config:
-    """The checkpoint's config with the given keys on top; a given change of shape is refused."""
-    saved = Config.from_saved(ckpt["config"])
-    merged = merge_saved(saved, cfg)
-    diff = shape_changes(saved.model, merged.model)
-    if diff:
-        raise MyGPT2Error(
-            f"cannot resume from '{path}': the model's shape would change ({'; '.join(diff)}). "
-            "Drop those flags to continue the run, or start a new run in another --out_dir."
-        )
-    return merged
-
-
-def train(cfg: Config) -> dict[str, Any]:
-    """Train a GPT as `cfg` says; returns a summary (final losses, steps, paths)."""
-    dist_info = Distributed.from_env(cfg.run.device)
-    try:
-        return _train(cfg, dist_info)
-    finally:
-        dist_info.close()
-
-
-def _train(cfg: Config, dist_info: Distributed) -> dict[str, Any]:
-    ckpt = None
-    if cfg.train.resume:
-        # the checkpoint's config, with what this command line sets on top
-        ckpt_path = Path(cfg.run.out_dir) / "checkpoint.pt"
-        ckpt = load_checkpoint(ckpt_path)
-        cfg = resume_config(ckpt, cfg, ckpt_path)
-    t = cfg.train
-    device = pick_device(cfg.run.device, dist_info.local_rank)
-    dtype = pick_dtype(cfg.run.dtype, device)
-    accum_steps = accum_steps_for(cfg, dist_info.world_size)
-    out_dir = Path(cfg.run.out_dir)
-    ckpt_path = out_dir / "checkpoint.pt"
-    if wants_gpt2_tokenizer(cfg):
-        cfg.tokenizer.use_tiktoken = True
-    # absolute paths, so the checkpoint finds its tokenizer from any working directory
-    for name in ("tokenizer_path", "tiktoken_file"):
-        value = getattr(cfg.tokenizer, name)
-        if value and Path(value).exists():
-            setattr(cfg.tokenizer, name, str(Path(value).resolve()))
-    torch.manual_seed(cfg.run.seed + dist_info.rank)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    # --- tokenizer and model
-    tok = load_tokenizer(cfg.tokenizer)
-    if ckpt is not None:
-        saved_tok = ckpt.get("tokenizer", {}).get("fingerprint")
-        if saved_tok and saved_tok != tok.fingerprint():
-            raise MyGPT2Error(
-                f"cannot resume from '{ckpt_path}': it was trained with tokenizer "
-                f"{ckpt['tokenizer'].get('name')}, but this run uses {tok.name}."
-            )
-        model = GPT(cfg.model)
-        model.load_state_dict(ckpt["model"])
-    else:
-        model = build_model(cfg, tok.vocab_size)
-
-    print0(dist_info, format_config(cfg))  # resolved: vocab_size and shape are known now
-
-    # --- data (rank 0 prepares; the others wait, then read the same files)
-    if dist_info.is_main:
-        train_tokens, val_tokens, _ = ensure_prepared(cfg, tok)
-    dist_info.barrier()
-    if not dist_info.is_main:
-        train_tokens, val_tokens, _ = ensure_prepared(cfg, tok)
-    pad_id = tok.encode_ordinary("\n")[0]
-    model.to(device)
-    optimizer = make_optimizer(model, cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
-    train_loader, val_loader = Construct_data_loaders(
-        cfg, train_tokens, val_tokens, pad_id, rank=dist_info.rank, world_size=dist_info.world_size
-    )
-    if cfg.train.single_pass:  # one epoch: the data decides the length (and so the LR schedule)
-        t.max_steps = train_loader.steps
-    start_step, best_val, history = 0, float("inf"), []
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_hyperparameters(optimizer, cfg)  # given --weight_decay/--beta1/--beta2 take effect
-        scaler.load_state_dict(ckpt["scaler"])
-        train_loader.load_state_dict(ckpt["data"])
-        start_step = ckpt["step"]
-        best_val = ckpt["best_val_loss"]
-        history = ckpt["metrics"]
-    raw_model = model
-    if t.compile:
-        model = torch.compile(model)
-    if dist_info.enabled:
-        model = DistributedDataParallel(
-            model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None
-        )
-
-    # --- what the user sees at the start
-    tokens_per_step = t.macro_batch_size * cfg.model.T
-    flops_per_step = raw_model.flops_per_token() * tokens_per_step
-    peak = peak_flops(device, dtype) if dist_info.is_main else None
-    print0(
-        dist_info,
-        f"\nmodel: {raw_model.num_params() / 1e6:.2f}M parameters | device {device} | "
-        f"dtype {str(dtype).removeprefix('torch.')} | processes {dist_info.world_size} | "
-        f"accum_steps {accum_steps} | {tokens_per_step:,} tokens/step | "
-        f"data {len(train_tokens):,} train + {len(val_tokens):,} val tokens\n",
-    )
-    log = MetricsLog(out_dir, history, enabled=dist_info.is_main, tensorboard=t.tensorboard)
-
-    def evaluate() -> float:
-        model.eval()
-        total, count = torch.zeros((), device=device), 0
-        with torch.no_grad():
-            for i, (x, y) in enumerate(val_loader):
-                if i >= t.eval_batches:
-                    break
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast(device, dtype):
-                    _, loss = model(x, y)
-                total += loss.float()
-                count += 1
-        if dist_info.enabled:
-            dist.all_reduce(total, op=dist.ReduceOp.AVG)
-        model.train()
-        return total.item() / max(count, 1)
-
-    def checkpoint(step: int) -> None:
-        rngs = rng_state()
-        if dist_info.enabled:  # every rank's RNG, so dropout resumes exactly on each
-            gathered = [None] * dist_info.world_size
-            dist.all_gather_object(gathered, rngs)
-            rngs = gathered
-        if not dist_info.is_main:
-            return
-        save_checkpoint(
-            ckpt_path,
-            {
-                "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "config": cfg.to_dict(),
-                "step": step,
-                "data": train_loader.state_dict(),
-                "rng": rngs,
-                "tokenizer": {"name": tok.name, "fingerprint": tok.fingerprint()},
-                "best_val_loss": best_val,
-                "metrics": log.history,
-            },
-        )
-
-    if ckpt is not None:  # last, so nothing above can draw from the restored generators
-        set_rng_state(ckpt["rng"][dist_info.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
-
-    # --- the loop
-    end_step = min(t.max_steps, t.stop_at) if t.stop_at else t.max_steps
-    model.train()
-    train_iter = iter(train_loader)
-    bar = tqdm(
-        total=t.max_steps,
-        initial=start_step,
-        disable=not dist_info.is_main,
-        desc="train",
-        unit="step",
-        dynamic_ncols=True,
-    )
-    step, val_loss, loss_value = start_step, None, float("nan")
-    with StopRequest() as stop:
-        while step < end_step:
-            t0 = time.perf_counter()
-            lr = get_lr(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(accum_steps):
-                x, y = next(train_iter)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                last = micro == accum_steps - 1
-                # under DDP, all-reduce the gradients only on the last micro-step
-                sync = model.no_sync() if dist_info.enabled and not last else nullcontext()
-                with sync:
-                    with autocast(device, dtype):
-                        _, loss = model(x, y, return_logits=False)
-                    loss = loss / accum_steps
-                    scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-            if dist_info.enabled:
-                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-            loss_value = loss_sum.item()
-            if not math.isfinite(loss_value):
-                raise MyGPT2Error(
-                    f"the loss became {loss_value} at step {step + 1}; stopped before updating the "
-                    f"weights. The last good checkpoint (if any) is in '{ckpt_path}'. Try a lower "
-                    "--lr, --grad_clipping 1.0, or --dtype float32."
-                )
-            grad_norm = None
-            if t.grad_clipping > 0:
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    raw_model.parameters(), t.grad_clipping
-                ).item()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-
-            dt = time.perf_counter() - t0
-            tok_per_s = tokens_per_step / dt
-            row = {
-                "kind": "train",
-                "step": step,
-                "loss": loss_value,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens": step * tokens_per_step,
-                "tokens_per_s": tok_per_s,
-            }
-            mfu = flops_per_step / dt / (peak * dist_info.world_size) if peak else None
-            if mfu is not None:
-                row["mfu"] = mfu
-            log.log(row)
-            postfix = {"loss": f"{loss_value:.4f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_per_s:,.0f}"}
-            if grad_norm is not None:
-                postfix["gnorm"] = f"{grad_norm:.2f}"
-            if mfu is not None:
-                postfix["mfu"] = f"{mfu:.0%}"
-            if val_loss is not None:
-                postfix["val"] = f"{val_loss:.4f}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
-
-            if step % t.eval_interval == 0 or step == t.max_steps:
-                val_loss = evaluate()
-                best_val = min(best_val, val_loss)
-                log.log(
-                    {
-                        "kind": "eval",
-                        "step": step,
-                        "val_loss": val_loss,
-                        "best_val_loss": best_val,
-                        "tokens": step * tokens_per_step,
-                    }
-                )
-                log.plot(tokens_per_step)
-            stopping = stop.requested
-            if dist_info.enabled:  # every rank must agree, or the collectives would hang
-                flag = torch.tensor(int(stopping), device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stopping = bool(flag.item())
-            periodic = t.checkpoint_interval and step % t.checkpoint_interval == 0
-            if periodic or stopping or step == end_step:
-                checkpoint(step)
-            if stopping:
-                bar.close()
-                print0(
-                    dist_info,
-                    f"\nstopped at step {step}; resume with --resume "
-                    f"(checkpoint in '{ckpt_path}').",
-                )
-                break
-    bar.close()
-    log.close()
-    if dist_info.is_main and step == t.max_steps:
-        print(
-            f"\ndone: {step} steps, final train loss {loss_value:.4f}, "
-            f"best val loss {best_val:.4f}; outputs in '{out_dir}'.",
-            flush=True,
-        )
-    return {
-        "step": step,
-        "train_loss": loss_value,
-        "val_loss": val_loss,
-        "best_val_loss": best_val,
-        "checkpoint": str(ckpt_path),
-        "history": log.history,
-    }

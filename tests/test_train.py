@@ -1,8 +1,8 @@
-"""Training: schedule, accumulation, exact resume, safe checkpoints, DDP parity, bad input."""
+"""Training: the loop end to end, exact resume, DDP parity, bad input; `train_step` and
+`evaluate` against one big batch (token-weighted loss) on one and two processes."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mygpt2.checkpoint import load_checkpoint, save_checkpoint
+from mygpt2.checkpoint import load_checkpoint
 from mygpt2.commands.args import load_config
-from mygpt2.config import Config
+from mygpt2.config import Config, ModelConfig
 from mygpt2.errors import MyGPT2Error
+from mygpt2.model import GPT
 from mygpt2.optim import get_lr
 from mygpt2.tokenizer import RegexTokenizer
-from mygpt2.train import accum_steps_for, train
+from mygpt2.train import NonFiniteLossError, evaluate, train, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,31 +74,14 @@ def tiny_config(corpus, out_dir, **overrides) -> Config:
     return load_config(tiny_args(corpus, out_dir, **overrides))
 
 
-def test_cosine_schedule_key_points():
-    cfg = Config()
-    cfg.train.max_steps, cfg.train.warmup_ratio, cfg.train.lr, cfg.train.min_lr = 100, 0.1, 1.0, 0.1
-    assert get_lr(0, cfg) == pytest.approx(0.1)  # first warmup step: lr / warmup
-    assert get_lr(9, cfg) == pytest.approx(1.0)  # end of warmup: the peak
-    assert get_lr(10, cfg) == pytest.approx(1.0)  # cosine starts at the peak
-    assert get_lr(55, cfg) == pytest.approx(0.55)  # halfway through the decay: the midpoint
-    assert get_lr(100, cfg) == pytest.approx(0.1)  # the floor at max_steps
-    lrs = [get_lr(s, cfg) for s in range(10, 100)]
-    assert all(a >= b for a, b in itertools.pairwise(lrs))  # monotone decay
-
-
-def test_accum_steps_and_indivisible_batch():
-    cfg = Config()
-    cfg.train.batch_size, cfg.train.macro_batch_size = 4, 32
-    assert accum_steps_for(cfg, 1) == 8
-    assert accum_steps_for(cfg, 2) == 4
-    cfg.train.macro_batch_size = 30
-    with pytest.raises(MyGPT2Error, match="multiple of batch_size"):
-        accum_steps_for(cfg, 1)
-
-
-def test_training_reduces_loss_and_writes_outputs(corpus, tmp_path):
+def test_training_reduces_loss_and_writes_outputs(corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    result = train(tiny_config(corpus, out, max_steps=20, eval_interval=10))
+    cfg = tiny_config(corpus, out, max_steps=20, eval_interval=10)
+    result = train(cfg)
+    assert cfg.model.vocab_size != 320  # the run resolved its own copy of the config
+    printed = capsys.readouterr().out
+    assert printed.index("[model]") < printed.index("\nmodel: ") < printed.index("\ndone: 20")
+    assert f"best val loss {result['best_val_loss']:.4f}; outputs in '{out}'." in printed
     history = result["history"]
     train_losses = [r["loss"] for r in history if r["kind"] == "train"]
     assert len(train_losses) == 20
@@ -199,69 +183,6 @@ def test_resume_without_checkpoint_says_where_it_looked(corpus, tmp_path):
         train(tiny_config(corpus, tmp_path / "empty", resume="true"))
 
 
-def test_corrupt_and_truncated_checkpoints_are_clear_errors(tmp_path):
-    path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"model": {"w": torch.ones(1000)}, "config": {}})
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(MyGPT2Error, match="truncated or corrupt"):
-        load_checkpoint(path)
-    path.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(MyGPT2Error, match="truncated or corrupt"):
-        load_checkpoint(path)
-
-
-def test_checkpoint_never_runs_code(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
-
-    path = tmp_path / "checkpoint.pt"
-    torch.save({"model": {}, "config": {}, "x": Evil()}, path)
-    with pytest.raises(MyGPT2Error, match="refusing to load .*contains code"):
-        load_checkpoint(path)
-
-
-WRITER = """
-import sys, torch
-from mygpt2.checkpoint import save_checkpoint
-path = sys.argv[1]
-i = 0
-while True:
-    i += 1
-    save_checkpoint(path, {"model": {"w": torch.full((2_000_000,), float(i))}, "config": {"i": i}})
-    print(i, flush=True)
-"""
-
-
-def test_killing_a_writer_mid_save_leaves_a_readable_checkpoint(tmp_path):
-    path = tmp_path / "checkpoint.pt"
-    for delay in (0.05, 0.13, 0.31):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE)
-        assert proc.stdout.readline()  # at least one complete save
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        ckpt = load_checkpoint(path)
-        i = ckpt["config"]["i"]
-        assert torch.equal(ckpt["model"]["w"], torch.full((2_000_000,), float(i)))
-
-
-def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "config": {}})
-
-    def full_disk(obj, fh):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(MyGPT2Error, match="No space left"):
-        save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "config": {}})
-    monkeypatch.undo()
-    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
-
-
 def test_nan_loss_stops_names_the_step_and_keeps_the_checkpoint(corpus, tmp_path):
     train(tiny_config(corpus, tmp_path, max_steps=8, stop_at=2, warmup_ratio=0.0))
     before = load_checkpoint(tmp_path / "checkpoint.pt")
@@ -339,7 +260,9 @@ def test_bfloat16_autocast_on_cpu(corpus, tmp_path):
 DDP_RUNNER = """
 import json, sys
 from mygpt2.commands.args import load_config
-from mygpt2.train import train
+from mygpt2.model import GPT
+from mygpt2.optim import get_lr
+from mygpt2.train import NonFiniteLossError, evaluate, train, train_step
 import torch.distributed as dist
 result = train(load_config(sys.argv[2:]))
 import os
@@ -359,7 +282,7 @@ def test_two_process_gloo_matches_one_process(corpus, tmp_path):
     double = tmp_path / "double.json"
     args2 = tiny_args(corpus, tmp_path / "two", max_steps=4, shuffle="false", macro_batch_size=16)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
+    ddp = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -370,11 +293,17 @@ def test_two_process_gloo_matches_one_process(corpus, tmp_path):
             str(double),
             *args2,
         ],
-        check=True,
+        capture_output=True,
+        text=True,
         cwd=tmp_path,
         env=env,
         timeout=300,
     )
+    assert ddp.returncode == 0, ddp.stderr
+    # rank 0 alone prints: one config, one banner, one final line
+    for message in ("[model]", "\nmodel: ", "\ndone: 4 steps"):
+        assert ddp.stdout.count(message) == 1, message
+    assert "processes 2 | accum_steps 2" in ddp.stdout
     one, two = (
         json.loads(single.read_text(encoding="utf-8")),
         json.loads(double.read_text(encoding="utf-8")),
@@ -422,3 +351,182 @@ def run_export(out_dir: Path, hf_dir: Path) -> int:
     from mygpt2.cli import main
 
     return main(["export", f"--out_dir={out_dir}", f"--hf={hf_dir}"])
+
+
+# ----------------------------------------------------------------------------- train_step
+
+
+def tiny_model(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(ModelConfig(n_layers=1, n_heads=2, n_emb=16, T=8, vocab_size=40))
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD that keeps a copy of the gradients it was stepped with."""
+
+    def step(self, closure=None):
+        self.grads = [p.grad.clone() for g in self.param_groups for p in g["params"]]
+        return super().step(closure)
+
+
+def uneven_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Four micro-batches of 2 x 8 whose valid targets number 16, 11, 3 and 14."""
+    gen = torch.Generator().manual_seed(7)
+    batches = []
+    for ignored in ([0, 0], [5, 0], [8, 5], [0, 2]):
+        x = torch.randint(0, 40, (2, 8), generator=gen)
+        y = torch.randint(0, 40, (2, 8), generator=gen)
+        for row, n in enumerate(ignored):
+            if n:
+                y[row, 8 - n :] = -100  # padded tails, as the short last block of a split
+        batches.append((x, y))
+    return batches
+
+
+def one_big_batch(batches) -> tuple[float, list[torch.Tensor]]:
+    """Mean loss and gradients of all the micro-batches as one batch."""
+    model = tiny_model()
+    x = torch.cat([x for x, _ in batches])
+    y = torch.cat([y for _, y in batches])
+    _, loss = model(x, y, return_logits=False)
+    loss.backward()
+    return loss.item(), [p.grad for p in model.parameters()]
+
+
+def test_accumulating_uneven_micro_batches_equals_one_big_batch():
+    batches = uneven_batches()
+    want_loss, want_grads = one_big_batch(batches)
+    model = tiny_model()
+    opt = RecordingSGD(model.parameters(), lr=0.0)
+    result = train_step(model, opt, batches)
+    assert result.tokens == 16 + 11 + 3 + 14
+    assert result.loss == pytest.approx(want_loss, abs=1e-6)
+    for got, want in zip(opt.grads, want_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # a mean of per-micro-batch means would weigh the 3-token batch like the 16-token one
+    means = [model(x, y)[1].item() for x, y in batches]
+    assert sum(means) / len(means) != pytest.approx(want_loss, abs=1e-3)
+
+
+DDP_STEP = """
+import sys, torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+sys.path.insert(0, sys.argv[3])
+from test_train import RecordingSGD, tiny_model, uneven_batches
+from mygpt2.train import train_step
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+model = DistributedDataParallel(tiny_model())
+opt = RecordingSGD(model.parameters(), lr=0.0)
+# rank 0 takes the first two micro-batches (27 valid targets), rank 1 the last two (17)
+result = train_step(model, opt, uneven_batches()[2 * rank : 2 * rank + 2])
+if rank == 0:
+    torch.save({"loss": result.loss, "tokens": result.tokens, "grads": opt.grads}, sys.argv[2])
+dist.destroy_process_group()
+"""
+
+
+def test_two_gloo_processes_with_uneven_tokens_equal_one_big_batch(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "rank0.pt"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", DDP_STEP, str(rank), str(out), str(Path(__file__).parent)],
+            env={
+                **os.environ,
+                "RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "OMP_NUM_THREADS": "1",
+            },
+        )
+        for rank in range(2)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0
+    got = torch.load(out, weights_only=True)
+    want_loss, want_grads = one_big_batch(uneven_batches())
+    assert got["tokens"] == 44
+    assert got["loss"] == pytest.approx(want_loss, abs=1e-6)
+    for g, want in zip(got["grads"], want_grads, strict=True):
+        torch.testing.assert_close(g, want, rtol=0, atol=1e-6)
+
+
+def test_evaluation_is_the_mean_over_valid_targets():
+    batches = uneven_batches()
+    model = tiny_model()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in batches:  # by hand: every valid target's loss, summed, over their number
+            logits, _ = model(x)
+            keep = y != -100
+            total += torch.nn.functional.cross_entropy(
+                logits[keep], y[keep], reduction="sum"
+            ).item()
+            count += int(keep.sum())
+    assert count == 44
+    assert evaluate(model, batches) == pytest.approx(total / count, rel=1e-6)
+    assert model.training  # back in training mode for the next step
+
+
+def test_clipping_sees_and_reports_unscaled_gradients():
+    """With a GradScaler, the gradients are unscaled before the norm is taken and clipped."""
+    batches = uneven_batches()
+    _, want_grads = one_big_batch(batches)
+    true_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in want_grads])).item()
+    for clip, applied in ((1e9, true_norm), (0.05, 0.05)):  # not clipping, then clipping
+        model = tiny_model()
+        opt = RecordingSGD(model.parameters(), lr=0.0)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # enabled, float32 gradients
+        result = train_step(model, opt, batches, scaler=scaler, grad_clipping=clip)
+        assert result.grad_norm == pytest.approx(true_norm, rel=1e-5)  # the unscaled norm
+        seen = torch.linalg.vector_norm(torch.stack([g.norm() for g in opt.grads])).item()
+        assert seen == pytest.approx(applied, rel=1e-5)  # what the optimizer stepped with
+
+
+def test_train_step_sets_lr_and_stops_before_updating_on_nan():
+    model = tiny_model()
+    opt = RecordingSGD(model.parameters(), lr=0.0)
+    train_step(model, opt, uneven_batches()[:1], lr=0.5)
+    assert [g["lr"] for g in opt.param_groups] == [0.5]
+    with torch.no_grad():
+        model.transformer.ln_f.weight.fill_(float("nan"))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(NonFiniteLossError, match="became nan"):
+        train_step(model, opt, uneven_batches()[:1], lr=0.5)
+    for p, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p.nan_to_num(), b.nan_to_num())
+
+
+def test_given_optimizer_settings_take_effect_on_resume(corpus, tmp_path):
+    """--lr/--weight_decay/--beta1/--beta2 given with --resume reach the restored optimizer;
+    --lr 1e-3 counts although it is the default (the checkpoint says 3e-3)."""
+    train(tiny_config(corpus, tmp_path, max_steps=4, stop_at=2, lr=3e-3))
+    first = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert first["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.95)
+    cfg = tiny_config(
+        corpus,
+        tmp_path,
+        max_steps=4,
+        resume="true",
+        lr=1e-3,
+        weight_decay=0.05,
+        beta1=0.8,
+        beta2=0.9,
+    )
+    train(cfg)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["config"]["train"]["lr"] == 1e-3
+    decayed, plain = ckpt["optimizer"]["param_groups"]
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert decayed["betas"] == plain["betas"] == (0.8, 0.9)
+    resumed = Config.from_saved(ckpt["config"])
+    assert decayed["lr"] == pytest.approx(get_lr(3, resumed))  # the last step's, from 1e-3
+    resumed.train.lr = 3e-3
+    assert decayed["lr"] != pytest.approx(get_lr(3, resumed))
