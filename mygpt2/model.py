@@ -18,10 +18,14 @@ Design choices:
   is masked out of attention, and each row's positions start at 0 at its first real token.
 - With `pad_vocab`, the embedding is padded to a multiple of 64 (faster matmuls); the padded ids
   are masked out when sampling, so they are never produced.
+- Named hook points (TransformerLens's names, `model.hook_names()`) let users see and edit
+  activations: `run_with_cache`, `run_with_hooks`, `with model.hooks(...)` (see `mygpt2.hooks`).
+  Each point is an `if hooks is not None:` check; without hooks the forward is the plain one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -31,6 +35,14 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from mygpt2.config import ModelConfig
+from mygpt2.hooks import (
+    ActivationCache,
+    Hooks,
+    hook_names,
+    installed,
+    run_with_cache,
+    run_with_hooks,
+)
 from mygpt2.loss import linear_cross_entropy
 
 __all__ = ["GPT", "KVCache", "ModelConfig"]
@@ -77,13 +89,18 @@ class CausalSelfAttention(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
         mask: torch.Tensor | None = None,
+        hooks: Hooks | None = None,
     ) -> torch.Tensor:
         B, t, C = x.shape
         hs = C // self.n_heads
         q, k, v = self.c_attn(x).split(self.n_emb, dim=2)
-        q = q.view(B, t, self.n_heads, hs).transpose(1, 2)  # (B, nh, t, hs)
-        k = k.view(B, t, self.n_heads, hs).transpose(1, 2)  # (B, nh, t, hs)
-        v = v.view(B, t, self.n_heads, hs).transpose(1, 2)  # (B, nh, t, hs)
+        q = q.view(B, t, self.n_heads, hs)  # (B, t, nh, hs)
+        k = k.view(B, t, self.n_heads, hs)  # (B, t, nh, hs)
+        v = v.view(B, t, self.n_heads, hs)  # (B, t, nh, hs)
+        if hooks is not None:
+            at = f"blocks.{layer}.attn."
+            q, k, v = hooks(at + "hook_q", q), hooks(at + "hook_k", k), hooks(at + "hook_v", v)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, t, hs)
         is_causal = mask is None and t > 1
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs) with S = cached + t
@@ -92,16 +109,62 @@ class CausalSelfAttention(nn.Module):
                 is_causal = False
                 if t > 1:
                     mask = cache.causal_mask(t, x.device)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal,
-        )  # (B, nh, t, hs)
+        if hooks is not None and hooks.wants(at + "hook_attn_scores", at + "hook_pattern"):
+            p = self.dropout if self.training else 0.0
+            y = attention_written_out(q, k, v, mask, is_causal, p, hooks, at)
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=is_causal,
+            )  # (B, nh, t, hs)
+        if hooks is not None:  # the hook sees (B, t, nh, hs)
+            y = hooks(at + "hook_z", y.transpose(1, 2)).transpose(1, 2)
         y = y.transpose(1, 2).contiguous().view(B, t, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+def attention_written_out(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    dropout_p: float,
+    hooks: Hooks,
+    at: str,
+) -> torch.Tensor:
+    """What `F.scaled_dot_product_attention` computes, step by step, for hooks on the attention
+    scores (divided by sqrt(hs), masked entries -inf) and the pattern; equal to it within 1e-6."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, t, S)
+    if is_causal:  # no cache: t == S
+        mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    scores = hooks(at + "hook_attn_scores", scores)
+    pattern = scores.softmax(dim=-1)
+    if mask is not None:  # a left-padding query sees no key: zeros, as SDPA gives, not NaN
+        pattern = pattern.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+    pattern = hooks(at + "hook_pattern", pattern)  # (B, nh, t, S)
+    if dropout_p > 0:
+        pattern = F.dropout(pattern, dropout_p)
+    return pattern @ v  # (B, nh, t, hs)
+
+
+def layer_norm(ln: nn.LayerNorm, x: torch.Tensor, hooks: Hooks, at: str) -> torch.Tensor:
+    """`ln(x)`, written out when a hook watches its scale (B, t, 1) or its normalized input
+    (before the gain and bias), as TransformerLens's LayerNorm hooks."""
+    if not hooks.wants(at + ".hook_scale", at + ".hook_normalized"):
+        return ln(x)
+    centred = x - x.mean(dim=-1, keepdim=True)
+    scale = hooks(at + ".hook_scale", (centred.pow(2).mean(dim=-1, keepdim=True) + ln.eps).sqrt())
+    normalized = hooks(at + ".hook_normalized", centred / scale)
+    return (
+        normalized * ln.weight if ln.bias is None else torch.addcmul(ln.bias, normalized, ln.weight)
+    )
 
 
 class MLP(nn.Module):
@@ -113,8 +176,12 @@ class MLP(nn.Module):
         self.c_proj = Linear(4 * cfg.n_emb, cfg.n_emb, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+    def forward(self, x: torch.Tensor, hooks: Hooks | None = None, at: str = "") -> torch.Tensor:
+        if hooks is None:
+            return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        h = hooks(at + "hook_pre", self.c_fc(x))  # (B, t, 4 n_emb)
+        h = hooks(at + "hook_post", F.gelu(h, approximate="tanh"))
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -133,9 +200,18 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
         mask: torch.Tensor | None = None,
+        hooks: Hooks | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer, mask)
-        return x + self.mlp(self.ln_2(x))
+        if hooks is None:
+            x = x + self.attn(self.ln_1(x), cache, layer, mask)
+            return x + self.mlp(self.ln_2(x))
+        # the same two lines, through the block's hook points
+        at = f"blocks.{layer}."
+        x = hooks(at + "hook_resid_pre", x)
+        attn_out = self.attn(layer_norm(self.ln_1, x, hooks, at + "ln1"), cache, layer, mask, hooks)
+        x = hooks(at + "hook_resid_mid", x + hooks(at + "hook_attn_out", attn_out))
+        mlp_out = self.mlp(layer_norm(self.ln_2, x, hooks, at + "ln2"), hooks, at + "mlp.")
+        return hooks(at + "hook_resid_post", x + hooks(at + "hook_mlp_out", mlp_out))
 
 
 @dataclass
@@ -217,6 +293,7 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(cfg.n_emb, self.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied input/output embeddings
+        self.active_hooks: Hooks | None = None  # set inside `with model.hooks(...)`
         self.apply(self._init_weights)
         # GPT-2 scales the residual projections by 1/sqrt(2 * n_layers): each block adds two
         # terms to the residual stream, and this keeps its variance from growing with depth.
@@ -265,15 +342,27 @@ class GPT(nn.Module):
             key_ok = keys[None, :] >= cache.pad[:, None]  # (B, S)
             causal = keys[None, :] <= (torch.arange(t, device=idx.device) + start)[:, None]
             mask = (causal[None] & key_ok[:, None, :])[:, None]  # (B, 1, t, S)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        hooks = self.active_hooks
+        if hooks is None:
+            x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        else:
+            hooks.positions = range(start, start + t)
+            x = hooks("hook_embed", self.transformer.wte(idx))
+            x = x + hooks("hook_pos_embed", self.transformer.wpe(pos).expand_as(x))
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i, mask)
+            x = block(x, cache, i, mask, hooks)
         if cache is not None:
             cache.advance()
             x = x[:, -1:, :]  # generation only needs the next-token distribution
-        x = self.transformer.ln_f(x)
-        if targets is not None and not return_logits and torch.is_grad_enabled():
+            if hooks is not None:
+                hooks.positions = hooks.positions[-1:]
+        if hooks is None:
+            x = self.transformer.ln_f(x)
+        else:
+            x = hooks("ln_final.hook_out", layer_norm(self.transformer.ln_f, x, hooks, "ln_final"))
+        fused = hooks is None or not hooks.wants("hook_logits")  # a hook on the logits needs them
+        if targets is not None and not return_logits and torch.is_grad_enabled() and fused:
             h = x.reshape(-1, x.size(-1))
             # big chunks keep the matmuls efficient; 2**25 floats (128 MB) bound the memory
             chunk_rows = max(64, 2**25 // self.padded_vocab_size)
@@ -283,6 +372,8 @@ class GPT(nn.Module):
             return None, loss
         head = cache.head if cache is not None else None
         logits = self.lm_head(x) if head is None else x @ head  # (B, t, vocab)
+        if hooks is not None:
+            logits = hooks("hook_logits", logits)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
@@ -292,6 +383,27 @@ class GPT(nn.Module):
                 reduction=reduction,
             )
         return logits, loss
+
+    # ----------------------------------------------------------------------------- hooks
+    def hook_names(self) -> list[str]:
+        """Every hook point (TransformerLens's names), in the order a forward reaches them."""
+        return hook_names(self.config.n_layers)
+
+    def hooks(self, fwd_hooks=()) -> contextlib.AbstractContextManager:
+        """`with model.hooks(fwd_hooks=[(name_or_glob, fn), ...]):` runs the body, generation
+        included, with the hooks active; they are removed on exit, also on an exception."""
+        return installed(self, fwd_hooks)
+
+    def run_with_hooks(self, idx, fwd_hooks=()) -> torch.Tensor:
+        """The logits (B, T, vocab) of `idx` with `fwd_hooks` active for this one forward."""
+        return run_with_hooks(self, idx, fwd_hooks)
+
+    def run_with_cache(
+        self, idx, names=None, grad: bool = False
+    ) -> tuple[torch.Tensor, ActivationCache]:
+        """`(logits, cache)`: the activations at `names` (a list, a glob, a predicate; None: all);
+        with `grad=True`, `loss.backward()` then fills `cache.grad(name)`."""
+        return run_with_cache(self, idx, names, grad)
 
     # ----------------------------------------------------------------------------- sizes
     def num_params(self, non_embedding: bool = False) -> int:
