@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mygpt2.commands.export",
         "a checkpoint's weights as safetensors or a Hugging Face directory",
     ),
+    "inspect": (
+        "mygpt2.commands.inspect",
+        "look inside a model: attention, logit lens, patching, per-token loss, logit attribution",
+    ),
 }
 
 
