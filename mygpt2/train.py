@@ -17,7 +17,7 @@ Design choices:
   sums losses and counts over batches and processes and reports sum / count.
 - Exact resume: the checkpoint carries model, optimizer, scaler, the data loader's position
   and every RNG state, so `--resume` continues bit for bit where the run stopped (tested).
-  The RNG states are restored last in `setup`, so nothing after them draws from the generators.
+  `setup` restores the RNG states last, so none of its own work draws from them.
 - `--resume` takes the checkpoint's config with the flags given now on top (`resume_config`);
   given optimizer hyperparameters are put into the restored optimizer.
 - A non-finite loss stops the run before the optimizer step, keeping the last good checkpoint.

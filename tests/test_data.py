@@ -291,3 +291,45 @@ def test_block_size_check_names_the_split_and_the_fix() -> None:
         check_block_sizes(16, 100, 16)
     with pytest.raises(MyGPT2Error, match=r"val split has 3 tokens.*T \+ 1 = 17"):
         check_block_sizes(100, 3, 16)
+
+
+def test_too_short_inputs_and_the_end_of_the_loader(tmp_path) -> None:
+    with pytest.raises(MyGPT2Error, match="1 tokens cannot make one"):
+        BlockPairDataset(np.array([5], dtype=np.uint16), 4)
+    tokens = memmap_tokens(tmp_path, 100)
+    train, _ = construct_data_loaders(
+        make_cfg(batch_size=2, macro_batch_size=4, max_steps=3), tokens, tokens, PAD
+    )
+    assert len(all_batches(train)) == 6
+    with pytest.raises(StopIteration):  # the loader is used up, not one batch past it
+        train.next_batch()
+
+
+def test_resume_refuses_a_changed_shuffle_or_macro_batch(tmp_path) -> None:
+    tokens = memmap_tokens(tmp_path, 300)
+    cfg = make_cfg(batch_size=2, macro_batch_size=8, max_steps=6, shuffle=True)
+    first, _ = construct_data_loaders(cfg, tokens, tokens, PAD)
+    for _ in range(8):  # two whole steps
+        first.next_batch()
+    state = first.state_dict()
+    unshuffled, _ = construct_data_loaders(
+        make_cfg(batch_size=2, macro_batch_size=8, max_steps=6, shuffle=False), tokens, tokens, PAD
+    )
+    with pytest.raises(MyGPT2Error, match="shuffle"):
+        unshuffled.load_state_dict(state)
+    bigger, _ = construct_data_loaders(
+        make_cfg(batch_size=4, macro_batch_size=16, max_steps=6, shuffle=True), tokens, tokens, PAD
+    )
+    with pytest.raises(MyGPT2Error, match="macro_batch_size changed"):
+        bigger.load_state_dict(state)
+
+
+def test_a_tiny_val_split_still_gives_every_rank_a_batch(tmp_path) -> None:
+    train_tokens = memmap_tokens(tmp_path, 300)
+    val_tokens = memmap_tokens(tmp_path, 9)  # one block of T=8
+    cfg = make_cfg(batch_size=2, macro_batch_size=6, eval_batches=5)
+    for rank in range(3):
+        _, val = construct_data_loaders(cfg, train_tokens, val_tokens, PAD, rank, 3)
+        batches = list(val)
+        assert len(val) == len(batches) == 1  # the one batch, repeated on each rank
+        assert torch.equal(batches[0][0][0], torch.from_numpy(val_tokens[:8].astype(np.int64)))

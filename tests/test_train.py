@@ -167,9 +167,14 @@ def test_init_from_gpt2_weights_with_a_shorter_context(corpus, tmp_path, gpt2_ti
     from mygpt2.train import build_model
 
     cfg.model.T, cfg.run.init_from = 16, str(tmp_path / "hf")
+    cfg.model.dropout = 0.2  # a given --dropout reaches the loaded weights' modules
     cropped = build_model(cfg, 50257)
     assert torch.equal(cropped.transformer.wpe.weight, hf.transformer.wpe.weight[:16].detach())
     assert math.isfinite(result["train_loss"])
+    assert cropped.config.dropout == 0.2
+    dropouts = [m.p for m in cropped.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and set(dropouts) == {0.2}
+    assert {b.attn.dropout for b in cropped.transformer.h} == {0.2}
 
 
 def test_resume_refuses_changed_model(corpus, tmp_path):
@@ -288,7 +293,7 @@ def test_two_process_gloo_matches_one_process(corpus, tmp_path):
             "-m",
             "torch.distributed.run",
             "--nproc_per_node=2",
-            "--master_port=29617",
+            "--standalone",  # the rendezvous binds a free port itself: no race for one
             str(script),
             str(double),
             *args2,
@@ -415,8 +420,9 @@ sys.path.insert(0, sys.argv[3])
 from test_train import RecordingSGD, tiny_model, uneven_batches
 from mygpt2.train import train_step
 torch.set_num_threads(1)
-dist.init_process_group("gloo")
-rank = dist.get_rank()
+rank = int(sys.argv[1])
+# a rendezvous file, not a TCP port: parallel test runs cannot collide
+dist.init_process_group("gloo", init_method=f"file://{sys.argv[4]}", rank=rank, world_size=2)
 model = DistributedDataParallel(tiny_model())
 opt = RecordingSGD(model.parameters(), lr=0.0)
 # rank 0 takes the first two micro-batches (27 valid targets), rank 1 the last two (17)
@@ -428,23 +434,19 @@ dist.destroy_process_group()
 
 
 def test_two_gloo_processes_with_uneven_tokens_equal_one_big_batch(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "rank0.pt"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", DDP_STEP, str(rank), str(out), str(Path(__file__).parent)],
-            env={
-                **os.environ,
-                "RANK": str(rank),
-                "WORLD_SIZE": "2",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-                "OMP_NUM_THREADS": "1",
-            },
+            [
+                sys.executable,
+                "-c",
+                DDP_STEP,
+                str(rank),
+                str(out),
+                str(Path(__file__).parent),
+                str(tmp_path / "rendezvous"),
+            ],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         for rank in range(2)
     ]
@@ -490,18 +492,73 @@ def test_clipping_sees_and_reports_unscaled_gradients():
         assert seen == pytest.approx(applied, rel=1e-5)  # what the optimizer stepped with
 
 
-def test_train_step_sets_lr_and_stops_before_updating_on_nan():
+class ConstantLoss(torch.nn.Module):
+    """A stand-in model whose summed loss is `value` (times a weight, so it has gradients)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.value = value
+
+    def forward(self, x, y, return_logits=True, reduction="mean"):
+        return None, self.w * self.value
+
+
+def test_train_step_sets_lr():
     model = tiny_model()
     opt = RecordingSGD(model.parameters(), lr=0.0)
     train_step(model, opt, uneven_batches()[:1], lr=0.5)
     assert [g["lr"] for g in opt.param_groups] == [0.5]
-    with torch.no_grad():
-        model.transformer.ln_f.weight.fill_(float("nan"))
-    before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(NonFiniteLossError, match="became nan"):
-        train_step(model, opt, uneven_batches()[:1], lr=0.5)
-    for p, b in zip(model.parameters(), before, strict=True):
-        assert torch.equal(p.nan_to_num(), b.nan_to_num())
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_loss_stops_before_updating(value):
+    model = ConstantLoss(value)
+    opt = RecordingSGD(model.parameters(), lr=0.5)
+    with pytest.raises(NonFiniteLossError, match=f"became {value}"):
+        train_step(model, opt, uneven_batches()[:2])
+    assert not hasattr(opt, "grads")  # never stepped
+    assert model.w.item() == 1.0
+
+
+def test_best_val_loss_keeps_the_best(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    train_module = sys.modules["mygpt2.train"]  # the module; mygpt2.train is the function
+    from mygpt2.metrics import MetricsLog
+
+    losses = iter([3.0, 2.0, 2.5])
+    monkeypatch.setattr(train_module, "evaluate", lambda *args, **kwargs: next(losses))
+    run = SimpleNamespace(
+        model=None,
+        val_loader=None,
+        dtype=torch.float32,
+        step=0,
+        tokens_per_step=10,
+        best_val=math.inf,
+        val_loss=None,
+        log=MetricsLog(tmp_path, enabled=False),
+    )
+    for step in (1, 2, 3):
+        run.step = step
+        train_module.evaluate_run(run)
+    assert (run.val_loss, run.best_val) == (2.5, 2.0)
+    assert [r["best_val_loss"] for r in run.log.history] == [3.0, 2.0, 2.0]
+
+
+def test_periodic_checkpoints(corpus, tmp_path, monkeypatch):
+    train_module = sys.modules["mygpt2.train"]  # the module; mygpt2.train is the function
+
+    saved = []
+    real_save = train_module.save_checkpoint
+
+    def spy(path, state):
+        saved.append(state["step"])
+        real_save(path, state)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", spy)
+    train(tiny_config(corpus, tmp_path, max_steps=5, checkpoint_interval=2, eval_interval=100))
+    assert saved == [2, 4, 5]  # every 2 steps, and at the end
 
 
 def test_given_optimizer_settings_take_effect_on_resume(corpus, tmp_path):
