@@ -306,8 +306,15 @@ def test_command_views_print_tables_and_write_files(checkpoint_dir, tmp_path, ca
         main(inspect(checkpoint_dir, "dla", "--text", text, "--png", str(tmp_path / "d.png"))) == 0
     )
     out = capsys.readouterr().out
-    logit, total = re.search(r"logit (\S+) = sum of \d+ terms \((\S+)\)", out).groups()
+    logit, total = re.search(r"\) = (\S+); its 11 terms sum to (\S+)\n", out).groups()
     assert math.isclose(float(logit), float(total), abs_tol=2e-3) and (tmp_path / "d.png").is_file()
+    assert (
+        main(inspect(checkpoint_dir, "dla", "--text", text, "--target", "#7", "--foil", "#9")) == 0
+    )
+    out = capsys.readouterr().out
+    assert "of logit('\\x07') - logit('\\t') after position 17" in out
+    logit, total = re.search(r"\) = (\S+); its 11 terms sum to (\S+)\n", out).groups()
+    assert math.isclose(float(logit), float(total), abs_tol=2e-3)
 
     corrupt = "def hello(hello):\n    return name"
     args = ["patch", "--text", text, "--corrupt", corrupt, "--target", " name", "--png", str(png)]

@@ -35,7 +35,8 @@ Look inside a trained model (--out_dir or --checkpoint) or GPT-2 weights (--init
              the log-probability of --target without --foil; --png heatmap
   tokens     the loss of each token given the tokens before it; --html page shaded by loss
   dla        direct logit attribution: each head's, MLP's, embedding's and bias's share of the
-             logit of --target (default: the predicted token) at --pos; --png heatmap
+             logit of --target (default: the predicted token) at --pos, or of
+             logit(--target) - logit(--foil); --png heatmap
 Tokens for --target and --foil are text that encodes to one token (' Paris'), or #ID.""",
     sections={
         "run": ("out_dir", "checkpoint", "init_from", "device"),
@@ -47,7 +48,7 @@ Tokens for --target and --foil are text that encodes to one token (' Paris'), or
         "pos": "the token position reported by attention, lens and dla (default -1: the last)",
         "k": "how many tokens or terms a table shows (default 5; dla: 10)",
         "target": "a token, as text (' Paris') or #ID: lens rank, patch metric, dla logit",
-        "foil": "patch: the metric is logit(target) - logit(foil)",
+        "foil": "patch and dla: look at logit(target) - logit(foil)",
         "corrupt": "patch: the corrupted text, with as many tokens as --text",
         "site": "patch: resid_pre (default), resid_mid, resid_post, attn_out, mlp_out or z",
         "png": "write a picture to this file (attention, patch, dla)",
@@ -55,7 +56,7 @@ Tokens for --target and --foil are text that encodes to one token (' Paris'), or
         "html": "tokens: write an HTML page shaded by loss to this file",
     },
 )
-ONLY_FOR = {"corrupt": "patch", "site": "patch", "foil": "patch", "json": "attention"}
+ONLY_FOR = {"corrupt": "patch", "site": "patch", "foil": "patch or dla", "json": "attention"}
 ONLY_FOR |= {"html": "tokens", "png": "attention, patch or dla"}
 
 
@@ -323,12 +324,17 @@ def show_dla(
         logits = model.run_with_hooks(ids)[0, pos, : model.config.vocab_size]
         target = int(logits.argmax())
     dla = direct_logit_attribution(model, ids, target, pos=pos)
+    name = f"logit({_token(tok, target)})"
+    if "foil" in extras:  # a difference of logits splits into the differences of the terms
+        foil = token_id(tok, model, extras["foil"], "foil")
+        other = direct_logit_attribution(model, ids, foil, pos=pos)
+        dla.values, dla.logit = dla.values - other.values, dla.logit - other.logit
+        name += f" - logit({_token(tok, foil)})"
     values = dla.values[:, 0]
     q = pos % len(ids)
-    name = _token(tok, target)
-    print(f"direct logit attribution: logit of {name} after position {q} ({_shown(labels[q])})")
+    print(f"direct logit attribution of {name} after position {q} ({_shown(labels[q])})")
     print(
-        f"logit {float(dla.logit[0]):.3f} = sum of {len(values)} terms ({float(values.sum()):.3f})"
+        f"{name} = {float(dla.logit[0]):.3f}; its {len(values)} terms sum to {float(values.sum()):.3f}"
     )
     order = values.abs().argsort(descending=True)[:k].tolist()
     print(f"the {len(order)} largest:")
@@ -338,7 +344,7 @@ def show_dla(
         grid = torch.cat([dla.heads()[..., 0], dla.mlps()[:, 0, None]], dim=1)  # (L, H + 1)
         cols = [f"H{h}" for h in range(dla.n_heads)] + ["MLP"]
         rows = [f"L{i}" for i in range(dla.n_layers)]
-        title = f"direct logit attribution to {name}"
+        title = f"direct logit attribution of {name}"
         save_heatmap_png(grid, extras["png"], rows, cols, title=title, colorbar="logit")
         _wrote(extras["png"])
     if not math.isclose(float(values.sum()), float(dla.logit[0]), rel_tol=1e-3, abs_tol=1e-3):

@@ -6,7 +6,8 @@ Design choices:
 - The attention JSON holds the tokens and the patterns as nested lists, layers x heads x
   queries x keys: the arrays that bertviz's `head_view(attention, tokens)` and circuitsvis's
   `attention_patterns(tokens, attention)` take (see docs/INSPECT.md for the two lines each).
-- Token labels show whitespace (`\\n`, `\\t`) so that a newline token is visible on an axis.
+- Token labels show whitespace (`\\n`, `\\t`, a token of spaces as dots) so that it is visible
+  on an axis.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from mygpt2.fileio import atomic_write
 
 
 def label(token: str) -> str:
-    """A token as a readable label: newlines and tabs escaped."""
+    """A token as a readable label: newlines and tabs escaped, a token of spaces as dots."""
+    if token and token.strip(" ") == "":
+        return "\u00b7" * len(token)
     return token.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 
