@@ -41,7 +41,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from mygpt2.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mygpt2.checkpoint import (
+    check_tokenizer,
+    load_checkpoint,
+    model_from_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from mygpt2.config import Config, format_config, merge_saved, shape_changes, wants_gpt2_tokenizer
 from mygpt2.data import TrainLoader, ValLoader, accum_steps, construct_data_loaders, padding_id
 from mygpt2.errors import MyGPT2Error
@@ -459,15 +466,9 @@ def resolve_tokenizer_paths(cfg: Config) -> None:
 
 def resumed_model(cfg: Config, tok: Any, ckpt: dict[str, Any]) -> GPT:
     """The checkpoint's weights, after checking they were trained with this tokenizer."""
-    saved_tok = ckpt.get("tokenizer", {}).get("fingerprint")
-    if saved_tok and saved_tok != tok.fingerprint():
-        raise MyGPT2Error(
-            f"cannot resume from '{Path(cfg.run.out_dir) / 'checkpoint.pt'}': it was trained "
-            f"with tokenizer {ckpt['tokenizer'].get('name')}, but this run uses {tok.name}."
-        )
-    model = GPT(cfg.model)
-    model.load_state_dict(ckpt["model"])
-    return model
+    path = Path(cfg.run.out_dir) / "checkpoint.pt"
+    check_tokenizer(ckpt, tok, path)
+    return model_from_checkpoint(ckpt, path)
 
 
 def build_model(cfg: Config, vocab_size: int) -> GPT:

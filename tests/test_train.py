@@ -587,3 +587,17 @@ def test_given_optimizer_settings_take_effect_on_resume(corpus, tmp_path):
     assert decayed["lr"] == pytest.approx(get_lr(3, resumed))  # the last step's, from 1e-3
     resumed.train.lr = 3e-3
     assert decayed["lr"] != pytest.approx(get_lr(3, resumed))
+
+
+def test_resume_refuses_another_tokenizer_naming_both(corpus, tmp_path):
+    train(tiny_config(corpus, tmp_path, max_steps=2))
+    other = RegexTokenizer()
+    other.train(Path(corpus["data"]).read_text(encoding="utf-8")[:50_000], 300)
+    other.save(tmp_path / "other.json")
+    cfg = tiny_config(
+        corpus, tmp_path, max_steps=4, resume="true", tokenizer_path=str(tmp_path / "other.json")
+    )
+    with pytest.raises(
+        MyGPT2Error, match=r"was trained with tokenizer .*fingerprint .*other\.json"
+    ):
+        train(cfg)
