@@ -44,6 +44,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -310,8 +311,8 @@ def prepare(
 
     corpus = corpus or open_corpus(cfg.data)
     directory = prepared_dir(cfg, tok, corpus)
-    for warning in corpus.warnings:
-        print(f"mygpt2: warning: {warning}", file=sys.stderr)
+    for warning in corpus.warnings:  # the command line shows warnings as one line each
+        warnings.warn(warning, stacklevel=2)
     if not force and _is_current(directory, cfg, tok, corpus):
         return directory
     if progress:
@@ -388,10 +389,10 @@ def prepare(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if corpus.replaced_bytes:
-        print(
-            f"mygpt2: warning: replaced {corpus.replaced_bytes} bytes that are not UTF-8 with "
-            "U+FFFD (run with --strict_utf8 true to refuse them instead).",
-            file=sys.stderr,
+        warnings.warn(
+            f"replaced {corpus.replaced_bytes} bytes that are not UTF-8 with U+FFFD (run with "
+            "--strict_utf8 true to refuse them instead).",
+            stacklevel=2,
         )
     return directory
 
