@@ -209,6 +209,7 @@ def test_token_losses_are_the_per_token_cross_entropy_and_render():
     values = [1.0, 2.0, 0.5]
     page = loss_html(tokens, values, title="t & t")
     assert page.startswith("<!doctype html>") and "t &amp; t" in page
+    assert ".text { font-family: monospace; white-space: pre-wrap;" in page
     assert "&lt;a&gt;" in page and "<a>" not in page  # escaped
     assert page.count("<span style=") == 3 and "rgba(214, 39, 40, 1.000)" in page
     table = loss_table(tokens, values).splitlines()

@@ -168,6 +168,14 @@ def _token(tok: RegexTokenizer, i: int) -> str:
     return repr(tok.decode([i])) if i < tok.vocab_size else f"#{i}"
 
 
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 2] + "…" + text[-1]
+
+
+def _prob(p: float) -> str:
+    return f"{p:.2f}" if p >= 0.01 else f"{p:.0e}"
+
+
 def _wrote(path: str) -> None:
     print(f"wrote {path}")
 
@@ -215,18 +223,19 @@ def show_lens(
     top = lens_top_k(logit_lens(model, ids), k=k, pos=pos, target=target)
     q = pos % len(ids)
     print(f"logit lens after position {q} ({_shown(labels[q])}): top {k} next tokens per layer")
-    head = f"{'layer':>5}  {'top tokens (probability)':<{14 * k}}"
+    head = f"{'layer':>5}  {'top tokens (probability)':<{18 * k}}"
     if target is not None:
         head += f"  rank of {_token(tok, target)} (p)"
     print(head)
     for layer in range(top.ids.shape[0]):
         cells = "".join(
-            f"{_token(tok, i)[:8]:>8} {p:.2f} "
+            f"{_short(_token(tok, i), 11):>11} {_prob(p):<5} "
             for i, p in zip(top.ids[layer].tolist(), top.probs[layer].tolist(), strict=True)
         )
-        line = f"{layer:>5}  {cells:<{14 * k}}"
+        line = f"{layer:>5}  {cells:<{18 * k}}"
         if top.target_rank is not None and top.target_prob is not None:
-            line += f"  {int(top.target_rank[layer]):>6} ({float(top.target_prob[layer]):.3f})"
+            rank, p = int(top.target_rank[layer]), float(top.target_prob[layer])
+            line += f"  {rank:>6} ({_prob(p)})"
         print(line)
 
 
@@ -277,7 +286,7 @@ def show_patch(
         print("one position's clean activation put back")
         print(f"{'pos':>4}  {'clean':<12}{'corrupt':<12}{layers}")
         for j in range(grid.shape[1]):
-            pair = f"{_shown(labels[j])[:11]:<12}{_shown(tok.decode([corrupt[j]]))[:11]:<12}"
+            pair = f"{_short(_shown(labels[j]), 11):<12}{_short(_token(tok, corrupt[j]), 11):<12}"
             print(f"{j:>4}  {pair}" + "".join(f"{grid[i, j]:8.3f}" for i in range(L)))
         cols = [f"{j} {lab}" for j, lab in enumerate(labels)]
     if "png" in extras:

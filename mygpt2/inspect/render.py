@@ -156,6 +156,13 @@ def loss_table(tokens: Sequence[str], losses: Sequence[float]) -> str:
     return "\n".join(lines)
 
 
+PAGE_STYLE = (
+    "body { font-family: sans-serif; margin: 2em; } "
+    ".text { font-family: monospace; white-space: pre-wrap; line-height: 1.7; } "
+    "span { border-radius: 2px; }"
+)
+
+
 def loss_html(tokens: Sequence[str], losses: Sequence[float], title: str = "per-token loss") -> str:
     """An HTML page of the text with each token shaded by its loss (darker: more surprising);
     hovering a token shows its loss, surprisal and probability."""
@@ -174,9 +181,7 @@ def loss_html(tokens: Sequence[str], losses: Sequence[float], title: str = "per-
     mean = sum(values) / len(values) if values else 0.0
     return (
         "<!doctype html>\n<html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title>\n<style>body {{ font-family: sans-serif; "
-        "margin: 2em; }} .text {{ font-family: monospace; white-space: pre-wrap; "
-        "line-height: 1.7; }} span {{ border-radius: 2px; }}</style></head><body>\n"
+        f"<title>{html.escape(title)}</title>\n<style>{PAGE_STYLE}</style></head><body>\n"
         f"<h1>{html.escape(title)}</h1>\n<p>{len(values)} predicted tokens, mean loss "
         f"{mean:.3f} nats ({mean / math.log(2):.3f} bits); darkest: {top:.2f} nats. Hover a "
         "token for its numbers.</p>\n"
