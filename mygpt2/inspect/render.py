@@ -83,9 +83,11 @@ def save_attention_png(
                 ax.set_xticklabels(names, rotation=90, fontsize=font)
             if head == 0:
                 ax.set_yticklabels(names, fontsize=font)
+    top = 1.0
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        top -= 0.4 / fig.get_figheight()  # room for the title above the first row
+    fig.tight_layout(rect=(0, 0, 1, top))
     _save(fig, path)
 
 
