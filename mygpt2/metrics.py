@@ -4,7 +4,8 @@ TensorBoard, and the messages and progress bar on the terminal.
 `MetricsLog` keeps the whole history in memory as well (it is small: one row per step), so a
 checkpoint can carry it and a resumed run continues the same curves. The plot is redrawn from
 that history at each evaluation and written atomically, so an open image viewer never sees a
-half-written file.
+half-written file. Rows are appended through `fileio.append_text`, so a full disk or an
+unwritable directory is a one-line `RunError`, not a traceback.
 
 `Reporter` is the one place a training run prints: the resolved config, the start banner,
 the progress bar, the stop message and the final line. The training loop hands it facts and
@@ -20,7 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mygpt2.fileio import atomic_write
+from mygpt2.fileio import append_text, atomic_write, ensure_dir
 
 
 class MetricsLog:
@@ -38,7 +39,7 @@ class MetricsLog:
         self.enabled = enabled
         self.tb = None
         if enabled:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            ensure_dir(self.out_dir)
             # rewrite the file from the history so a resumed run has no rows past its checkpoint
             lines = "".join(json.dumps(row) + "\n" for row in self.history)
             atomic_write(self.out_dir / "metrics.jsonl", lambda fh: fh.write(lines.encode()))
@@ -50,8 +51,7 @@ class MetricsLog:
         self.history.append(row)
         if not self.enabled:
             return
-        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_text(self.out_dir / "metrics.jsonl", json.dumps(row) + "\n")
         if self.tb is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "step":

@@ -1,9 +1,14 @@
-"""What a run records and shows: metrics.jsonl rows, the plot, and the Reporter's messages."""
+"""What a run records and shows: metrics.jsonl rows, the plot, the Reporter's messages, and
+file-system faults while logging as one-line messages."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
+from mygpt2 import fileio
+from mygpt2.errors import RunError
 from mygpt2.metrics import MetricsLog, Reporter
 
 
@@ -79,3 +84,28 @@ def test_only_an_enabled_reporter_prints(capsys, tmp_path):
     quiet.stopped(1, tmp_path)
     quiet.done(3, 1.0, 1.0, tmp_path)
     assert capsys.readouterr() == ("", "")
+
+
+def test_a_full_disk_while_logging_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    log = MetricsLog(tmp_path)
+    log.log({"kind": "train", "step": 1, "loss": 1.0})
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileio, "open", full, raising=False)  # fileio's own `open` only
+    with pytest.raises(RunError) as e:
+        log.log({"kind": "train", "step": 2, "loss": 0.5})
+    assert str(e.value) == (
+        f"could not append to '{tmp_path / 'metrics.jsonl'}': the disk is full; free some "
+        "space or choose another --out_dir (No space left on device)."
+    )
+    assert e.value.exit_code == 1
+    monkeypatch.undo()
+    assert rows_of(tmp_path / "metrics.jsonl") == [{"kind": "train", "step": 1, "loss": 1.0}]
+
+
+def test_the_log_directory_being_a_file_is_one_line(tmp_path):
+    (tmp_path / "out").write_text("not a directory", encoding="utf-8")
+    with pytest.raises(RunError, match=r"could not create the directory .*out': a regular file"):
+        MetricsLog(tmp_path / "out")
