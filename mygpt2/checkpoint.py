@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mygpt2.config import Config, TokenizerConfig, wants_gpt2_tokenizer
+from mygpt2.config import Config, TokenizerConfig, merge_saved, shape_changes, wants_gpt2_tokenizer
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import atomic_write, load_torch_file
 from mygpt2.hf import from_pretrained
@@ -124,6 +124,25 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "check
         )
     model.load_state_dict(weights)
     return model
+
+
+def resume_config(ckpt: dict[str, Any], cfg: Config, path: str | os.PathLike) -> Config:
+    """The checkpoint's config with the given keys on top; a given change of shape is refused."""
+    saved = Config.from_saved(ckpt["config"])
+    merged = merge_saved(saved, cfg)
+    diff = shape_changes(saved.model, merged.model)
+    if diff:
+        raise MyGPT2Error(
+            f"cannot resume from '{path}': the model's shape would change ({'; '.join(diff)}). "
+            "Drop those flags to continue the run, or start a new run in another --out_dir."
+        )
+    return merged
+
+
+def resumed_model(ckpt: dict[str, Any], tok: RegexTokenizer, path: str | os.PathLike) -> GPT:
+    """The checkpoint's weights, after checking they were trained with this tokenizer."""
+    check_tokenizer(ckpt, tok, path)
+    return model_from_checkpoint(ckpt, path)
 
 
 def load_model_and_tokenizer(cfg: Config) -> tuple[GPT, RegexTokenizer]:

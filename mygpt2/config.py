@@ -89,9 +89,18 @@ class TrainConfig:
     beta2: float = option(0.95, "AdamW beta2")
     grad_clipping: float = option(1.0, "clip the global gradient norm to this; 0 turns it off")
     checkpoint_interval: int = option(
-        0, "also save every this many steps; 0: only at the end", "steps"
+        0, "also save every this many steps; 0: at evaluations, the end and by time", "steps"
+    )
+    checkpoint_minutes: float = option(
+        10.0,
+        "save at least this often (besides every evaluation), bounding what a kill loses; "
+        "0 turns the time bound off",
+        "minutes",
     )
     resume: bool = option(False, "continue from out_dir/checkpoint.pt")
+    allow_data_change: bool = option(
+        False, "let --resume continue on other or changed data (logged in metrics.jsonl)"
+    )
     compile: bool = option(False, "torch.compile the model")
     shuffle: bool = option(True, "visit training blocks in a seeded random order")
     tensorboard: bool = option(False, "also log to out_dir/tensorboard (needs tensorboard)")
@@ -145,7 +154,9 @@ class SampleConfig:
 SECTIONS = ("model", "run", "train", "data", "tokenizer", "sample")
 
 # Keys that describe one invocation, never inherited from a checkpoint on --resume.
-PER_INVOCATION = frozenset({"resume", "stop_at", "checkpoint", "overwrite", "break_lock"})
+PER_INVOCATION = frozenset(
+    {"resume", "stop_at", "checkpoint", "overwrite", "break_lock", "allow_data_change"}
+)
 
 
 @dataclass
@@ -369,6 +380,10 @@ def validate(cfg: Config) -> None:
         (
             t.checkpoint_interval >= 0,
             f"checkpoint_interval must be 0 or more, got {t.checkpoint_interval}.",
+        ),
+        (
+            t.checkpoint_minutes >= 0,
+            f"checkpoint_minutes must be 0 or more, got {t.checkpoint_minutes}.",
         ),
         (0.0 < d.split < 1.0, f"split must be strictly between 0 and 1, got {d.split}."),
         (d.stdlib_max_mb > 0, f"stdlib_max_mb must be positive, got {d.stdlib_max_mb}."),
