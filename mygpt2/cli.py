@@ -2,7 +2,9 @@
 
 Each subcommand is a module in `mygpt2/commands/` with a `cli(argv)` function; this file only
 dispatches and turns a `MyGPT2Error` into a one-line message and its exit status (2 for usage
-and input, 1 for a fault while working), so users never see a traceback.
+and input, 1 for a fault while working), so users never see a traceback. A command may return
+its own status (`train`: 130/143 when a signal stopped it after saving); an interrupt that
+escapes is 130, or the status it carries (143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -54,14 +56,14 @@ def run(command: str, argv: list[str]) -> int:
     module_name, _ = COMMANDS[command]
     warnings.showwarning = _show_warning  # library warnings read as one line, no source path
     try:
-        importlib.import_module(module_name).cli(argv)
+        status = importlib.import_module(module_name).cli(argv)
     except MyGPT2Error as e:
         print(f"mygpt2 {command}: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"mygpt2 {command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return getattr(e, "exit_code", 130)
+    return status or 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,7 @@ class MetricsLog:
                 self.tb = _tensorboard_writer(self.out_dir / "tensorboard")
 
     def log(self, row: dict[str, Any]) -> None:
-        """Record one row (must contain `step` and `kind`: 'train' or 'eval')."""
+        """Record one row (must contain `step` and `kind`: 'train', 'eval', 'data_change')."""
         self.history.append(row)
         if not self.enabled:
             return
@@ -175,10 +175,18 @@ class Reporter:
             self.bar.close()
             self.bar = None
 
-    def stopped(self, step: int, checkpoint: str | Path) -> None:
-        """The run was asked to stop (SIGINT/SIGTERM) and saved a checkpoint."""
+    def stopped(self, step: int, max_steps: int, resume: str) -> None:
+        """The run stopped early (SIGINT/SIGTERM or --stop_at) after saving a checkpoint."""
         self.close()
-        self.say(f"\nstopped at step {step}; resume with --resume (checkpoint in '{checkpoint}').")
+        self.say(f"\nstopped at step {step} of {max_steps}; resume with: {resume}")
+
+    def nothing_to_do(self, step: int, max_steps: int, out_dir: str | Path, extend: str) -> None:
+        """A resumed run that is already at (or past) max_steps."""
+        where = "already finished" if step == max_steps else f"past max_steps {max_steps}"
+        self.say(
+            f"the run in '{out_dir}' is {where} (step {step} of {max_steps}); nothing to do. "
+            f"To train further, resume with a larger --max_steps, e.g.: {extend}"
+        )
 
     def done(self, step: int, train_loss: float, best_val_loss: float, out_dir: str | Path) -> None:
         """The run reached max_steps."""

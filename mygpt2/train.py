@@ -1,9 +1,12 @@
 """Training: one flat loop, on a CPU, one GPU, or many with torchrun.
 
 `train()` reads top to bottom in one screen: set the learning rate, take one optimizer step's
-micro-batches, `train_step`, report; `evaluate` every `eval_interval` steps; `save` every
-`checkpoint_interval` steps, at the end, and when the process is asked to stop (SIGINT/SIGTERM).
-Everything the loop carries between steps is one `Run`, built (or resumed) by `setup`.
+micro-batches, `train_step`, report; `evaluate` every `eval_interval` steps; `save` at every
+evaluation, every `checkpoint_interval` steps, at least every `checkpoint_minutes`, at the end,
+and when the process is asked to stop (SIGINT/SIGTERM). Everything the loop carries between
+steps is one `Run`, built (or resumed) by `setup`. The run's safety frame (out_dir's lock, no
+silent overwrite, signals, the resume line, the data a checkpoint was trained on) is
+`mygpt2.guard`'s.
 
 Design choices:
 - `max_steps` counts optimizer (macro) steps; each is `macro_batch_size` sequences over all
@@ -18,9 +21,11 @@ Design choices:
 - Exact resume: the checkpoint carries model, optimizer, scaler, the data loader's position
   and every RNG state, so `--resume` continues bit for bit where the run stopped (tested).
   `setup` restores the RNG states last, so none of its own work draws from them.
-- `--resume` takes the checkpoint's config with the flags given now on top (`resume_config`);
+- `--resume` takes the checkpoint's config with the flags given now on top
+  (`checkpoint.resume_config`);
   given optimizer hyperparameters are put into the restored optimizer.
-- A non-finite loss stops the run before the optimizer step, keeping the last good checkpoint.
+- A non-finite loss stops the run before the optimizer step (a `RunError`, exit 1), keeping
+  the last good checkpoint.
 - The loop does not print: messages and the progress bar go through `metrics.Reporter`,
   enabled on rank 0 only. The caller's `cfg` is not changed; the resolved one is `Run.cfg`.
 """
@@ -42,38 +47,54 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from mygpt2.checkpoint import (
-    check_tokenizer,
     load_checkpoint,
-    model_from_checkpoint,
+    resume_config,
+    resumed_model,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from mygpt2.config import Config, format_config, merge_saved, shape_changes, wants_gpt2_tokenizer
+from mygpt2.config import Config, format_config
 from mygpt2.data import TrainLoader, ValLoader, accum_steps, construct_data_loaders, padding_id
-from mygpt2.errors import MyGPT2Error
+from mygpt2.errors import MyGPT2Error, RunError
+from mygpt2.guard import (
+    CheckpointClock,
+    StopSignals,
+    check_data,
+    data_record,
+    guarded,
+    resolve_input_paths,
+    resume_command,
+)
 from mygpt2.hf import from_pretrained
 from mygpt2.loss import IGNORE_INDEX
 from mygpt2.metrics import MetricsLog, Reporter
 from mygpt2.model import GPT
 from mygpt2.optim import get_lr, make_optimizer, set_hyperparameters
 from mygpt2.prepare import ensure_prepared
-from mygpt2.runtime import Distributed, StopRequest, autocast, peak_flops, pick_device, pick_dtype
+from mygpt2.runtime import Distributed, autocast, peak_flops, pick_device, pick_dtype
 from mygpt2.tokenizer import load_tokenizer
 
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(cfg: Config) -> dict[str, Any]:
-    """Train a GPT as `cfg` says; returns a summary (final losses, steps, paths)."""
+def train(
+    cfg: Config, argv: list[str] | None = None, program: str = "mygpt2 train"
+) -> dict[str, Any]:
+    """Train a GPT as `cfg` says; returns a summary (final losses, steps, paths, and `signal`:
+    the SIGINT/SIGTERM that stopped it, or 0). `argv` and `program` (the command line's flags
+    and how it was started) make the resume line; without them it is a plain --resume."""
     dist_info = Distributed.from_env(cfg.run.device)
     reporter = Reporter(enabled=dist_info.is_main)
     try:
-        run = setup(cfg, dist_info, reporter)
-        t = run.cfg.train
-        batches = iter(run.train_loader)
-        reporter.start(total=t.max_steps, initial=run.step)
-        with StopRequest() as stop:
+        with guarded(cfg, dist_info.is_main, reporter.say) as signals:
+            run = setup(cfg, dist_info, reporter)
+            t, first = run.cfg.train, run.step
+            batches = iter(run.train_loader)
+            clock = CheckpointClock(t.checkpoint_minutes)
+            if run.step < run.end_step:
+                reporter.start(total=t.max_steps, initial=run.step)
+            signals.deferred = True  # from here on a signal lets the step finish and save
             while run.step < run.end_step:
                 t0 = time.perf_counter()
                 lr = get_lr(run.step, run.cfg)
@@ -81,30 +102,48 @@ def train(cfg: Config) -> dict[str, Any]:
                 result = step_run(run, micro, lr)
                 run.step += 1
                 report_step(run, result, lr, time.perf_counter() - t0)
+                evaluated = False
                 if run.step % t.eval_interval == 0 or run.step == t.max_steps:
                     evaluate_run(run)
-                stopping = stop_requested(stop, run)
+                    evaluated = True
+                run.signal, late = stop_requested(signals, clock, run)
                 periodic = t.checkpoint_interval and run.step % t.checkpoint_interval == 0
-                if periodic or stopping or run.step == run.end_step:
+                if evaluated or periodic or late or run.signal or run.step == run.end_step:
                     save(run)
-                if stopping:
-                    reporter.stopped(run.step, run.ckpt_path)
+                    clock.reset()
+                if run.signal:
                     break
-        reporter.close()
-        run.log.close()
-        if run.step == t.max_steps:
-            reporter.done(run.step, run.train_loss, run.best_val, Path(run.cfg.run.out_dir))
-        return {
-            "step": run.step,
-            "train_loss": run.train_loss,
-            "val_loss": run.val_loss,
-            "best_val_loss": run.best_val,
-            "checkpoint": str(run.ckpt_path),
-            "history": run.log.history,
-        }
+            return finish(run, run.step > first, argv, program)
     finally:
         reporter.close()
         dist_info.close()
+
+
+def finish(run: Run, ran: bool, argv: list[str] | None, program: str) -> dict[str, Any]:
+    """Say how the run ended and how to go on (the resume line); return the summary, whose
+    `signal` is the SIGINT/SIGTERM that cut the run short (0 when it did all it was asked)."""
+    t, out_dir = run.cfg.train, Path(run.cfg.run.out_dir)
+    if run.step >= run.end_step:
+        run.signal = 0
+    run.reporter.close()
+    run.log.close()
+    if run.step >= t.max_steps and not ran:  # resumed a finished run: say how to extend it
+        extend = resume_command(run.cfg, argv, program, max_steps=2 * run.step)
+        run.reporter.nothing_to_do(run.step, t.max_steps, out_dir, extend)
+    elif run.step == t.max_steps:
+        run.reporter.done(run.step, run.train_loss, run.best_val, out_dir)
+    else:  # a signal or --stop_at: the checkpoint is saved
+        run.reporter.stopped(run.step, t.max_steps, resume_command(run.cfg, argv, program))
+    return {
+        "step": run.step,
+        "max_steps": t.max_steps,
+        "signal": run.signal,
+        "train_loss": run.train_loss,
+        "val_loss": run.val_loss,
+        "best_val_loss": run.best_val,
+        "checkpoint": str(run.ckpt_path),
+        "history": run.log.history,
+    }
 
 
 # ----------------------------------------------------------------------------- one step
@@ -119,7 +158,7 @@ class StepResult:
     tokens: int  # valid targets (not -100) in the step
 
 
-class NonFiniteLossError(MyGPT2Error):
+class NonFiniteLossError(RunError):
     """A step's loss was NaN or infinite; the weights were left as they were."""
 
     def __init__(self, loss: float) -> None:
@@ -234,6 +273,7 @@ class Run:
     val_loader: ValLoader
     log: MetricsLog
     tokenizer: dict[str, str]  # name and fingerprint, saved with each checkpoint
+    data_source: dict[str, Any]  # data identity, fingerprint, token counts (`guard.data_record`)
     ckpt_path: Path
     tokens_per_step: int
     flops_per_step: float
@@ -242,6 +282,7 @@ class Run:
     best_val: float = math.inf
     val_loss: float | None = None
     train_loss: float = math.nan
+    signal: int = 0  # the SIGINT/SIGTERM that stopped the run
 
     @property
     def end_step(self) -> int:
@@ -263,10 +304,15 @@ def step_run(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]], lr: flo
             grad_clipping=run.cfg.train.grad_clipping,
         )
     except NonFiniteLossError as e:
-        raise MyGPT2Error(
+        tries = ["a lower --lr"]
+        if run.dtype != torch.float32:
+            tries.append("--dtype float32")
+        if run.cfg.train.grad_clipping <= 0:
+            tries.append("--grad_clipping 1.0")
+        raise RunError(
             f"the loss became {e.loss} at step {run.step + 1}; stopped before updating the "
-            f"weights. The last good checkpoint (if any) is in '{run.ckpt_path}'. Try a lower "
-            "--lr, --grad_clipping 1.0, or --dtype float32."
+            f"weights. The last good checkpoint (if any) is in '{run.ckpt_path}'. Try "
+            f"{' or '.join(tries)}."
         ) from None
     run.train_loss = result.loss
     return result
@@ -306,14 +352,15 @@ def evaluate_run(run: Run) -> None:
     run.log.plot(run.tokens_per_step)
 
 
-def stop_requested(stop: StopRequest, run: Run) -> bool:
-    """Whether any process was asked to stop (SIGINT/SIGTERM) during this step."""
-    stopping = stop.requested
-    if run.dist.enabled:  # every rank must agree, or the collectives would hang
-        flag = torch.tensor(int(stopping), device=run.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        stopping = bool(flag.item())
-    return stopping
+def stop_requested(signals: StopSignals, clock: CheckpointClock, run: Run) -> tuple[int, bool]:
+    """The signal any process was stopped by during this step (0: none), and whether the
+    checkpoint is due by time; all processes agree (one all-reduce), or collectives would hang."""
+    flags = [signals.signum, int(clock.due())]
+    if run.dist.enabled:
+        agreed = torch.tensor(flags, device=run.device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+        flags = agreed.tolist()
+    return int(flags[0]), bool(flags[1])
 
 
 def save(run: Run) -> None:
@@ -336,6 +383,7 @@ def save(run: Run) -> None:
             "data": run.train_loader.state_dict(),
             "rng": rngs,
             "tokenizer": run.tokenizer,
+            "data_source": run.data_source,
             "best_val_loss": run.best_val,
             "metrics": run.log.history,
         },
@@ -360,14 +408,19 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
     device = pick_device(cfg.run.device, dist_info.local_rank)
     dtype = pick_dtype(cfg.run.dtype, device)
     accum_steps(t.batch_size, t.macro_batch_size, dist_info.world_size)  # fail before slow work
-    resolve_tokenizer_paths(cfg)
+    resolve_input_paths(cfg)  # absolute: the checkpoint finds its inputs from any directory
+    saved_data = ckpt.get("data_source") if ckpt is not None else None
+    if saved_data:  # before any slow work: the data this run was trained on?
+        check_data(saved_data, data_record(cfg), cfg, ckpt_path)
     torch.manual_seed(cfg.run.seed + dist_info.rank)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
     tok = load_tokenizer(cfg.tokenizer)
-    model = build_model(cfg, tok.vocab_size) if ckpt is None else resumed_model(cfg, tok, ckpt)
+    model = (
+        build_model(cfg, tok.vocab_size) if ckpt is None else resumed_model(ckpt, tok, ckpt_path)
+    )
     reporter.config(format_config(cfg))  # resolved: vocab_size and shape are known now
 
     # rank 0 prepares the token files; the others wait, then read the same files
@@ -376,6 +429,8 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
     dist_info.barrier()
     if not dist_info.is_main:
         train_tokens, val_tokens, meta = ensure_prepared(cfg, tok)
+    data_source = data_record(cfg, meta)
+    data_changes = check_data(saved_data, data_source, cfg, ckpt_path)
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
@@ -428,6 +483,7 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
             cfg.run.out_dir, history, enabled=dist_info.is_main, tensorboard=t.tensorboard
         ),
         tokenizer={"name": tok.name, "fingerprint": tok.fingerprint()},
+        data_source=data_source,
         ckpt_path=ckpt_path,
         tokens_per_step=tokens_per_step,
         flops_per_step=raw_model.flops_per_token() * tokens_per_step,
@@ -435,40 +491,12 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
         step=step,
         best_val=best_val,
     )
+    if data_changes:  # allowed by --allow_data_change: on the record
+        run.log.log({"kind": "data_change", "step": step, "from": saved_data, "to": data_source})
+        reporter.say(f"note: continuing on changed data ({'; '.join(data_changes)}).")
     if ckpt is not None:  # last, so nothing above can draw from the restored generators
         set_rng_state(ckpt["rng"][dist_info.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
     return run
-
-
-def resume_config(ckpt: dict[str, Any], cfg: Config, path: Path) -> Config:
-    """The checkpoint's config with the given keys on top; a given change of shape is refused."""
-    saved = Config.from_saved(ckpt["config"])
-    merged = merge_saved(saved, cfg)
-    diff = shape_changes(saved.model, merged.model)
-    if diff:
-        raise MyGPT2Error(
-            f"cannot resume from '{path}': the model's shape would change ({'; '.join(diff)}). "
-            "Drop those flags to continue the run, or start a new run in another --out_dir."
-        )
-    return merged
-
-
-def resolve_tokenizer_paths(cfg: Config) -> None:
-    """GPT-2's tokenizer when the config asks for it; file paths made absolute, so the
-    checkpoint finds its tokenizer from any working directory."""
-    if wants_gpt2_tokenizer(cfg):
-        cfg.tokenizer.use_tiktoken = True
-    for name in ("tokenizer_path", "tiktoken_file"):
-        value = getattr(cfg.tokenizer, name)
-        if value and Path(value).exists():
-            setattr(cfg.tokenizer, name, str(Path(value).resolve()))
-
-
-def resumed_model(cfg: Config, tok: Any, ckpt: dict[str, Any]) -> GPT:
-    """The checkpoint's weights, after checking they were trained with this tokenizer."""
-    path = Path(cfg.run.out_dir) / "checkpoint.pt"
-    check_tokenizer(ckpt, tok, path)
-    return model_from_checkpoint(ckpt, path)
 
 
 def build_model(cfg: Config, vocab_size: int) -> GPT:

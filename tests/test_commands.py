@@ -34,10 +34,11 @@ TINY = {
 }
 
 
-def test_demo_runs_the_whole_pipeline_with_tiny_settings(tmp_path, capsys):
+def test_demo_runs_the_whole_pipeline_with_tiny_settings(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the demo's own out_dir, out-demo/, lands here
     flags = [f"--{k}={v}" for k, v in TINY.items()]
-    out = tmp_path / "demo"
-    argv = ["demo", *flags, f"--out_dir={out}", f"--cache_dir={tmp_path / 'cache'}"]
+    out = tmp_path / "out-demo"
+    argv = ["demo", *flags, f"--cache_dir={tmp_path / 'cache'}"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     for name in ("tokenizer.json", "checkpoint.pt", "metrics.jsonl", "loss_plot.png"):
@@ -51,9 +52,22 @@ def test_demo_runs_the_whole_pipeline_with_tiny_settings(tmp_path, capsys):
     assert ckpt["step"] == 3 and ckpt["config"]["model"]["n_layers"] == 1
     vocab = RegexTokenizer.load(out / "tokenizer.json").vocab_size
     assert ckpt["config"]["model"]["vocab_size"] == vocab
-    # run again: the tokenizer is reused; without --resume the run starts over
+    # run again: the tokenizer is reused, and in its own out-demo/ the demo passes --overwrite,
+    # so without --resume the run starts over (the old checkpoint replaced at the first save)
     assert main(argv) == 0
-    assert "[1/3] tokenizer: reusing" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "[1/3] tokenizer: reusing" in printed and "demo finished" in printed
+    lines = {line.split(" = ")[0]: line for line in printed.splitlines() if " = " in line}
+    assert lines["overwrite"].endswith("# demo")
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
+    # another out_dir holding a run is not the demo's to replace: refused before any work
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "checkpoint.pt").write_bytes((out / "checkpoint.pt").read_bytes())
+    assert main([*argv, f"--out_dir={mine}"]) == 2
+    err = capsys.readouterr().err
+    assert f"'{mine}' already holds a run (checkpoint.pt: step 3 of 3" in err
+    assert "--overwrite" in err and sorted(p.name for p in mine.iterdir()) == ["checkpoint.pt"]
 
 
 @pytest.mark.parametrize(

@@ -1,15 +1,23 @@
 """Faults and hostile files, injected on purpose: every one is a one-line message with an
-honest exit code, nothing runs code, and nothing that existed before is lost."""
+honest exit code, nothing runs code, and nothing that existed before is lost; a training run
+killed with SIGKILL at random moments resumes to the same weights as one never killed."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from test_train import REPO, make_corpus, tiny_args
 
+from mygpt2 import fileio
 from mygpt2.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from mygpt2.cli import main
 from mygpt2.config import Config, ModelConfig
@@ -136,3 +144,153 @@ def test_disk_full_during_a_tokenizer_write_keeps_the_old_file(tmp_path, monkeyp
     assert e.value.exit_code == 1
     monkeypatch.setattr(fileio.os, "fsync", real_fsync)
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["tokenizer.json"]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shakespeare_path) -> dict[str, str]:
+    return make_corpus(tmp_path_factory.mktemp("corpus"), shakespeare_path)
+
+
+def one_error_line(capsys) -> str:
+    """The one error line on stderr (the progress bar may be there too), and the last."""
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and err.endswith(errors[0] + "\n") and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_an_out_dir_that_is_a_file_is_one_line_and_exit_1(corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("my notes", encoding="utf-8")
+    assert main(["train", *tiny_args(corpus, out)]) == 1
+    assert one_error_line(capsys) == (
+        f"mygpt2 train: error: could not create the directory '{out}': a regular file has that "
+        "name; choose another path."
+    )
+    assert out.read_text(encoding="utf-8") == "my notes"
+
+
+def test_a_read_only_out_dir_is_one_line_and_exit_1(corpus, tmp_path, capsys, monkeypatch):
+    (tmp_path / "checkpoint.pt").write_bytes(b"the previous run")
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):  # what a read-only mount answers, also for root
+        if str(path).startswith(str(tmp_path)):
+            raise OSError(30, "Read-only file system")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    assert main(["train", *tiny_args(corpus, tmp_path), "--resume"]) == 1
+    monkeypatch.undo()
+    assert one_error_line(capsys) == (
+        f"mygpt2 train: error: could not create the lock file '{tmp_path / '.lock'}': the file "
+        "system is read-only; choose another --out_dir (Read-only file system)."
+    )
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"the previous run"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ENOSPC injection uses Linux errno values")
+def test_disk_full_while_training_keeps_the_last_checkpoint(corpus, tmp_path, capsys, monkeypatch):
+    """ENOSPC on the second checkpoint write, then on a metrics.jsonl append: exit 1, one
+    line naming the file, the previous checkpoint intact, no temporary files, lock released."""
+    args = tiny_args(corpus, tmp_path, max_steps=6, eval_interval=2)
+    real_save, saves = torch.save, []
+
+    def full_on_the_second(obj, fh, *rest, **kw):
+        saves.append(obj["step"])
+        if len(saves) == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(obj, fh, *rest, **kw)
+
+    monkeypatch.setattr(torch, "save", full_on_the_second)
+    assert main(["train", *args]) == 1
+    monkeypatch.undo()
+    path = tmp_path / "checkpoint.pt"
+    assert one_error_line(capsys) == (
+        f"mygpt2 train: error: could not write '{path}': the disk is full; free some space or "
+        "choose another --out_dir (No space left on device). The previous file, if any, is intact."
+    )
+    assert saves == [2, 4] and load_checkpoint(path)["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.pt",
+        "loss_plot.png",
+        "metrics.jsonl",
+    ]
+
+    appends = []
+
+    def full_on_the_third(path, *rest, **kw):  # fileio's own `open`: append_text's
+        appends.append(Path(path).name)
+        if len(appends) == 3:
+            raise OSError(28, "No space left on device")
+        return open(path, *rest, **kw)
+
+    monkeypatch.setattr(fileio, "open", full_on_the_third, raising=False)
+    assert main(["train", *args, "--resume"]) == 1
+    monkeypatch.undo()
+    assert one_error_line(capsys) == (
+        f"mygpt2 train: error: could not append to '{tmp_path / 'metrics.jsonl'}': the disk is "
+        "full; free some space or choose another --out_dir (No space left on device)."
+    )
+    # rows of steps 3 and 4 went in, step 4's eval row did not: the step-4 save never came
+    assert appends == ["metrics.jsonl"] * 3 and load_checkpoint(path)["step"] == 2
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(corpus, tmp_path):
+    """Checkpoints at every step; SIGKILL lands anywhere (mid-step, mid-save, mid-plot).
+    Every --resume finds a readable checkpoint (and the dead run's stale lock), and the final
+    weights equal a run that was never killed, bit for bit."""
+    from mygpt2.commands.args import load_config
+    from mygpt2.train import train
+
+    common = dict(max_steps=10, eval_interval=3, checkpoint_interval=1, dropout=0.1)
+    # one thread everywhere: bitwise equality needs the same reduction order in both runs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(load_config(tiny_args(corpus, tmp_path / "straight", **common)))
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "killed"
+    ckpt = out / "checkpoint.pt"
+    rng = random.Random(11)
+    outputs = []
+    for attempt in range(4):
+        resume = ["--resume"] if ckpt.exists() else []
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "run_train.py"),
+                *tiny_args(corpus, out, **common),
+                *resume,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        if attempt < 3:  # kill once this process has saved, at a random moment after that
+            before = ckpt.stat().st_mtime_ns if ckpt.exists() else None
+            deadline = time.time() + 60
+            while not ckpt.exists() or ckpt.stat().st_mtime_ns == before:
+                assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.4))
+            proc.send_signal(signal.SIGKILL)
+        outputs.append(proc.communicate(timeout=120)[0])
+        step = load_checkpoint(ckpt)["step"]  # always readable, whatever the kill hit
+        assert step >= 1
+        if attempt < 3 and proc.returncode != -signal.SIGKILL:
+            assert proc.returncode == 0  # it finished before the kill landed
+    assert proc.returncode == 0 and step == 10, outputs[-1]
+    assert "took over a stale lock" in outputs[1]  # the killed run's lock, taken over
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
+    killed = load_checkpoint(ckpt)["model"]
+    assert straight.keys() == killed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], killed[key]), key
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") or p.name == ".lock"]

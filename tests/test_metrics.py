@@ -54,7 +54,9 @@ def test_reporter_messages(capsys, tmp_path):
     report.start(total=10, initial=4)
     row = {"loss": 2.5, "lr": 1e-3, "tokens_per_s": 1234.5, "grad_norm": 0.5, "mfu": 0.25}
     report.step(row, val_loss=2.75)
-    report.stopped(5, tmp_path / "checkpoint.pt")
+    report.stopped(5, 10, "mygpt2 train --max_steps=10 --resume")
+    report.nothing_to_do(10, 10, tmp_path, "mygpt2 train --resume --max_steps=20")
+    report.nothing_to_do(12, 10, tmp_path, "mygpt2 train --resume --max_steps=24")
     report.done(10, 2.25, 2.5, tmp_path)
     captured = capsys.readouterr()
     out = captured.out
@@ -63,10 +65,12 @@ def test_reporter_messages(capsys, tmp_path):
         "\nmodel: 1.23M parameters | device cpu | dtype float32 | processes 2 | accum_steps 4 | "
         "8,192 tokens/step | data 100,000 train + 5,000 val tokens\n"
     ) in out
+    assert "\nstopped at step 5 of 10; resume with: mygpt2 train --max_steps=10 --resume\n" in out
     assert (
-        f"\nstopped at step 5; resume with --resume (checkpoint in '{tmp_path / 'checkpoint.pt'}')."
-        in out
-    )
+        f"the run in '{tmp_path}' is already finished (step 10 of 10); nothing to do. To train "
+        "further, resume with a larger --max_steps, e.g.: mygpt2 train --resume --max_steps=20\n"
+    ) in out
+    assert f"the run in '{tmp_path}' is past max_steps 10 (step 12 of 10)" in out
     assert (
         f"\ndone: 10 steps, final train loss 2.2500, best val loss 2.5000; outputs in '{tmp_path}'."
     ) in out
@@ -81,7 +85,8 @@ def test_only_an_enabled_reporter_prints(capsys, tmp_path):
     quiet.config("x")
     quiet.start(total=3, initial=0)
     quiet.step({"loss": 1.0, "lr": 1.0, "tokens_per_s": 1.0, "grad_norm": None})
-    quiet.stopped(1, tmp_path)
+    quiet.stopped(1, 3, "x")
+    quiet.nothing_to_do(3, 3, tmp_path, "x")
     quiet.done(3, 1.0, 1.0, tmp_path)
     assert capsys.readouterr() == ("", "")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,8 +18,8 @@ import torch
 
 from mygpt2.checkpoint import load_checkpoint
 from mygpt2.commands.args import load_config
-from mygpt2.config import Config, ModelConfig
-from mygpt2.errors import MyGPT2Error
+from mygpt2.config import Config, ModelConfig, merge_saved
+from mygpt2.errors import MyGPT2Error, RunError
 from mygpt2.model import GPT
 from mygpt2.optim import get_lr
 from mygpt2.tokenizer import RegexTokenizer
@@ -27,10 +28,8 @@ from mygpt2.train import NonFiniteLossError, evaluate, train, train_step
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, shakespeare_path) -> dict[str, str]:
-    """A 200 kB slice of Tiny Shakespeare and a 320-token tokenizer trained on it."""
-    root = tmp_path_factory.mktemp("corpus")
+def make_corpus(root: Path, shakespeare_path: Path) -> dict[str, str]:
+    """A 200 kB slice of Tiny Shakespeare and a 320-token tokenizer trained on it, in `root`."""
     text = shakespeare_path.read_text(encoding="utf-8")[:200_000]
     data = root / "shakespeare_slice.txt"
     data.write_text(text, encoding="utf-8")
@@ -39,6 +38,11 @@ def corpus(tmp_path_factory, shakespeare_path) -> dict[str, str]:
     tok_path = root / "tokenizer.json"
     tok.save(tok_path)
     return {"data": str(data), "tokenizer_path": str(tok_path), "cache": str(root / "cache")}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shakespeare_path) -> dict[str, str]:
+    return make_corpus(tmp_path_factory.mktemp("corpus"), shakespeare_path)
 
 
 def tiny_args(corpus: dict[str, str], out_dir: Path, **overrides) -> list[str]:
@@ -189,30 +193,34 @@ def test_resume_without_checkpoint_says_where_it_looked(corpus, tmp_path):
 
 
 def test_nan_loss_stops_names_the_step_and_keeps_the_checkpoint(corpus, tmp_path):
+    """A fault while training: exit code 1; the hint suggests clipping only when it is off."""
     train(tiny_config(corpus, tmp_path, max_steps=8, stop_at=2, warmup_ratio=0.0))
     before = load_checkpoint(tmp_path / "checkpoint.pt")
-    # an infinite learning rate turns the weights to NaN at step 3: step 4's loss is NaN
-    with pytest.raises(MyGPT2Error, match=r"became nan at step 4"):
-        train(
-            tiny_config(
-                corpus,
-                tmp_path,
-                max_steps=8,
-                resume="true",
-                lr=float("inf"),
-                min_lr=0.0,
-                warmup_ratio=0.0,
-                grad_clipping=0.0,
-            )
+    for clipping, hint in ((0.0, "a lower --lr or --grad_clipping 1.0."), (1.0, "a lower --lr.")):
+        # an infinite learning rate turns the weights to NaN at step 3: step 4's loss is NaN
+        cfg = tiny_config(
+            corpus,
+            tmp_path,
+            max_steps=8,
+            resume="true",
+            lr=float("inf"),
+            min_lr=0.0,
+            warmup_ratio=0.0,
+            grad_clipping=clipping,
         )
-    after = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert after["step"] == 2
-    assert torch.equal(
-        after["model"]["transformer.wte.weight"], before["model"]["transformer.wte.weight"]
-    )
+        with pytest.raises(RunError, match=r"became nan at step 4") as e:
+            train(cfg)
+        assert e.value.exit_code == 1
+        assert str(e.value).endswith(f"Try {hint}")  # float32 already: not suggested
+        after = load_checkpoint(tmp_path / "checkpoint.pt")
+        assert after["step"] == 2
+        assert torch.equal(
+            after["model"]["transformer.wte.weight"], before["model"]["transformer.wte.weight"]
+        )
+    assert not (tmp_path / ".lock").exists()  # released on the error
 
 
-def test_sigint_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
+def test_sigint_saves_a_checkpoint_and_exits_130_with_the_resume_line(corpus, tmp_path):
     args = tiny_args(corpus, tmp_path, max_steps=100000, eval_interval=100000)
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "run_train.py"), *args],
@@ -230,9 +238,13 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, output
-    assert "resume with --resume" in output
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] >= 1
+    assert proc.returncode == 130, output  # the shell's convention for SIGINT
+    step = load_checkpoint(tmp_path / "checkpoint.pt")["step"]
+    assert step >= 1
+    script = shlex.quote(str(REPO / "run_train.py"))
+    resume = f"python {script} {shlex.join(args)} --resume"
+    assert f"\nstopped at step {step} of 100000; resume with: {resume}\n" in output
+    assert not (tmp_path / ".lock").exists()
 
 
 def test_compile_runs_on_cpu(corpus, tmp_path, monkeypatch):
@@ -557,8 +569,24 @@ def test_periodic_checkpoints(corpus, tmp_path, monkeypatch):
         real_save(path, state)
 
     monkeypatch.setattr(train_module, "save_checkpoint", spy)
-    train(tiny_config(corpus, tmp_path, max_steps=5, checkpoint_interval=2, eval_interval=100))
-    assert saved == [2, 4, 5]  # every 2 steps, and at the end
+    runs = {  # (checkpoint_interval, eval_interval, checkpoint_minutes): the steps saved
+        (2, 100, 10.0): [2, 4, 5],  # every 2 steps, and at the end
+        (0, 2, 0.0): [2, 4, 5],  # at every evaluation (the last step evaluates)
+        (0, 100, 1e-9): [1, 2, 3, 4, 5],  # time's up after every step (0 = off: test_guard)
+    }
+    for (interval, every, minutes), want in runs.items():
+        saved.clear()
+        out = tmp_path / f"{interval}-{every}-{minutes}"
+        cfg = tiny_config(
+            corpus,
+            out,
+            max_steps=5,
+            checkpoint_interval=interval,
+            eval_interval=every,
+            checkpoint_minutes=minutes,
+        )
+        train(cfg)
+        assert saved == want, (interval, every, minutes)
 
 
 def test_given_optimizer_settings_take_effect_on_resume(corpus, tmp_path):
@@ -601,3 +629,157 @@ def test_resume_refuses_another_tokenizer_naming_both(corpus, tmp_path):
         MyGPT2Error, match=r"was trained with tokenizer .*fingerprint .*other\.json"
     ):
         train(cfg)
+
+
+# ----------------------------------------------------------------------------- run safety
+
+
+def run_main(argv: list[str]) -> int:
+    from mygpt2.cli import main
+
+    return main(argv)
+
+
+def test_a_second_run_on_a_locked_out_dir_stops_naming_the_holder(corpus, tmp_path, capsys):
+    from mygpt2.lock import DirectoryLock
+
+    with DirectoryLock(tmp_path, "mygpt2 train --the first run"):
+        assert run_main(["train", *tiny_args(corpus, tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"'{tmp_path}' is in use by another run (pid {os.getpid()}" in err
+        assert "mygpt2 train --the first run" in err and err.count("\n") == 1
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # nothing else written
+
+
+def test_a_run_in_the_way_is_never_overwritten_silently(corpus, tmp_path, capsys, monkeypatch):
+    args = tiny_args(corpus, tmp_path, max_steps=4, eval_interval=2)
+    assert run_main(["train", *args, "--stop_at=2"]) == 0
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    best = load_checkpoint(tmp_path / "checkpoint.pt")["best_val_loss"]
+    capsys.readouterr()
+    assert run_main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"'{tmp_path}' already holds a run (checkpoint.pt: step 2 of 4, best val loss " in err
+    assert f"{best:.4f}, saved {time.strftime('%Y-%m-%d')}" in err
+    for way in ("--resume", "another --out_dir", "--overwrite"):
+        assert way in err
+    assert run_main(["train", *args, "--overwrite", "--resume"]) == 2
+    assert "--overwrite and --resume contradict each other" in capsys.readouterr().err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    # --overwrite: the old checkpoint stays until the new run's first save replaces it
+    train_module = sys.modules["mygpt2.train"]
+    real_save, seen = train_module.save_checkpoint, []
+
+    def spy(path, state):
+        seen.append((state["step"], load_checkpoint(path)["config"]["train"]["max_steps"]))
+        real_save(path, state)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", spy)
+    assert run_main(["train", *tiny_args(corpus, tmp_path, max_steps=3), "--overwrite"]) == 0
+    assert seen == [(3, 4)]  # at step 3 the file still held the old run (of 4 steps)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["config"]["train"]["max_steps"] == 3
+
+
+def test_stop_at_and_sigterm_exit_with_a_resume_line_that_works(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    """--stop_at: exit 0; SIGTERM: saved, exit 143; each prints the line that continues."""
+    args = tiny_args(corpus, tmp_path, max_steps=6, eval_interval=100)
+    assert run_main(["train", *args, "--stop_at", "2"]) == 0
+    out = capsys.readouterr().out
+    resume = f"mygpt2 train {shlex.join(args)} --resume"
+    assert f"\nstopped at step 2 of 6; resume with: {resume}\n" in out
+    train_module = sys.modules["mygpt2.train"]
+    real_report = train_module.report_step
+
+    def terminate_at_4(run, *rest):
+        real_report(run, *rest)
+        if run.step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # mid-loop: the step finishes and saves
+
+    monkeypatch.setattr(train_module, "report_step", terminate_at_4)
+    assert run_main(shlex.split(resume)[1:]) == 143
+    out = capsys.readouterr().out
+    assert f"\nstopped at step 4 of 6; resume with: {resume}\n" in out
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4
+    monkeypatch.undo()
+    assert run_main(shlex.split(resume)[1:]) == 0
+    assert "\ndone: 6 steps" in capsys.readouterr().out
+    # once more: finished, nothing runs, and the way to extend it is said (no "nan" loss)
+    mtime = (tmp_path / "checkpoint.pt").stat().st_mtime_ns
+    assert run_main(shlex.split(resume)[1:]) == 0
+    out = capsys.readouterr().out
+    extend = f"mygpt2 train {shlex.join(a for a in args if 'max_steps' not in a)}"
+    assert "is already finished (step 6 of 6); nothing to do." in out
+    assert f"e.g.: {extend} --resume --max_steps=12\n" in out
+    assert "nan" not in out and "train:" not in out  # no loss line, no progress bar
+    assert (tmp_path / "checkpoint.pt").stat().st_mtime_ns == mtime
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_a_signal_before_the_loop_stops_at_once_and_releases_the_lock(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    train_module = sys.modules["mygpt2.train"]
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train_module, "ensure_prepared", terminated)
+    assert run_main(["train", *tiny_args(corpus, tmp_path)]) == 143
+    assert "mygpt2 train: interrupted" in capsys.readouterr().err
+    assert not (tmp_path / ".lock").exists() and not (tmp_path / "checkpoint.pt").exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+
+
+def test_resume_from_another_directory_and_a_changed_corpus(corpus, tmp_path, monkeypatch):
+    """Relative --data/--tokenizer_path/--out_dir are stored absolute; --resume works from
+    elsewhere; other or changed data is refused naming both, unless --allow_data_change."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    text = Path(corpus["data"]).read_text(encoding="utf-8")
+    (first / "corpus.txt").write_text(text, encoding="utf-8")
+    (first / "tok.json").write_bytes(Path(corpus["tokenizer_path"]).read_bytes())
+    monkeypatch.chdir(first)
+    relative = dict(data="corpus.txt", tokenizer_path="tok.json", max_steps=6, stop_at=2)
+    train(load_config(tiny_args(corpus, "run", **relative)))
+    ckpt = load_checkpoint(first / "run" / "checkpoint.pt")
+    source = ckpt["data_source"]
+    assert source["data"] == ckpt["config"]["data"]["data"] == str(first / "corpus.txt")
+    assert source["train_tokens"] > 0 and source["val_tokens"] > 0 and source["fingerprint"]
+
+    monkeypatch.chdir(second)
+    out = f"--out_dir={first / 'run'}"
+    assert train(load_config([out, "--resume", "--stop_at=3", "--device=cpu"]))["step"] == 3
+    # an old checkpoint without the record still resumes (and gains one)
+    old = load_checkpoint(first / "run" / "checkpoint.pt")
+    del old["data_source"]
+    torch.save(old, first / "run" / "checkpoint.pt")
+    assert train(load_config([out, "--resume", "--stop_at=4", "--device=cpu"]))["step"] == 4
+    assert load_checkpoint(first / "run" / "checkpoint.pt")["data_source"] == source
+
+    (second / "corpus.txt").write_text(text[:100_000], encoding="utf-8")
+    with pytest.raises(MyGPT2Error, match="its data changed") as e:  # another file
+        train(load_config([out, "--resume", "--data=corpus.txt"]))
+    assert f"data: checkpoint '{first / 'corpus.txt'}', now '{second / 'corpus.txt'}'" in str(
+        e.value
+    )
+    assert "--allow_data_change" in str(e.value)
+    with (first / "corpus.txt").open("a", encoding="utf-8") as fh:  # the same file, changed
+        fh.write("\nMore text.\n")
+    with pytest.raises(MyGPT2Error, match=r"its data changed \(fingerprint: checkpoint '"):
+        train(load_config([out, "--resume"]))
+    assert load_checkpoint(first / "run" / "checkpoint.pt")["step"] == 4
+
+    cfg = load_config([out, "--resume", "--data=corpus.txt", "--allow_data_change"])
+    assert train(cfg)["step"] == 6
+    ckpt = load_checkpoint(first / "run" / "checkpoint.pt")
+    assert ckpt["data_source"]["data"] == str(second / "corpus.txt")
+    # the permission is this invocation's: a later --resume does not inherit it
+    later = merge_saved(Config.from_saved(ckpt["config"]), load_config([out, "--resume"]))
+    assert later.train.allow_data_change is False
+    rows = [json.loads(line) for line in (first / "run" / "metrics.jsonl").open(encoding="utf-8")]
+    change = [r for r in rows if r["kind"] == "data_change"]
+    assert len(change) == 1 and change[0]["step"] == 4
+    assert change[0]["from"] == source and change[0]["to"] == ckpt["data_source"]

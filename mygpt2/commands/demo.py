@@ -9,6 +9,10 @@
 Everything lands in `out_dir` (default `out-demo/`): tokenizer.json, checkpoint.pt,
 metrics.jsonl, loss_plot.png, generated.txt. Any config flag overrides the demo's settings,
 e.g. `mygpt2 demo --max_steps 100` for a quicker look.
+
+Run twice, the demo starts over in its own `out-demo/` (it passes --overwrite there, reusing
+the tokenizer); --resume continues its run instead. Another --out_dir is treated like any
+training run's: a run already there is never replaced unless --overwrite is given.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from pathlib import Path
 
 from mygpt2.commands.args import ALL, Command, help_text, no_positional, parse, wants_help
-from mygpt2.config import SECTIONS, validate
+from mygpt2.config import SECTIONS, Config, validate
 
 # Sized to finish in under 10 minutes on 2 CPU cores (see README: measured timings).
 DEMO_SETTINGS: dict[str, str] = {
@@ -53,11 +57,16 @@ COMMAND = Command(
 )
 
 
-def cli(argv: list[str]) -> None:
+def own_out_dir(cfg: Config) -> bool:
+    """Whether out_dir is the demo's own `out-demo/`, which a new demo run may replace."""
+    return Path(cfg.run.out_dir).resolve() == Path(DEMO_SETTINGS["out_dir"]).resolve()
+
+
+def cli(argv: list[str]) -> int:
     """`mygpt2 demo`: tokenizer, data, training and sampling in one go."""
     if wants_help(argv):
         print(help_text(COMMAND))
-        return
+        return 0
     args = parse(argv, COMMAND)
     no_positional(args)
     cfg = args.config
@@ -66,11 +75,17 @@ def cli(argv: list[str]) -> None:
             cfg.set(key, value, "demo")
     if "tokenizer_path" not in cfg.given:
         cfg.set("tokenizer_path", str(Path(cfg.run.out_dir) / "tokenizer.json"), "demo")
+    if own_out_dir(cfg) and not cfg.train.resume and "overwrite" not in cfg.given:
+        cfg.set("overwrite", True, "demo")  # the demo's own directory: start over
     validate(cfg)
 
     from mygpt2.commands.tokenizer import train_tokenizer
+    from mygpt2.guard import check_request, exit_code, launcher, refuse_overwrite
     from mygpt2.sample import sample
     from mygpt2.train import train
+
+    check_request(cfg)  # before the tokenizer is trained; training checks again, under the lock
+    refuse_overwrite(cfg)
 
     start = time.perf_counter()
     tok_path = Path(cfg.tokenizer.tokenizer_path)
@@ -81,7 +96,9 @@ def cli(argv: list[str]) -> None:
         train_tokenizer(cfg)
     cfg.given.pop("vocab_size")  # the model takes the tokenizer's size, whatever it reached
     print("[2/3] training the model (data is tokenized on first use)")
-    train(cfg)
+    summary = train(cfg, argv, launcher("demo"))
+    if summary["signal"]:  # stopped by SIGINT/SIGTERM: saved, and the resume line printed
+        return exit_code(summary)
     print("[3/3] sampling")
     sample(cfg)
     out = Path(cfg.run.out_dir)
@@ -89,3 +106,4 @@ def cli(argv: list[str]) -> None:
         f"\ndemo finished in {time.perf_counter() - start:.0f}s. See {out / 'loss_plot.png'}, "
         f"{out / 'generated.txt'}; sample more with: mygpt2 sample --out_dir {out}"
     )
+    return 0

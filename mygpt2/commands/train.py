@@ -11,10 +11,13 @@ COMMAND = Command(
 
 Train a GPT on --data with the tokenizer at --tokenizer_path (or GPT-2's, --use_tiktoken).
 Writes checkpoint.pt, metrics.jsonl and loss_plot.png to --out_dir. --resume continues a run:
-settings come from its checkpoint, flags given now take precedence (the shape cannot change).""",
+settings come from its checkpoint, flags given now take precedence (the shape cannot change).
+An out_dir holding a run is never replaced silently: --resume, another --out_dir, or
+--overwrite. Exit status: 0 finished (or --stop_at), 1 a fault while training, 2 bad usage or
+input, 130/143 stopped by SIGINT/SIGTERM after saving (the resume line says how to go on).""",
     sections={
         "model": ALL,
-        "run": ("out_dir", "init_from", "device", "dtype", "seed"),
+        "run": ("out_dir", "init_from", "device", "dtype", "seed", "overwrite", "break_lock"),
         "train": ALL,
         "data": ALL,
         "tokenizer": ("use_tiktoken", "tokenizer_path", "tiktoken_file"),
@@ -22,12 +25,15 @@ settings come from its checkpoint, flags given now take precedence (the shape ca
 )
 
 
-def cli(argv: list[str]) -> None:
+def cli(argv: list[str]) -> int:
+    """Train; the exit status is 0, or 128 + the signal that stopped the run after saving."""
     if wants_help(argv):
         print(help_text(COMMAND))
-        return
+        return 0
     args = parse(argv, COMMAND)
     no_positional(args)
-    from mygpt2.train import train  # torch is imported only once there is work to do
+    # torch is imported only once there is work to do
+    from mygpt2.guard import exit_code, launcher
+    from mygpt2.train import train
 
-    train(args.config)
+    return exit_code(train(args.config, argv, launcher("train")))
