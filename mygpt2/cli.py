@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mygpt2.commands.export",
         "a checkpoint's weights as safetensors or a Hugging Face directory",
     ),
+    "eval": (
+        "mygpt2.commands.eval",
+        "loss, perplexity, bits per byte and multiple-choice accuracy, models side by side",
+    ),
     "inspect": (
         "mygpt2.commands.inspect",
         "look inside a model: attention, logit lens, patching, per-token loss, logit attribution",
