@@ -356,6 +356,10 @@ def test_two_models_with_different_tokenizers_side_by_side(
         (["{missing}", "--data={text}"], "is not a checkpoint file, an out_dir"),
         (["{empty_dir}", "--data={text}"], "neither checkpoint.pt"),
         (["--checkpoint={ckpt}", "{ckpt}", "--data={text}"], "is named twice"),
+        (
+            ["{small_hf}", "--data={text}", "--tokenizer_path={tok}"],
+            "has 300 ids, more than .* 100",
+        ),
     ],
 )
 def test_command_errors_are_one_line_with_exit_2(ckpt_path, tmp_path, capsys, args, message):
@@ -366,10 +370,14 @@ def test_command_errors_are_one_line_with_exit_2(ckpt_path, tmp_path, capsys, ar
         "empty_dir": tmp_path / "nothing",
         "ckpt": ckpt_path,
         "missing": tmp_path / "nope.pt",
+        "small_hf": tmp_path / "small_hf",
+        "tok": ckpt_path.parent / "tokenizer.json",
     }
     paths["text"].write_text(DOCS[0], encoding="utf-8")
     paths["empty"].write_text("", encoding="utf-8")
     paths["empty_dir"].mkdir()
+    if "{small_hf}" in args:  # GPT-2 weights with a 100-word vocabulary
+        hf_model((1, 1, 16, 32, 100)).save_pretrained(paths["small_hf"])
     argv = ["eval", *[a.format(**paths) for a in args]]
     if not any(a.startswith(("--checkpoint", "{")) for a in args):
         argv.append(f"--checkpoint={ckpt_path}")

@@ -226,6 +226,11 @@ def evaluate_model(
     device = pick_device(cfg.run.device)
     dtype = pick_dtype(cfg.run.dtype, device)
     model, tok = load_model_and_tokenizer(cfg)
+    if tok.vocab_size > model.config.vocab_size:
+        raise MyGPT2Error(
+            f"{name}: the tokenizer {tok.name} has {tok.vocab_size} ids, more than the model's "
+            f"vocabulary of {model.config.vocab_size}: they do not belong together."
+        )
     if opts["context"]:
         if opts["context"] > model.config.T:
             raise MyGPT2Error(
