@@ -441,6 +441,7 @@ opt = RecordingSGD(model.parameters(), lr=0.0)
 result = train_step(model, opt, uneven_batches()[2 * rank : 2 * rank + 2])
 if rank == 0:
     torch.save({"loss": result.loss, "tokens": result.tokens, "grads": opt.grads}, sys.argv[2])
+dist.barrier()  # neither rank leaves the group while the other may still talk to it
 dist.destroy_process_group()
 """
 
@@ -459,11 +460,14 @@ def test_two_gloo_processes_with_uneven_tokens_equal_one_big_batch(tmp_path):
                 str(tmp_path / "rendezvous"),
             ],
             env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for rank in range(2)
     ]
     for proc in procs:
-        assert proc.wait(timeout=120) == 0
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
     got = torch.load(out, weights_only=True)
     want_loss, want_grads = one_big_batch(uneven_batches())
     assert got["tokens"] == 44
