@@ -139,11 +139,11 @@ def attention_written_out(
 ) -> torch.Tensor:
     """What `F.scaled_dot_product_attention` computes, step by step, for hooks on the attention
     scores (divided by sqrt(hs), masked entries -inf) and the pattern; equal to it within 1e-6."""
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, t, S)
+    scores = (q @ k.transpose(-2, -1)).div_(math.sqrt(q.size(-1)))  # (B, nh, t, S)
     if is_causal:  # no cache: t == S
         mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+    if mask is not None:  # in place: the scores of long texts are large
+        scores = scores.masked_fill_(~mask, float("-inf"))
     scores = hooks(at + "hook_attn_scores", scores)
     pattern = scores.softmax(dim=-1)
     if mask is not None:  # a left-padding query sees no key: zeros, as SDPA gives, not NaN

@@ -114,6 +114,7 @@ def test_every_hook_point_equals_transformer_lens(tl_reference):
 def test_gradients_at_resid_post_equal_transformer_lens(tl_reference):
     bridge, ours, idx = tl_reference
     names = [f"blocks.{i}.hook_resid_post" for i in range(L)] + ["blocks.0.attn.hook_z"]
+    names += ["blocks.1.attn.hook_pattern", "blocks.1.ln2.hook_scale"]  # the written-out paths
     tl_cache, fwd, bwd = bridge.get_caching_hooks(lambda n: n in names, incl_bwd=True)
     with bridge.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
         out = bridge(idx)
