@@ -131,13 +131,16 @@ class Reporter:
         tokens_per_step: int,
         train_tokens: int,
         val_tokens: int,
+        data_dir: str = "",
     ) -> None:
-        """One line that says what is about to run."""
+        """One line that says what is about to run (and where its token files are)."""
         self.say(
             f"\nmodel: {params / 1e6:.2f}M parameters | device {device} | "
             f"dtype {str(dtype).removeprefix('torch.')} | processes {processes} | "
             f"accum_steps {accum_steps} | {tokens_per_step:,} tokens/step | "
-            f"data {train_tokens:,} train + {val_tokens:,} val tokens\n"
+            f"data {train_tokens:,} train + {val_tokens:,} val tokens"
+            + (f" in {data_dir}" if data_dir else "")
+            + "\n"
         )
 
     def start(self, total: int, initial: int) -> None:

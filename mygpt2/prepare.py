@@ -167,7 +167,7 @@ def open_prepared(cfg: Config, tok: Any) -> tuple[np.memmap, np.memmap, dict[str
     check_split_sizes(n_train + n_val, n_train, n_val, meta.get("split", 0))
     train = _open_tokens(directory / "train.bin", dtype, n_train)
     val = _open_tokens(directory / "val.bin", dtype, n_val)
-    return train, val, meta
+    return train, val, {**meta, "directory": str(directory)}  # where they are, for messages
 
 
 def _is_current(directory: Path, cfg: Config, tok: Any, corpus: Corpus) -> bool:

@@ -466,6 +466,7 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
         tokens_per_step=tokens_per_step,
         train_tokens=len(train_tokens),
         val_tokens=len(val_tokens),
+        data_dir=meta.get("directory", ""),
     )
     run = Run(
         cfg=cfg,

@@ -86,6 +86,7 @@ def test_training_reduces_loss_and_writes_outputs(corpus, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.index("[model]") < printed.index("\nmodel: ") < printed.index("\ndone: 20")
     assert f"best val loss {result['best_val_loss']:.4f}; outputs in '{out}'." in printed
+    assert f" val tokens in {corpus['cache']}" in printed  # where the token files are
     history = result["history"]
     train_losses = [r["loss"] for r in history if r["kind"] == "train"]
     assert len(train_losses) == 20
