@@ -247,3 +247,15 @@ def load_config(argv: list[str], command: Command = EVERYTHING) -> Config:
     args = parse(argv, command)
     no_positional(args)
     return args.config
+
+
+def read_args(argv: list[str], command: Command, positional: bool = False) -> Args | None:
+    """A command's parsed flags; None after printing its --help when that was asked for.
+    Positional arguments are refused unless the command takes them."""
+    if wants_help(argv):
+        print(help_text(command))
+        return None
+    args = parse(argv, command)
+    if not positional:
+        no_positional(args)
+    return args

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mygpt2.commands.args import ALL, Command, help_text, no_positional, parse, wants_help
+from mygpt2.commands.args import ALL, Command, read_args
 from mygpt2.config import SECTIONS, Config, validate
 
 # Sized to finish in under 10 minutes on 2 CPU cores (see README: measured timings).
@@ -64,11 +64,9 @@ def own_out_dir(cfg: Config) -> bool:
 
 def cli(argv: list[str]) -> int:
     """`mygpt2 demo`: tokenizer, data, training and sampling in one go."""
-    if wants_help(argv):
-        print(help_text(COMMAND))
+    args = read_args(argv, COMMAND)
+    if args is None:
         return 0
-    args = parse(argv, COMMAND)
-    no_positional(args)
     cfg = args.config
     for key, value in DEMO_SETTINGS.items():  # the user's flags and files win
         if key not in cfg.given:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mygpt2.commands.args import Command, help_text, parse, wants_help
+from mygpt2.commands.args import Command, read_args
 from mygpt2.errors import MyGPT2Error, UsageError
 
 if TYPE_CHECKING:
@@ -63,10 +63,9 @@ MODEL_FLAGS = ("checkpoint", "out_dir", "init_from")
 
 
 def cli(argv: list[str]) -> None:
-    if wants_help(argv):
-        print(help_text(COMMAND))
+    args = read_args(argv, COMMAND, positional=True)
+    if args is None:
         return
-    args = parse(argv, COMMAND)
     cfg, extras = args.config, args.extras
     opts = {
         "stride": _int(extras, "stride", 0),

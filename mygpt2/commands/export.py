@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mygpt2.commands.args import Command, help_text, no_positional, parse, wants_help
+from mygpt2.commands.args import Command, read_args
 
 COMMAND = Command(
     name="export",
@@ -16,11 +16,9 @@ transformers.GPT2LMHeadModel.from_pretrained loads.""",
 
 
 def cli(argv: list[str]) -> None:
-    if wants_help(argv):
-        print(help_text(COMMAND))
+    args = read_args(argv, COMMAND)
+    if args is None:
         return
-    args = parse(argv, COMMAND)
-    no_positional(args)
     from mygpt2.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
     from mygpt2.hf import save_pretrained, save_safetensors
 

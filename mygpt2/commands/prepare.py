@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mygpt2.commands.args import ALL, Command, UsageError, help_text, parse, wants_help
+from mygpt2.commands.args import ALL, Command, UsageError, read_args
 
 COMMAND = Command(
     name="prepare",
@@ -15,10 +15,9 @@ a directory, a glob, stdlib, shakespeare, or hf:NAME[:CONFIG]. Unchanged inputs 
 
 
 def cli(argv: list[str]) -> None:
-    if wants_help(argv):
-        print(help_text(COMMAND))
+    args = read_args(argv, COMMAND, positional=True)
+    if args is None:
         return
-    args = parse(argv, COMMAND)
     if len(args.positional) > 1:
         raise UsageError(f"prepare takes at most one DATA argument, got {len(args.positional)}.")
     cfg = args.config

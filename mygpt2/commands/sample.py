@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mygpt2.commands.args import ALL, Command, help_text, no_positional, parse, wants_help
+from mygpt2.commands.args import ALL, Command, read_args
 from mygpt2.errors import MyGPT2Error
 
 if TYPE_CHECKING:
@@ -34,11 +34,9 @@ Continue a start text with a trained model (--out_dir or --checkpoint) or GPT-2 
 
 
 def cli(argv: list[str]) -> None:
-    if wants_help(argv):
-        print(help_text(COMMAND))
+    args = read_args(argv, COMMAND)
+    if args is None:
         return
-    args = parse(argv, COMMAND)
-    no_positional(args)
     # torch is imported only now: --help and usage errors answer at once
     from mygpt2.generate import check_sampling
     from mygpt2.sample import sample

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mygpt2.commands.args import ALL, Command, help_text, no_positional, parse, wants_help
+from mygpt2.commands.args import ALL, Command, read_args
 
 COMMAND = Command(
     name="train",
@@ -27,11 +27,9 @@ input, 130/143 stopped by SIGINT/SIGTERM after saving (the resume line says how 
 
 def cli(argv: list[str]) -> int:
     """Train; the exit status is 0, or 128 + the signal that stopped the run after saving."""
-    if wants_help(argv):
-        print(help_text(COMMAND))
+    args = read_args(argv, COMMAND)
+    if args is None:
         return 0
-    args = parse(argv, COMMAND)
-    no_positional(args)
     # torch is imported only once there is work to do
     from mygpt2.guard import exit_code, launcher
     from mygpt2.train import train
