@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mygpt2.commands.args import Command, help_text, parse, wants_help
+from mygpt2.commands.args import Command, read_args
 from mygpt2.errors import MyGPT2Error, UsageError
 
 if TYPE_CHECKING:
@@ -61,10 +61,9 @@ ONLY_FOR |= {"html": "tokens", "png": "attention, patch or dla"}
 
 
 def cli(argv: list[str]) -> None:
-    if wants_help(argv):
-        print(help_text(COMMAND))
+    args = read_args(argv, COMMAND, positional=True)
+    if args is None:
         return
-    args = parse(argv, COMMAND)
     if len(args.positional) != 1 or args.positional[0] not in VIEWS:
         got = f" (got {' '.join(args.positional)!r})" if args.positional else ""
         raise UsageError(
