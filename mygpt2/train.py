@@ -32,8 +32,6 @@ Design choices:
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -46,34 +44,15 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from mygpt2.checkpoint import (
-    load_checkpoint,
-    resume_config,
-    resumed_model,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from mygpt2.config import Config, format_config
-from mygpt2.data import TrainLoader, ValLoader, accum_steps, construct_data_loaders, padding_id
-from mygpt2.errors import MyGPT2Error, RunError
-from mygpt2.guard import (
-    CheckpointClock,
-    StopSignals,
-    check_data,
-    data_record,
-    guarded,
-    resolve_input_paths,
-    resume_command,
-)
-from mygpt2.hf import from_pretrained
+from mygpt2.checkpoint import rng_state, save_checkpoint
+from mygpt2.config import Config
+from mygpt2.errors import RunError
+from mygpt2.guard import CheckpointClock, StopSignals, guarded, resume_command
 from mygpt2.loss import IGNORE_INDEX
-from mygpt2.metrics import MetricsLog, Reporter
-from mygpt2.model import GPT
-from mygpt2.optim import get_lr, make_optimizer, set_hyperparameters
-from mygpt2.prepare import ensure_prepared
-from mygpt2.runtime import Distributed, autocast, peak_flops, pick_device, pick_dtype
-from mygpt2.tokenizer import load_tokenizer
+from mygpt2.metrics import Reporter
+from mygpt2.optim import get_lr
+from mygpt2.run_setup import Run, setup
+from mygpt2.runtime import Distributed, autocast
 
 # ----------------------------------------------------------------------------- the loop
 
@@ -256,41 +235,6 @@ def evaluate(model: torch.nn.Module, batches: Any, *, dtype: torch.dtype = torch
 # ----------------------------------------------------------------------------- the run
 
 
-@dataclass
-class Run:
-    """Everything a training run carries from step to step (built by `setup`)."""
-
-    cfg: Config  # resolved: the checkpoint's settings under --resume, tokenizer paths absolute
-    dist: Distributed
-    reporter: Reporter
-    device: torch.device
-    dtype: torch.dtype
-    model: torch.nn.Module  # what the loop calls: compiled and/or wrapped in DDP
-    raw_model: GPT  # what is saved
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    train_loader: TrainLoader
-    val_loader: ValLoader
-    log: MetricsLog
-    tokenizer: dict[str, str]  # name and fingerprint, saved with each checkpoint
-    data_source: dict[str, Any]  # data identity, fingerprint, token counts (`guard.data_record`)
-    ckpt_path: Path
-    tokens_per_step: int
-    flops_per_step: float
-    peak_flops: float | None
-    step: int = 0
-    best_val: float = math.inf
-    val_loss: float | None = None
-    train_loss: float = math.nan
-    signal: int = 0  # the SIGINT/SIGTERM that stopped the run
-
-    @property
-    def end_step(self) -> int:
-        """Where this invocation stops: max_steps, or stop_at when earlier."""
-        t = self.cfg.train
-        return min(t.max_steps, t.stop_at) if t.stop_at else t.max_steps
-
-
 def step_run(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]], lr: float) -> StepResult:
     """`train_step` with the run's settings; a non-finite loss names the step and checkpoint."""
     try:
@@ -388,157 +332,3 @@ def save(run: Run) -> None:
             "metrics": run.log.history,
         },
     )
-
-
-# ----------------------------------------------------------------------------- setup
-
-
-def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
-    """Build a run from `cfg`, or resume one from `out_dir/checkpoint.pt` with `--resume`.
-
-    Prints the resolved config before the corpus is tokenized, and the banner at the end."""
-    cfg = copy.deepcopy(cfg)  # the resolution below (paths, vocab size, ...) is the run's own
-    ckpt_path = Path(cfg.run.out_dir) / "checkpoint.pt"
-    ckpt = None
-    if cfg.train.resume:
-        # the checkpoint's config, with what this command line sets on top
-        ckpt = load_checkpoint(ckpt_path)
-        cfg = resume_config(ckpt, cfg, ckpt_path)
-    t = cfg.train
-    device = pick_device(cfg.run.device, dist_info.local_rank)
-    dtype = pick_dtype(cfg.run.dtype, device)
-    accum_steps(t.batch_size, t.macro_batch_size, dist_info.world_size)  # fail before slow work
-    resolve_input_paths(cfg)  # absolute: the checkpoint finds its inputs from any directory
-    saved_data = ckpt.get("data_source") if ckpt is not None else None
-    if saved_data:  # before any slow work: the data this run was trained on?
-        check_data(saved_data, data_record(cfg), cfg, ckpt_path)
-    torch.manual_seed(cfg.run.seed + dist_info.rank)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    tok = load_tokenizer(cfg.tokenizer)
-    model = (
-        build_model(cfg, tok.vocab_size) if ckpt is None else resumed_model(ckpt, tok, ckpt_path)
-    )
-    reporter.config(format_config(cfg))  # resolved: vocab_size and shape are known now
-
-    # rank 0 prepares the token files; the others wait, then read the same files
-    if dist_info.is_main:
-        train_tokens, val_tokens, meta = ensure_prepared(cfg, tok)
-    dist_info.barrier()
-    if not dist_info.is_main:
-        train_tokens, val_tokens, meta = ensure_prepared(cfg, tok)
-    data_source = data_record(cfg, meta)
-    data_changes = check_data(saved_data, data_source, cfg, ckpt_path)
-    model.to(device)
-    optimizer = make_optimizer(model, cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
-    train_loader, val_loader = construct_data_loaders(
-        cfg,
-        train_tokens,
-        val_tokens,
-        padding_id(meta, tok),
-        rank=dist_info.rank,
-        world_size=dist_info.world_size,
-    )
-    if t.single_pass:  # one epoch: the data decides the length (and so the LR schedule)
-        t.max_steps = train_loader.steps
-    step, best_val, history = 0, math.inf, []
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_hyperparameters(optimizer, cfg)  # given --weight_decay/--beta1/--beta2 take effect
-        scaler.load_state_dict(ckpt["scaler"])
-        train_loader.load_state_dict(ckpt["data"])
-        step, best_val, history = ckpt["step"], ckpt["best_val_loss"], ckpt["metrics"]
-    raw_model, wrapped = model, torch.compile(model) if t.compile else model
-    if dist_info.enabled:
-        ids = [dist_info.local_rank] if device.type == "cuda" else None
-        wrapped = DistributedDataParallel(wrapped, device_ids=ids)
-
-    tokens_per_step = t.macro_batch_size * cfg.model.T
-    reporter.banner(
-        params=raw_model.num_params(),
-        device=device,
-        dtype=dtype,
-        processes=dist_info.world_size,
-        accum_steps=train_loader.accum,
-        tokens_per_step=tokens_per_step,
-        train_tokens=len(train_tokens),
-        val_tokens=len(val_tokens),
-        data_dir=meta.get("directory", ""),
-    )
-    run = Run(
-        cfg=cfg,
-        dist=dist_info,
-        reporter=reporter,
-        device=device,
-        dtype=dtype,
-        model=wrapped,
-        raw_model=raw_model,
-        optimizer=optimizer,
-        scaler=scaler,
-        train_loader=train_loader,
-        val_loader=val_loader,
-        log=MetricsLog(
-            cfg.run.out_dir, history, enabled=dist_info.is_main, tensorboard=t.tensorboard
-        ),
-        tokenizer={"name": tok.name, "fingerprint": tok.fingerprint()},
-        data_source=data_source,
-        ckpt_path=ckpt_path,
-        tokens_per_step=tokens_per_step,
-        flops_per_step=raw_model.flops_per_token() * tokens_per_step,
-        peak_flops=peak_flops(device, dtype) if dist_info.is_main else None,
-        step=step,
-        best_val=best_val,
-    )
-    if data_changes:  # allowed by --allow_data_change: on the record
-        run.log.log({"kind": "data_change", "step": step, "from": saved_data, "to": data_source})
-        reporter.say(f"note: continuing on changed data ({'; '.join(data_changes)}).")
-    if ckpt is not None:  # last, so nothing above can draw from the restored generators
-        set_rng_state(ckpt["rng"][dist_info.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
-    return run
-
-
-def build_model(cfg: Config, vocab_size: int) -> GPT:
-    """A fresh GPT from the config, or GPT-2 weights when `init_from` names them.
-
-    With `init_from`, the weights fix the shape: a given `--T` shorter than theirs crops the
-    context, a given `--dropout` applies, any other given shape key is refused. The config's
-    model section is set to the shape built."""
-    if "vocab_size" in cfg.given and cfg.model.vocab_size != vocab_size:
-        raise MyGPT2Error(
-            f"vocab_size {cfg.model.vocab_size} was given, but the tokenizer has {vocab_size} "
-            "tokens and the model takes the tokenizer's size. Drop --vocab_size, or train a "
-            f"tokenizer of that size (mygpt2 tokenizer train --vocab_size {cfg.model.vocab_size})."
-        )
-    if cfg.run.init_from == "scratch":
-        cfg.model.vocab_size = vocab_size
-        return GPT(cfg.model)
-    model = from_pretrained(cfg.run.init_from)
-    if model.config.vocab_size != vocab_size:
-        raise MyGPT2Error(
-            f"'{cfg.run.init_from}' has a vocabulary of {model.config.vocab_size} tokens but the "
-            f"tokenizer has {vocab_size}. GPT-2 weights need the GPT-2 tokenizer: --use_tiktoken true."
-        )
-    if "T" in cfg.given and cfg.model.T < model.config.T:
-        model.crop_context(cfg.model.T)
-    fixed = dataclasses.replace(model.config, dropout=cfg.model.dropout)
-    conflicts = [
-        f"{k}: weights {getattr(fixed, k)!r}, given {cfg.get(k)!r}"
-        for k in ("n_layers", "n_heads", "n_emb", "T", "bias", "pad_vocab")
-        if k in cfg.given and cfg.get(k) != getattr(fixed, k)
-    ]
-    if conflicts:
-        raise MyGPT2Error(
-            f"--init_from {cfg.run.init_from} fixes the model's shape; these given settings "
-            f"differ ({'; '.join(conflicts)}). Drop them (T may only shrink the context)."
-        )
-    cfg.model = fixed
-    model.config.dropout = cfg.model.dropout
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = cfg.model.dropout
-        if hasattr(m, "dropout") and isinstance(m.dropout, float):
-            m.dropout = cfg.model.dropout
-    return model

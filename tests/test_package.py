@@ -34,7 +34,17 @@ LAYERS = {
         "hf",
         "inspect",
     ],
-    "runs": ["checkpoint", "optim", "metrics", "guard", "train", "sample", "evaluation", "tasks"],
+    "runs": [
+        "checkpoint",
+        "optim",
+        "metrics",
+        "guard",
+        "run_setup",
+        "train",
+        "sample",
+        "evaluation",
+        "tasks",
+    ],
     "commands": ["commands", "cli", "__init__"],
 }
 RANK = {module: i for i, layer in enumerate(LAYERS.values()) for module in layer}

@@ -169,7 +169,7 @@ def test_init_from_gpt2_weights_with_a_shorter_context(corpus, tmp_path, gpt2_ti
     assert ckpt["config"]["tokenizer"]["use_tiktoken"] is True
     assert ckpt["model"]["transformer.wpe.weight"].shape == (16, 16)
     # the crop keeps the first 16 position embeddings
-    from mygpt2.train import build_model
+    from mygpt2.run_setup import build_model
 
     cfg.model.T, cfg.run.init_from = 16, str(tmp_path / "hf")
     cfg.model.dropout = 0.2  # a given --dropout reaches the loaded weights' modules
@@ -728,12 +728,12 @@ def test_stop_at_and_sigterm_exit_with_a_resume_line_that_works(
 def test_a_signal_before_the_loop_stops_at_once_and_releases_the_lock(
     corpus, tmp_path, capsys, monkeypatch
 ):
-    train_module = sys.modules["mygpt2.train"]
+    setup_module = sys.modules["mygpt2.run_setup"]
 
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(train_module, "ensure_prepared", terminated)
+    monkeypatch.setattr(setup_module, "ensure_prepared", terminated)
     assert run_main(["train", *tiny_args(corpus, tmp_path)]) == 143
     assert "mygpt2 train: interrupted" in capsys.readouterr().err
     assert not (tmp_path / ".lock").exists() and not (tmp_path / "checkpoint.pt").exists()
