@@ -25,6 +25,7 @@ import dataclasses
 import difflib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,13 @@ class ModelConfig:
     dropout: float = option(0.0, "dropout probability in attention and MLP outputs")
     bias: bool = option(True, "biases in Linear and LayerNorm layers, as GPT-2")
     pad_vocab: bool = option(False, "pad the embedding to a multiple of 64 for faster matmuls")
+    # Architecture knobs (docs/EXPERIMENTS.md); the defaults are GPT-2's own.
+    norm: str = option("layernorm", "layernorm (GPT-2) or rmsnorm")
+    pos_emb: str = option("learned", "learned (GPT-2), rope (rotary) or none")
+    mlp: str = option("gelu", "gelu (GPT-2), relu2 (ReLU squared) or swiglu")
+    qk_norm: bool = option(False, "RMS-normalise each head's queries and keys before attention")
+    tie_embeddings: bool = option(True, "output head shares the token embedding, as GPT-2")
+    logit_softcap: float = option(0.0, "logits become cap * tanh(logits / cap); 0 turns it off")
 
 
 @dataclass
@@ -81,6 +89,11 @@ class TrainConfig:
     eval_interval: int = option(100, "evaluate every this many steps", "steps")
     eval_batches: int = option(20, "validation batches per evaluation")
     val_batch_size: int = option(0, "sequences per validation batch; 0 means batch_size")
+    eval_data: str = option(
+        "", "also score this text at each evaluation (a --data source), in bits per byte"
+    )
+    eval_tasks: str = option("", "also score these multiple-choice JSONL files at each evaluation")
+    eval_stride: int = option(0, "eval_data's sliding-window stride; 0 means T", "tokens")
     lr: float = option(1e-3, "peak learning rate")
     min_lr: float = option(1e-4, "floor of the cosine decay")
     warmup_ratio: float = option(0.05, "fraction of max_steps spent warming up linearly")
@@ -106,6 +119,17 @@ class TrainConfig:
     tensorboard: bool = option(False, "also log to out_dir/tensorboard (needs tensorboard)")
     single_pass: bool = option(False, "train on each block once (one epoch) instead of max_steps")
     stop_at: int = option(0, "stop after this step, checkpointed for --resume; 0: run to max_steps")
+    health_interval: int = option(
+        0,
+        "record per-layer health (gradient and update norms, attention entropy, dead units) "
+        "every this many steps; 0 turns it off",
+        "steps",
+    )
+    keep_checkpoints: str = option(
+        "none",
+        "weights-only snapshots in out_dir/checkpoints: none, log (steps 1, 2, 4, 8, ... and "
+        "every evaluation) or all (at every checkpoint save)",
+    )
 
 
 @dataclass
@@ -332,6 +356,46 @@ def merge_saved(saved: Config, cfg: Config) -> Config:
     return merged
 
 
+# The values each architecture knob of ModelConfig takes; the first is GPT-2's.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "norm": ("layernorm", "rmsnorm"),
+    "pos_emb": ("learned", "rope", "none"),
+    "mlp": ("gelu", "relu2", "swiglu"),
+}
+ARCHITECTURE_KNOBS = ("norm", "pos_emb", "mlp", "qk_norm", "tie_embeddings", "logit_softcap")
+
+
+def check_variants(m: ModelConfig) -> None:
+    """Refuse an unknown knob value (listing the valid ones) or a setting that cannot work;
+    warn when only the causal mask is left to tell the model where a token stands."""
+    for key, valid in VARIANTS.items():
+        value = getattr(m, key)
+        if value not in valid:
+            hint = closest(value, list(valid)) if isinstance(value, str) else ""
+            raise MyGPT2Error(f"{key} must be one of {', '.join(valid)}; got {value!r}.{hint}")
+    if not m.logit_softcap >= 0:
+        raise MyGPT2Error(f"logit_softcap must be 0 (off) or positive, got {m.logit_softcap}.")
+    if m.pos_emb == "rope" and (m.n_emb // max(m.n_heads, 1)) % 2:
+        raise MyGPT2Error(
+            f"pos_emb rope rotates pairs of channels, so the head size n_emb / n_heads must be "
+            f"even; it is {m.n_emb} / {m.n_heads} = {m.n_emb // max(m.n_heads, 1)}."
+        )
+    if m.pos_emb == "none":
+        warnings.warn(
+            "pos_emb none: the model gets no position information; only the causal mask tells "
+            "it the order of the tokens.",
+            stacklevel=3,
+        )
+
+
+def non_gpt2_knobs(m: ModelConfig) -> list[str]:
+    """`knob=value` for each architecture knob set away from GPT-2's own choice."""
+    gpt2 = ModelConfig()
+    return [
+        f"{k}={getattr(m, k)!r}" for k in ARCHITECTURE_KNOBS if getattr(m, k) != getattr(gpt2, k)
+    ]
+
+
 def shape_changes(saved: ModelConfig, now: ModelConfig) -> list[str]:
     """`key: saved -> now` for each model-shape field that differs (dropout may change)."""
     return [
@@ -368,6 +432,10 @@ def validate(cfg: Config) -> None:
         (t.max_steps >= 1, f"max_steps must be at least 1, got {t.max_steps}."),
         (t.eval_interval >= 1, f"eval_interval must be at least 1, got {t.eval_interval}."),
         (t.eval_batches >= 1, f"eval_batches must be at least 1, got {t.eval_batches}."),
+        (
+            0 <= t.eval_stride <= m.T,
+            f"eval_stride must be between 1 and T = {m.T} (0 means T), got {t.eval_stride}.",
+        ),
         (t.val_batch_size >= 0, f"val_batch_size must be 0 or more, got {t.val_batch_size}."),
         (t.lr > 0, f"lr must be positive, got {t.lr}."),
         (0 <= t.min_lr <= t.lr, f"min_lr must be in [0, lr={t.lr}], got {t.min_lr}."),
@@ -377,6 +445,14 @@ def validate(cfg: Config) -> None:
         (0.0 <= t.beta2 < 1.0, f"beta2 must be in [0, 1), got {t.beta2}."),
         (t.grad_clipping >= 0, f"grad_clipping must be 0 or more, got {t.grad_clipping}."),
         (t.stop_at >= 0, f"stop_at must be 0 or more, got {t.stop_at}."),
+        (
+            t.health_interval >= 0,
+            f"health_interval must be 0 (off) or more, got {t.health_interval}.",
+        ),
+        (
+            t.keep_checkpoints in ("none", "log", "all"),
+            f"keep_checkpoints must be none, log or all, got '{t.keep_checkpoints}'.",
+        ),
         (
             t.checkpoint_interval >= 0,
             f"checkpoint_interval must be 0 or more, got {t.checkpoint_interval}.",
@@ -393,6 +469,7 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise MyGPT2Error(message)
+    check_variants(m)
 
 
 def wants_gpt2_tokenizer(cfg: Config) -> bool:

@@ -160,7 +160,7 @@ class TextStream:
     truncated: bool = False  # max_tokens cut the text short
 
 
-def _byte_lengths(tok: RegexTokenizer) -> np.ndarray:
+def token_byte_lengths(tok: RegexTokenizer) -> np.ndarray:
     """Bytes of each token id (0 for an end-of-text token, which is never scored)."""
     lengths = np.zeros(tok.vocab_size, dtype=np.int64)
     for b, i in tok.ranks.items():
@@ -180,7 +180,7 @@ def _stream(
         # cut after the max_tokens-th text token
         text_positions = np.flatnonzero(tokens != eot)
         tokens, count, truncated = tokens[: text_positions[max_tokens - 1] + 1], max_tokens, True
-    n_bytes = int(_byte_lengths(tok)[tokens[tokens != eot]].sum())
+    n_bytes = int(token_byte_lengths(tok)[tokens[tokens != eot]].sum())
     return TextStream(tokens, eot, count, n_bytes, len(docs), truncated)
 
 

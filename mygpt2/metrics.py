@@ -16,6 +16,7 @@ once, when it is made.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,9 @@ class MetricsLog:
                     self.tb.add_scalar(f"{row['kind']}/{key}", value, row["step"])
 
     def plot(self, tokens_per_step: int) -> None:
-        """Draw train and validation loss against steps, with tokens seen on a second axis."""
+        """Draw train and validation loss against steps, with tokens seen on a second axis;
+        beside it, when the run measured them, bits per byte (validation, eval_data) and the
+        eval_tasks' accuracies."""
         if not self.enabled:
             return
         import matplotlib
@@ -66,22 +69,51 @@ class MetricsLog:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        evals = [r for r in self.history if r["kind"] == "eval"]
         train = [(r["step"], r["loss"]) for r in self.history if r["kind"] == "train"]
-        val = [(r["step"], r["val_loss"]) for r in self.history if r["kind"] == "eval"]
-        fig, ax = plt.subplots(figsize=(8, 5))
+        val = [(r["step"], r["val_loss"]) for r in evals]
+        bpb = {
+            name: [(r["step"], r[key]) for r in evals if _finite(r.get(key))]
+            for name, key in (("validation", "val_bpb"), ("eval_data", "eval_data_bpb"))
+        }
+        bpb = {name: points for name, points in bpb.items() if points}
+        tasks = sorted({k.split("/", 1)[1] for r in evals for k in r if k.startswith("acc_norm/")})
+        panels = 1 + bool(bpb) + bool(tasks)
+        fig, axes = plt.subplots(1, panels, figsize=(8 + 5 * (panels - 1), 5), squeeze=False)
+        ax = axes[0][0]
         if train:
             ax.plot(*zip(*train, strict=True), label="train", color="tab:blue", alpha=0.8)
         if val:
             ax.plot(*zip(*val, strict=True), "o-", label="validation", color="tab:orange")
-        ax.set_xlabel("step")
         ax.set_ylabel("loss (nats/token)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        top = ax.secondary_xaxis(
-            "top",
-            functions=(lambda s: s * tokens_per_step / 1e6, lambda m: m * 1e6 / tokens_per_step),
-        )
-        top.set_xlabel("tokens seen (millions)")
+        extra = list(axes[0][1:])
+        if bpb:
+            bx = extra.pop(0)
+            colors = {"validation": "tab:orange", "eval_data": "tab:green"}
+            for name, points in bpb.items():
+                bx.plot(*zip(*points, strict=True), "o-", label=name, color=colors[name])
+            bx.set_ylabel("bits per byte (comparable across tokenizers)")
+        if tasks:
+            tx = extra.pop(0)
+            for name in tasks:
+                points = [
+                    (r["step"], r[f"acc_norm/{name}"]) for r in evals if f"acc_norm/{name}" in r
+                ]
+                tx.plot(*zip(*points, strict=True), "o-", label=f"{name} (acc_norm)")
+            tx.set_ylabel("multiple-choice accuracy")
+        for a in axes[0]:
+            a.set_xlabel("step")
+            a.grid(alpha=0.3)
+            if a.get_legend_handles_labels()[0]:
+                a.legend()
+            top = a.secondary_xaxis(
+                "top",
+                functions=(
+                    lambda s: s * tokens_per_step / 1e6,
+                    lambda m: m * 1e6 / tokens_per_step,
+                ),
+            )
+            top.set_xlabel("tokens seen (millions)")
         fig.tight_layout()
         atomic_write(
             self.out_dir / "loss_plot.png", lambda fh: fig.savefig(fh, format="png", dpi=110)
@@ -198,3 +230,7 @@ class Reporter:
             f"\ndone: {step} steps, final train loss {train_loss:.4f}, "
             f"best val loss {best_val_loss:.4f}; outputs in '{out_dir}'."
         )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -27,6 +27,7 @@ from mygpt2.metrics import MetricsLog, Reporter
 from mygpt2.model import GPT
 from mygpt2.optim import make_optimizer, set_hyperparameters
 from mygpt2.prepare import ensure_prepared
+from mygpt2.run_evals import RunEvals, prepare_evals
 from mygpt2.runtime import Distributed, peak_flops, pick_device, pick_dtype
 from mygpt2.tokenizer import load_tokenizer
 
@@ -49,6 +50,7 @@ class Run:
     log: MetricsLog
     tokenizer: dict[str, str]  # name and fingerprint, saved with each checkpoint
     data_source: dict[str, Any]  # data identity, fingerprint, token counts (`guard.data_record`)
+    evals: RunEvals  # bits per byte, eval_data and eval_tasks at each evaluation
     ckpt_path: Path
     tokens_per_step: int
     flops_per_step: float
@@ -106,6 +108,7 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
     if not dist_info.is_main:
         train_tokens, val_tokens, meta = ensure_prepared(cfg, tok)
     data_source = data_record(cfg, meta)
+    evals = prepare_evals(cfg, tok, read_sources=dist_info.is_main)
     data_changes = check_data(saved_data, data_source, cfg, ckpt_path)
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
@@ -161,6 +164,7 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
         ),
         tokenizer={"name": tok.name, "fingerprint": tok.fingerprint()},
         data_source=data_source,
+        evals=evals,
         ckpt_path=ckpt_path,
         tokens_per_step=tokens_per_step,
         flops_per_step=raw_model.flops_per_token() * tokens_per_step,

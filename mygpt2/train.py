@@ -51,6 +51,7 @@ from mygpt2.guard import CheckpointClock, StopSignals, guarded, resume_command
 from mygpt2.loss import IGNORE_INDEX
 from mygpt2.metrics import Reporter
 from mygpt2.optim import get_lr
+from mygpt2.run_evals import score_extras, validation_bpb
 from mygpt2.run_setup import Run, setup
 from mygpt2.runtime import Distributed, autocast
 
@@ -284,15 +285,19 @@ def evaluate_run(run: Run) -> None:
     """Validation loss now: remembered, logged, plotted; the best so far kept."""
     run.val_loss = evaluate(run.model, run.val_loader, dtype=run.dtype)
     run.best_val = min(run.best_val, run.val_loss)
-    run.log.log(
-        {
-            "kind": "eval",
-            "step": run.step,
-            "val_loss": run.val_loss,
-            "best_val_loss": run.best_val,
-            "tokens": run.step * run.tokens_per_step,
-        }
-    )
+    row = {
+        "kind": "eval",
+        "step": run.step,
+        "val_loss": run.val_loss,
+        "best_val_loss": run.best_val,
+        "val_bpb": validation_bpb(
+            run.evals, run.val_loader, run.val_loss, distributed=run.dist.enabled
+        ),
+        "tokens": run.step * run.tokens_per_step,
+    }
+    if run.dist.is_main:  # eval_data and eval_tasks: rank 0 alone, on the raw model
+        row |= score_extras(run.evals, run.raw_model, run.dtype)
+    run.log.log(row)
     run.log.plot(run.tokens_per_step)
 
 

@@ -39,6 +39,7 @@ LAYERS = {
         "optim",
         "metrics",
         "guard",
+        "run_evals",
         "run_setup",
         "train",
         "sample",
