@@ -95,11 +95,21 @@ class TrainConfig:
     eval_tasks: str = option("", "also score these multiple-choice JSONL files at each evaluation")
     eval_stride: int = option(0, "eval_data's sliding-window stride; 0 means T", "tokens")
     lr: float = option(1e-3, "peak learning rate")
-    min_lr: float = option(1e-4, "floor of the cosine decay")
+    min_lr: float = option(1e-4, "where the schedule ends (cosine, linear, wsd)")
     warmup_ratio: float = option(0.05, "fraction of max_steps spent warming up linearly")
     weight_decay: float = option(0.1, "AdamW decay, on matrices only (not biases or gains)")
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
+    optimizer: str = option(
+        "adamw", "adamw, muon (Muon for the blocks' matrices, AdamW for the rest) or sgd"
+    )
+    muon_lr: float = option(0.02, "muon: peak learning rate of the blocks' matrices")
+    momentum: float = option(0.95, "muon and sgd: momentum (Nesterov)")
+    schedule: str = option("cosine", "after warmup: cosine, linear, wsd or constant")
+    decay_ratio: float = option(0.2, "wsd: fraction of max_steps spent decaying to min_lr")
+    target_val_loss: float = option(
+        0.0, "stop at the first evaluation at or below this val loss; 0 turns it off"
+    )
     grad_clipping: float = option(1.0, "clip the global gradient norm to this; 0 turns it off")
     checkpoint_interval: int = option(
         0, "also save every this many steps; 0: at evaluations, the end and by time", "steps"
@@ -176,6 +186,8 @@ class SampleConfig:
 
 
 SECTIONS = ("model", "run", "train", "data", "tokenizer", "sample")
+OPTIMIZERS = ("adamw", "muon", "sgd")
+SCHEDULES = ("cosine", "linear", "wsd", "constant")
 
 # Keys that describe one invocation, never inherited from a checkpoint on --resume.
 PER_INVOCATION = frozenset(
@@ -365,7 +377,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 ARCHITECTURE_KNOBS = ("norm", "pos_emb", "mlp", "qk_norm", "tie_embeddings", "logit_softcap")
 
 
-def check_variants(m: ModelConfig) -> None:
+def check_variants(m: ModelConfig, warn: bool = True) -> None:
     """Refuse an unknown knob value (listing the valid ones) or a setting that cannot work;
     warn when only the causal mask is left to tell the model where a token stands."""
     for key, valid in VARIANTS.items():
@@ -380,7 +392,7 @@ def check_variants(m: ModelConfig) -> None:
             f"pos_emb rope rotates pairs of channels, so the head size n_emb / n_heads must be "
             f"even; it is {m.n_emb} / {m.n_heads} = {m.n_emb // max(m.n_heads, 1)}."
         )
-    if m.pos_emb == "none":
+    if m.pos_emb == "none" and warn:
         warnings.warn(
             "pos_emb none: the model gets no position information; only the causal mask tells "
             "it the order of the tokens.",
@@ -444,6 +456,23 @@ def validate(cfg: Config) -> None:
         (0.0 <= t.beta1 < 1.0, f"beta1 must be in [0, 1), got {t.beta1}."),
         (0.0 <= t.beta2 < 1.0, f"beta2 must be in [0, 1), got {t.beta2}."),
         (t.grad_clipping >= 0, f"grad_clipping must be 0 or more, got {t.grad_clipping}."),
+        (
+            t.optimizer in OPTIMIZERS,
+            f"optimizer must be one of {', '.join(OPTIMIZERS)}, got '{t.optimizer}'.",
+        ),
+        (
+            t.schedule in SCHEDULES,
+            f"schedule must be one of {', '.join(SCHEDULES)}, got '{t.schedule}'.",
+        ),
+        (t.muon_lr > 0, f"muon_lr must be positive, got {t.muon_lr}."),
+        (0.0 < t.momentum < 1.0, f"momentum must be in (0, 1), got {t.momentum}."),
+        (0.0 <= t.decay_ratio <= 1.0, f"decay_ratio must be in [0, 1], got {t.decay_ratio}."),
+        (
+            t.schedule != "wsd" or t.warmup_ratio + t.decay_ratio <= 1.0,
+            f"with schedule wsd, warmup_ratio ({t.warmup_ratio}) + decay_ratio "
+            f"({t.decay_ratio}) must be at most 1: the decay would start before warmup ends.",
+        ),
+        (t.target_val_loss >= 0, f"target_val_loss must be 0 or more, got {t.target_val_loss}."),
         (t.stop_at >= 0, f"stop_at must be 0 or more, got {t.stop_at}."),
         (
             t.health_interval >= 0,

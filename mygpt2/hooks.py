@@ -73,10 +73,23 @@ FINAL_HOOKS = (
 HookFn = Callable[..., "torch.Tensor | None"]  # fn(activation, name) or fn(activation, name, pos)
 
 
-def hook_names(n_layers: int) -> list[str]:
-    """Every hook point of a model with `n_layers` blocks, in the order a forward reaches them."""
-    blocks = [f"blocks.{i}.{suffix}" for i in range(n_layers) for suffix in BLOCK_HOOKS]
-    return ["hook_embed", "hook_pos_embed", *blocks, *FINAL_HOOKS]
+def hook_names(n_layers: int, pos_emb: str = "learned", mlp: str = "gelu") -> list[str]:
+    """Every hook point of a model with `n_layers` blocks, in the order a forward reaches them.
+
+    Architecture variants change the list as they do in TransformerLens: no `hook_pos_embed`
+    without learned position embeddings; with rope, `attn.hook_rot_q` / `attn.hook_rot_k` (after
+    the rotation; `hook_q` / `hook_k` are before it); with swiglu, `mlp.hook_pre_linear` (the
+    ungated half; `hook_pre` is the gate's input)."""
+    block = list(BLOCK_HOOKS)
+    if pos_emb == "rope":
+        at = block.index("attn.hook_v") + 1
+        block[at:at] = ["attn.hook_rot_q", "attn.hook_rot_k"]
+    if mlp == "swiglu":
+        at = block.index("mlp.hook_pre") + 1
+        block[at:at] = ["mlp.hook_pre_linear"]
+    blocks = [f"blocks.{i}.{suffix}" for i in range(n_layers) for suffix in block]
+    embeds = ["hook_embed", "hook_pos_embed"] if pos_emb == "learned" else ["hook_embed"]
+    return [*embeds, *blocks, *FINAL_HOOKS]
 
 
 def _is_glob(name: str) -> bool:
@@ -98,10 +111,11 @@ def _unknown_name(name: str, names: list[str], n_layers: int) -> MyGPT2Error:
     )
 
 
-def resolve_names(spec: Any, n_layers: int) -> list[str]:
+def resolve_names(spec: Any, n_layers: int, names: list[str] | None = None) -> list[str]:
     """The hook names `spec` selects, in forward order: None (all of them), a name, a glob, a
-    predicate on names, or a list of names and globs. Anything that selects nothing is an error."""
-    names = hook_names(n_layers)
+    predicate on names, or a list of names and globs. Anything that selects nothing is an error.
+    `names` is the model's list (`model.hook_names()`); by default a GPT-2's of `n_layers`."""
+    names = hook_names(n_layers) if names is None else names
     if spec is None:
         return names
     if callable(spec) and not isinstance(spec, str):
@@ -137,6 +151,9 @@ def _fn_label(fn: Callable) -> str:
 
 
 def _takes_pos(fn: Callable) -> bool:
+    code = getattr(fn, "__code__", None)
+    if code is not None:  # a function or method: read its parameter names, much faster
+        return "pos" in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
     try:
         return "pos" in inspect.signature(fn).parameters
     except (TypeError, ValueError):  # some builtins have no signature
@@ -185,7 +202,9 @@ def _describe(t: torch.Tensor) -> str:
     return f"{tuple(t.shape)} {dtype} on {t.device}"
 
 
-def _hook_table(fwd_hooks: Any, n_layers: int) -> dict[str, list[tuple[HookFn, bool]]]:
+def _hook_table(
+    fwd_hooks: Any, n_layers: int, names: list[str]
+) -> dict[str, list[tuple[HookFn, bool]]]:
     table: dict[str, list[tuple[HookFn, bool]]] = {}
     if isinstance(fwd_hooks, tuple) and len(fwd_hooks) == 2 and callable(fwd_hooks[1]):
         fwd_hooks = [fwd_hooks]  # a single (name, fn) pair
@@ -195,8 +214,9 @@ def _hook_table(fwd_hooks: Any, n_layers: int) -> dict[str, list[tuple[HookFn, b
                 f"fwd_hooks holds (name_or_glob, fn) pairs, fn(activation, name); got {entry!r}."
             )
         spec, fn = entry
-        for name in resolve_names(spec, n_layers):
-            table.setdefault(name, []).append((fn, _takes_pos(fn)))
+        takes_pos = _takes_pos(fn)  # once per function: inspect.signature is slow
+        for name in resolve_names(spec, n_layers, names):
+            table.setdefault(name, []).append((fn, takes_pos))
     return table
 
 
@@ -204,7 +224,8 @@ def _hook_table(fwd_hooks: Any, n_layers: int) -> dict[str, list[tuple[HookFn, b
 def installed(model: Any, fwd_hooks: Any = ()) -> Iterator[Any]:
     """Run the body with `fwd_hooks` active on `model` (after any already active); on exit,
     normal or not, the model's previous hooks come back."""
-    new = _hook_table(fwd_hooks, model.config.n_layers)  # checked before anything changes
+    # checked before anything changes
+    new = _hook_table(fwd_hooks, model.config.n_layers, model.hook_names())
     previous = model.active_hooks
     table = {name: list(fns) for name, fns in (previous.table if previous else {}).items()}
     for name, fns in new.items():
@@ -240,8 +261,9 @@ def as_tokens(model: Any, idx: Any) -> torch.Tensor:
             f"{idx.shape[1]} tokens are more than the model's context length T={cfg.T}; "
             f"shorten the text to at most {cfg.T} tokens."
         )
-    bad = idx[(idx < 0) | (idx >= cfg.vocab_size)]
-    if bad.numel():
+    low, high = torch.aminmax(idx)  # one pass; the offending id is looked for only on error
+    if low < 0 or high >= cfg.vocab_size:
+        bad = idx[(idx < 0) | (idx >= cfg.vocab_size)]
         raise MyGPT2Error(
             f"token id {bad[0].item()} is outside the vocabulary (0..{cfg.vocab_size - 1})."
         )
@@ -266,7 +288,7 @@ def run_with_cache(
     `cache.grad(name)`. Hooks already active (`with model.hooks(...)`) run first, so the cache
     holds what flows on after them."""
     tokens = as_tokens(model, idx)
-    wanted = resolve_names(names, model.config.n_layers)
+    wanted = resolve_names(names, model.config.n_layers, model.hook_names())
     kept: dict[str, torch.Tensor] = {}
 
     def keep(x: torch.Tensor, name: str) -> None:

@@ -21,6 +21,9 @@ Design choices:
 - Named hook points (TransformerLens's names, `model.hook_names()`) let users see and edit
   activations: `run_with_cache`, `run_with_hooks`, `with model.hooks(...)` (see `mygpt2.hooks`).
   Each point is an `if hooks is not None:` check; without hooks the forward is the plain one.
+- Architecture knobs of `ModelConfig` (defaults: GPT-2) are a few plain branches, not subclasses:
+  `norm` (LayerNorm or RMSNorm), `pos_emb` (learned `wpe`, rotary on queries and keys, or none),
+  `mlp` (GELU, ReLU squared, SwiGLU), `qk_norm`, `tie_embeddings`, `logit_softcap`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from mygpt2.config import ModelConfig
+from mygpt2.config import ModelConfig, check_variants
 from mygpt2.hooks import (
     ActivationCache,
     Hooks,
@@ -71,6 +74,32 @@ class Linear(nn.Module):
         return f"in={n_in}, out={n_out}, bias={self.bias is not None}"
 
 
+def make_norm(cfg: ModelConfig, width: int) -> nn.Module:
+    """GPT-2's LayerNorm, or with `norm="rmsnorm"` RMSNorm: no centring and no bias."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(width, eps=1e-5)
+    return nn.LayerNorm(width, bias=cfg.bias)
+
+
+def rotary(pos: torch.Tensor, hs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles at positions `pos` ((t,) or (B, t)), shaped
+    (..., t, 1, hs/2) to broadcast over the heads of (B, t, nh, hs) queries and keys.
+
+    Channel pair i of a head turns by pos * 10000^(-2i/hs) (RoFormer's frequencies), so the
+    score of a query at m and a key at n depends on m - n only."""
+    inv_freq = 1.0 / 10000.0 ** (torch.arange(0, hs, 2, device=pos.device).float() / hs)
+    angles = pos[..., None].float() * inv_freq  # (..., t, hs/2)
+    return angles.cos()[..., None, :], angles.sin()[..., None, :]
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Turn the channel pairs (i, i + hs/2) of `x` (B, t, nh, hs) by their angles. Pairs are the
+    two halves of a head, as in Hugging Face's Llama, so its weights map onto ours as they are."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with an optional key/value cache."""
 
@@ -82,6 +111,10 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = Linear(cfg.n_emb, cfg.n_emb, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.q_norm = self.k_norm = None
+        if cfg.qk_norm:  # each head's queries and keys at unit RMS, times a gain the heads share
+            self.q_norm = nn.RMSNorm(cfg.n_emb // cfg.n_heads, eps=1e-5)
+            self.k_norm = nn.RMSNorm(cfg.n_emb // cfg.n_heads, eps=1e-5)
 
     def forward(
         self,
@@ -90,6 +123,7 @@ class CausalSelfAttention(nn.Module):
         layer: int = 0,
         mask: torch.Tensor | None = None,
         hooks: Hooks | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, t, C = x.shape
         hs = C // self.n_heads
@@ -100,6 +134,12 @@ class CausalSelfAttention(nn.Module):
         if hooks is not None:
             at = f"blocks.{layer}.attn."
             q, k, v = hooks(at + "hook_q", q), hooks(at + "hook_k", k), hooks(at + "hook_v", v)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:  # the cache keeps rotated keys: each stays at its own position
+            q, k = rotate(q, *rope), rotate(k, *rope)
+            if hooks is not None:
+                q, k = hooks(at + "hook_rot_q", q), hooks(at + "hook_rot_k", k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, t, hs)
         is_causal = mask is None and t > 1
         if cache is not None:
@@ -154,44 +194,70 @@ def attention_written_out(
     return pattern @ v  # (B, nh, t, hs)
 
 
-def layer_norm(ln: nn.LayerNorm, x: torch.Tensor, hooks: Hooks, at: str) -> torch.Tensor:
+def layer_norm(
+    ln: nn.LayerNorm | nn.RMSNorm, x: torch.Tensor, hooks: Hooks, at: str
+) -> torch.Tensor:
     """`ln(x)`, written out when a hook watches its scale (B, t, 1) or its normalized input
-    (before the gain and bias), as TransformerLens's LayerNorm hooks."""
+    (before the gain and bias), as TransformerLens's LayerNorm and RMSNorm hooks."""
     if not hooks.wants(at + ".hook_scale", at + ".hook_normalized"):
         return ln(x)
-    centred = x - x.mean(dim=-1, keepdim=True)
+    rms = isinstance(ln, nn.RMSNorm)  # RMSNorm scales without centring and has no bias
+    centred = x if rms else x - x.mean(dim=-1, keepdim=True)
     scale = hooks(at + ".hook_scale", (centred.pow(2).mean(dim=-1, keepdim=True) + ln.eps).sqrt())
     normalized = hooks(at + ".hook_normalized", centred / scale)
-    return (
-        normalized * ln.weight if ln.bias is None else torch.addcmul(ln.bias, normalized, ln.weight)
-    )
+    bias = None if rms else ln.bias
+    return normalized * ln.weight if bias is None else torch.addcmul(bias, normalized, ln.weight)
+
+
+def mlp_width(cfg: ModelConfig) -> int:
+    """The MLP's hidden width: 4 n_emb, or for SwiGLU's three matrices 8/3 n_emb rounded up to
+    a multiple of 64, about the same parameter count (Llama's choice)."""
+    return math.ceil(8 * cfg.n_emb / 3 / 64) * 64 if cfg.mlp == "swiglu" else 4 * cfg.n_emb
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: n_emb -> 4 n_emb -> tanh-GELU -> n_emb."""
+    """Position-wise feed-forward: n_emb -> hidden -> activation -> n_emb.
+
+    GPT-2: tanh-GELU; `relu2`: ReLU squared; `swiglu`: silu(x W_gate) * (x W_up), with W_gate and
+    W_up side by side in `c_fc` (one matmul)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.c_fc = Linear(cfg.n_emb, 4 * cfg.n_emb, bias=cfg.bias)
-        self.c_proj = Linear(4 * cfg.n_emb, cfg.n_emb, bias=cfg.bias)
+        hidden = mlp_width(cfg)
+        self.kind = cfg.mlp
+        self.c_fc = Linear(cfg.n_emb, hidden * (2 if cfg.mlp == "swiglu" else 1), bias=cfg.bias)
+        self.c_proj = Linear(hidden, cfg.n_emb, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, hooks: Hooks | None = None, at: str = "") -> torch.Tensor:
-        if hooks is None:
+        if hooks is None and self.kind == "gelu":
             return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
-        h = hooks(at + "hook_pre", self.c_fc(x))  # (B, t, 4 n_emb)
-        h = hooks(at + "hook_post", F.gelu(h, approximate="tanh"))
+        h, up = self.c_fc(x), None  # (B, t, hidden), swiglu (B, t, 2 hidden)
+        if self.kind == "swiglu":
+            h, up = h.chunk(2, dim=-1)  # the gate's input, the linear half
+        if hooks is not None:
+            h = hooks(at + "hook_pre", h)
+            if up is not None:
+                up = hooks(at + "hook_pre_linear", up)
+        if self.kind == "gelu":
+            h = F.gelu(h, approximate="tanh")
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = F.silu(h) * up
+        if hooks is not None:
+            h = hooks(at + "hook_post", h)
         return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_emb, bias=cfg.bias)
+        self.ln_1 = make_norm(cfg, cfg.n_emb)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_emb, bias=cfg.bias)
+        self.ln_2 = make_norm(cfg, cfg.n_emb)
         self.mlp = MLP(cfg)
 
     def forward(
@@ -201,14 +267,16 @@ class Block(nn.Module):
         layer: int = 0,
         mask: torch.Tensor | None = None,
         hooks: Hooks | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         if hooks is None:
-            x = x + self.attn(self.ln_1(x), cache, layer, mask)
+            x = x + self.attn(self.ln_1(x), cache, layer, mask, None, rope)
             return x + self.mlp(self.ln_2(x))
         # the same two lines, through the block's hook points
         at = f"blocks.{layer}."
         x = hooks(at + "hook_resid_pre", x)
-        attn_out = self.attn(layer_norm(self.ln_1, x, hooks, at + "ln1"), cache, layer, mask, hooks)
+        attn_in = layer_norm(self.ln_1, x, hooks, at + "ln1")
+        attn_out = self.attn(attn_in, cache, layer, mask, hooks, rope)
         x = hooks(at + "hook_resid_mid", x + hooks(at + "hook_attn_out", attn_out))
         mlp_out = self.mlp(layer_norm(self.ln_2, x, hooks, at + "ln2"), hooks, at + "mlp.")
         return hooks(at + "hook_resid_post", x + hooks(at + "hook_mlp_out", mlp_out))
@@ -278,6 +346,7 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        check_variants(cfg, warn=False)  # an unknown knob value lists the valid ones
         self.config = dataclasses.replace(cfg)  # our own copy: crop_context changes it
         self.padded_vocab_size = (
             math.ceil(cfg.vocab_size / 64) * 64 if cfg.pad_vocab else cfg.vocab_size
@@ -285,14 +354,16 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(self.padded_vocab_size, cfg.n_emb),
-                wpe=nn.Embedding(cfg.T, cfg.n_emb),
+                # None (no module, no weights) with rotary or no position embeddings
+                wpe=nn.Embedding(cfg.T, cfg.n_emb) if cfg.pos_emb == "learned" else None,
                 drop=nn.Dropout(cfg.dropout),
                 h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)]),
-                ln_f=nn.LayerNorm(cfg.n_emb, bias=cfg.bias),
+                ln_f=make_norm(cfg, cfg.n_emb),
             )
         )
         self.lm_head = nn.Linear(cfg.n_emb, self.padded_vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied input/output embeddings
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # tied input/output embeddings
         self.active_hooks: Hooks | None = None  # set inside `with model.hooks(...)`
         self.apply(self._init_weights)
         # GPT-2 scales the residual projections by 1/sqrt(2 * n_layers): each block adds two
@@ -342,16 +413,20 @@ class GPT(nn.Module):
             key_ok = keys[None, :] >= cache.pad[:, None]  # (B, S)
             causal = keys[None, :] <= (torch.arange(t, device=idx.device) + start)[:, None]
             mask = (causal[None] & key_ok[:, None, :])[:, None]  # (B, 1, t, S)
-        hooks = self.active_hooks
+        hooks, wpe = self.active_hooks, self.transformer.wpe
         if hooks is None:
-            x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+            x = self.transformer.wte(idx) if wpe is None else self.transformer.wte(idx) + wpe(pos)
         else:
             hooks.positions = range(start, start + t)
             x = hooks("hook_embed", self.transformer.wte(idx))
-            x = x + hooks("hook_pos_embed", self.transformer.wpe(pos).expand_as(x))
+            if wpe is not None:
+                x = x + hooks("hook_pos_embed", wpe(pos).expand_as(x))
+        rope = None
+        if self.config.pos_emb == "rope":  # positions go into each layer's queries and keys
+            rope = rotary(pos, self.config.n_emb // self.config.n_heads)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i, mask, hooks)
+            x = block(x, cache, i, mask, hooks, rope)
         if cache is not None:
             cache.advance()
             x = x[:, -1:, :]  # generation only needs the next-token distribution
@@ -362,6 +437,8 @@ class GPT(nn.Module):
         else:
             x = hooks("ln_final.hook_out", layer_norm(self.transformer.ln_f, x, hooks, "ln_final"))
         fused = hooks is None or not hooks.wants("hook_logits")  # a hook on the logits needs them
+        cap = self.config.logit_softcap
+        fused = fused and not cap  # the fused loss knows no softcap: take the plain path
         if targets is not None and not return_logits and torch.is_grad_enabled() and fused:
             h = x.reshape(-1, x.size(-1))
             # big chunks keep the matmuls efficient; 2**25 floats (128 MB) bound the memory
@@ -372,6 +449,8 @@ class GPT(nn.Module):
             return None, loss
         head = cache.head if cache is not None else None
         logits = self.lm_head(x) if head is None else x @ head  # (B, t, vocab)
+        if cap:  # bounded logits, smooth: cap * tanh(logits / cap)
+            logits = torch.tanh(logits / cap) * cap
         if hooks is not None:
             logits = hooks("hook_logits", logits)
         loss = None
@@ -387,7 +466,7 @@ class GPT(nn.Module):
     # ----------------------------------------------------------------------------- hooks
     def hook_names(self) -> list[str]:
         """Every hook point (TransformerLens's names), in the order a forward reaches them."""
-        return hook_names(self.config.n_layers)
+        return hook_names(self.config.n_layers, self.config.pos_emb, self.config.mlp)
 
     def hooks(self, fwd_hooks=()) -> contextlib.AbstractContextManager:
         """`with model.hooks(fwd_hooks=[(name_or_glob, fn), ...]):` runs the body, generation
@@ -408,22 +487,27 @@ class GPT(nn.Module):
     # ----------------------------------------------------------------------------- sizes
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (tied embeddings counted once); optionally without position/token
-        embeddings."""
+        embeddings (an untied output head still counts)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.transformer.wpe.weight.numel() + self.transformer.wte.weight.numel()
+            n -= self.transformer.wte.weight.numel()
+            if self.transformer.wpe is not None:
+                n -= self.transformer.wpe.weight.numel()
         return n
 
     def flops_per_token(self, T: int | None = None) -> float:
         """Training FLOPs (forward + backward) per token at context length `T`.
 
         6 FLOPs per weight per token for every matmul weight (2 forward, 4 backward), counting
-        the tied embedding once as the output head, plus the attention scores and weighted sum:
+        the tied embedding once as the output head (an untied head is a weight of its own, the
+        embedding a lookup), plus the attention scores and weighted sum:
         12 * n_layers * n_emb * T (the PaLM paper's estimate).
         """
         cfg = self.config
         T = cfg.T if T is None else T
-        matmul_weights = self.num_params(non_embedding=True) + self.transformer.wte.weight.numel()
+        matmul_weights = self.num_params(non_embedding=True)
+        if cfg.tie_embeddings:
+            matmul_weights += self.transformer.wte.weight.numel()
         matmul_weights -= sum(
             p.numel() for n, p in self.named_parameters() if p.dim() < 2
         )  # biases and LayerNorm gains are not matmuls
@@ -431,8 +515,10 @@ class GPT(nn.Module):
 
     def crop_context(self, T: int) -> None:
         """Shorten the context length to `T` (say GPT-2's 1024 to 256 to fine-tune on a CPU),
-        keeping the first `T` position embeddings."""
+        keeping the first `T` position embeddings (rotary positions need no cropping)."""
         if not 1 <= T <= self.config.T:
             raise ValueError(f"can only crop the context to 1..{self.config.T}, not {T}")
         self.config.T = T
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:T].detach().clone())
+        wpe = self.transformer.wpe
+        if wpe is not None:
+            wpe.weight = nn.Parameter(wpe.weight[:T].detach().clone())
