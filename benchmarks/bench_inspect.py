@@ -47,9 +47,11 @@ from mygpt2.model import GPT
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64),  # one short prompt: per-forward overhead shows
     "small": dict(n_layer=4, n_head=4, n_embd=128),
     "124M": dict(n_layer=12, n_head=12, n_embd=768),
 }
+BATCH = {"tiny": (1, 32), "small": (4, 128), "124M": (1, 256)}  # (B, T) of a forward
 VOCAB, N_POSITIONS = 50257, 1024
 
 
@@ -146,7 +148,7 @@ def bench_hooks_off(shape_name: str, base: str, runs: int) -> None:
     )
     del weights
     assert isinstance(new, GPT) and type(old) is not GPT
-    B, T = (4, 128) if shape_name == "small" else (1, 256)
+    B, T = BATCH[shape_name]
     g = torch.Generator().manual_seed(1)
     idx = torch.randint(0, VOCAB, (B, T), generator=g)
     targets = torch.randint(0, VOCAB, (B, T), generator=g)
@@ -247,7 +249,7 @@ def boot_bridge(hf, directory: Path):
 def bench_cache(shape_name: str, runs: int) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    B, T = (4, 128) if shape_name == "small" else (1, 256)
+    B, T = BATCH[shape_name]
     with tempfile.TemporaryDirectory() as tmp:
         hf = build_hf(SHAPES[shape_name], Path(tmp))
         ours = from_pretrained(tmp).eval()
