@@ -54,9 +54,8 @@ class MetricsLog:
             return
         append_text(self.out_dir / "metrics.jsonl", json.dumps(row) + "\n")
         if self.tb is not None:
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.tb.add_scalar(f"{row['kind']}/{key}", value, row["step"])
+            for key, value in _scalars(row):
+                self.tb.add_scalar(f"{row['kind']}/{key}", value, row["step"])
 
     def plot(self, tokens_per_step: int) -> None:
         """Draw train and validation loss against steps, with tokens seen on a second axis;
@@ -119,10 +118,35 @@ class MetricsLog:
             self.out_dir / "loss_plot.png", lambda fh: fig.savefig(fh, format="png", dpi=110)
         )
         plt.close(fig)
+        self.plot_health()
+
+    def plot_health(self) -> None:
+        """health.png beside loss_plot.png, when the run records health rows."""
+        rows = [r for r in self.history if r["kind"] == "health"]
+        if self.enabled and rows:
+            from mygpt2.inspect.render import save_health_png
+
+            save_health_png(rows, self.out_dir / "health.png")
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _scalars(row: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    """The numbers of a row as TensorBoard tags: nested dicts and lists (a health row's layers
+    and heads) joined by '/' (`layers/L0/attn_entropy/3`); `step` and `kind` left out."""
+    items = row.items() if isinstance(row, dict) else enumerate(row)
+    out = []
+    for key, value in items:
+        if prefix == "" and key in ("step", "kind"):
+            continue
+        tag = f"{prefix}{key}"
+        if isinstance(value, (dict, list)):
+            out += _scalars(value, tag + "/")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append((tag, value))
+    return out
 
 
 def _tensorboard_writer(path: Path):

@@ -29,6 +29,7 @@ from mygpt2.optim import make_optimizer, set_hyperparameters
 from mygpt2.prepare import ensure_prepared
 from mygpt2.run_evals import RunEvals, prepare_evals
 from mygpt2.runtime import Distributed, peak_flops, pick_device, pick_dtype
+from mygpt2.series import SnapshotWriter
 from mygpt2.tokenizer import load_tokenizer
 
 
@@ -60,6 +61,7 @@ class Run:
     val_loss: float | None = None
     train_loss: float = math.nan
     signal: int = 0  # the SIGINT/SIGTERM that stopped the run
+    snapshots: SnapshotWriter | None = None  # keep_checkpoints' writer, made at its first use
 
     @property
     def end_step(self) -> int:

@@ -48,12 +48,14 @@ from mygpt2.checkpoint import rng_state, save_checkpoint
 from mygpt2.config import Config
 from mygpt2.errors import RunError
 from mygpt2.guard import CheckpointClock, StopSignals, guarded, resume_command
+from mygpt2.health import HealthProbe
 from mygpt2.loss import IGNORE_INDEX
 from mygpt2.metrics import Reporter
 from mygpt2.optim import get_lr
 from mygpt2.run_evals import score_extras, validation_bpb
 from mygpt2.run_setup import Run, setup
 from mygpt2.runtime import Distributed, autocast
+from mygpt2.series import SnapshotWriter, snapshot_due
 
 # ----------------------------------------------------------------------------- the loop
 
@@ -88,9 +90,11 @@ def train(
                     evaluated = True
                 run.signal, late = stop_requested(signals, clock, run)
                 periodic = t.checkpoint_interval and run.step % t.checkpoint_interval == 0
-                if evaluated or periodic or late or run.signal or run.step == run.end_step:
+                saved = evaluated or periodic or late or run.signal or run.step == run.end_step
+                if saved:
                     save(run)
                     clock.reset()
+                keep_snapshot(run, evaluated, bool(saved))
                 if run.signal:
                     break
             return finish(run, run.step > first, argv, program)
@@ -136,6 +140,7 @@ class StepResult:
     loss: float  # mean loss per valid target of the step's micro-batches
     grad_norm: float | None  # total gradient norm before clipping (None: not clipped)
     tokens: int  # valid targets (not -100) in the step
+    health: dict[str, Any] | None = None  # a HealthProbe's row, on health steps only
 
 
 class NonFiniteLossError(RunError):
@@ -160,6 +165,7 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     dtype: torch.dtype = torch.float32,
     grad_clipping: float = 0.0,
+    health: HealthProbe | None = None,
 ) -> StepResult:
     """One optimizer step over this process's micro-batches `batches` [(x, y), ...].
 
@@ -169,7 +175,8 @@ def train_step(
     are synchronised across processes on the last micro-batch only. With `scaler`, the loss
     is scaled and the gradients unscaled before clipping to `grad_clipping` (0: no clipping),
     so the reported norm is the true one. A non-finite loss raises `NonFiniteLossError` before
-    the optimizer step. `lr`, when given, is set on every parameter group first.
+    the optimizer step. `lr`, when given, is set on every parameter group first. A `health`
+    probe watches the last micro-batch's forward, the gradients before clipping and the update.
     """
     world = _ddp_world(model)
     device = next(model.parameters()).device
@@ -187,7 +194,8 @@ def train_step(
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         last = i == len(batches) - 1
         sync = model.no_sync() if world > 1 and not last else nullcontext()
-        with sync:
+        watch = health.watching() if health is not None and last else nullcontext()
+        with sync, watch:
             with autocast(device, dtype):
                 _, loss = model(x, y, return_logits=False, reduction="sum")
             scaled = loss * weight
@@ -198,6 +206,9 @@ def train_step(
     loss_value = (loss_sum / count.clamp(min=1)).item()
     if not math.isfinite(loss_value):  # every process sees the same value: all stop together
         raise NonFiniteLossError(loss_value)
+    if health is not None:  # gradients before clipping, true scale; weights before the step
+        scaled_by = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+        health.before_update(scaled_by)
     grad_norm = None
     if grad_clipping > 0:
         if scaler is not None:
@@ -209,7 +220,14 @@ def train_step(
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss=loss_value, grad_norm=grad_norm, tokens=int(count.item()))
+    if health is not None:
+        health.after_update()
+    return StepResult(
+        loss=loss_value,
+        grad_norm=grad_norm,
+        tokens=int(count.item()),
+        health=health.row() if health is not None else None,
+    )
 
 
 @torch.no_grad()
@@ -247,6 +265,7 @@ def step_run(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]], lr: flo
             scaler=run.scaler,
             dtype=run.dtype,
             grad_clipping=run.cfg.train.grad_clipping,
+            health=health_probe(run),
         )
     except NonFiniteLossError as e:
         tries = ["a lower --lr"]
@@ -261,6 +280,14 @@ def step_run(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]], lr: flo
         ) from None
     run.train_loss = result.loss
     return result
+
+
+def health_probe(run: Run) -> HealthProbe | None:
+    """A probe when the coming step is a health step (rank 0 alone records it), else None."""
+    every = run.cfg.train.health_interval
+    if every and (run.step + 1) % every == 0 and run.dist.is_main:
+        return HealthProbe(run.raw_model)
+    return None
 
 
 def report_step(run: Run, result: StepResult, lr: float, seconds: float) -> None:
@@ -278,6 +305,9 @@ def report_step(run: Run, result: StepResult, lr: float, seconds: float) -> None
     if run.peak_flops:
         row["mfu"] = run.flops_per_step / seconds / (run.peak_flops * run.dist.world_size)
     run.log.log(row)
+    if result.health is not None:
+        tokens = run.step * run.tokens_per_step
+        run.log.log({"kind": "health", "step": run.step, "tokens": tokens, **result.health})
     run.reporter.step(row, run.val_loss)
 
 
@@ -337,3 +367,23 @@ def save(run: Run) -> None:
             "metrics": run.log.history,
         },
     )
+
+
+def keep_snapshot(run: Run, evaluated: bool, saved: bool) -> None:
+    """A weights-only snapshot into out_dir/checkpoints when `keep_checkpoints` asks for one
+    at this step (rank 0; a failure is warned of once and the run goes on)."""
+    if not run.dist.is_main or not snapshot_due(
+        run.cfg.train.keep_checkpoints, run.step, evaluated, saved
+    ):
+        return
+    if run.snapshots is None:  # a new run replaces an earlier run's series
+        fresh = not run.cfg.train.resume
+        run.snapshots = SnapshotWriter(run.cfg.run.out_dir, fresh, run.reporter.say)
+    info = {
+        "tokens": run.step * run.tokens_per_step,
+        "val_loss": run.val_loss if evaluated else None,
+        "train_loss": run.train_loss,
+        "config": run.cfg.to_dict(),
+        "tokenizer": run.tokenizer,
+    }
+    run.snapshots.write(run.raw_model, run.step, info)

@@ -3,6 +3,7 @@
 Each view loads the model (a checkpoint, or GPT-2 weights with `--init_from`) on the CPU in
 float32 unless `--device` says otherwise, encodes the text, runs one function of
 `mygpt2.inspect`, prints a table, and writes a PNG, JSON or HTML file when asked.
+`health` and `series` read a training run's directory instead (`commands/inspect_dynamics.py`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ if TYPE_CHECKING:
     from mygpt2.model import GPT
     from mygpt2.tokenizer import RegexTokenizer
 
-VIEWS = ("attention", "lens", "patch", "tokens", "dla")
+VIEWS = ("attention", "lens", "patch", "tokens", "dla", "health", "series")
 COMMAND = Command(
     name="inspect",
     usage="""usage: mygpt2 inspect attention|lens|patch|tokens|dla (--text TEXT | --file PATH) [--FLAG VALUE ...]
+       mygpt2 inspect health|series --out_dir DIR [--metric M] [--png PATH]
 
 Look inside a trained model (--out_dir or --checkpoint) or GPT-2 weights (--init_from gpt2|DIR):
   attention  each head's attention pattern; the keys each head reads most from --pos; --png grid
@@ -37,7 +39,15 @@ Look inside a trained model (--out_dir or --checkpoint) or GPT-2 weights (--init
   dla        direct logit attribution: each head's, MLP's, embedding's and bias's share of the
              logit of --target (default: the predicted token) at --pos, or of
              logit(--target) - logit(--foil); --png heatmap
-Tokens for --target and --foil are text that encodes to one token (' Paris'), or #ID.""",
+Tokens for --target and --foil are text that encodes to one token (' Paris'), or #ID.
+
+How a run learned (--out_dir of a training run; no text needed):
+  health     redraw health.png from metrics.jsonl (train with --health_interval N) and warn of
+             update ratios far outside 1e-4..1e-2, gradients exploding or vanishing across
+             layers, heads collapsed onto the first token, layers with most MLP units dead
+  series     measure --metric on every snapshot in out_dir/checkpoints (train with
+             --keep_checkpoints log) and plot it against tokens seen: val_loss, induction,
+             prev_token, lens_loss, icl (comma-separated for several); --png names the picture""",
     sections={
         "run": ("out_dir", "checkpoint", "init_from", "device"),
         "tokenizer": ("use_tiktoken", "tokenizer_path", "tiktoken_file"),
@@ -54,10 +64,13 @@ Tokens for --target and --foil are text that encodes to one token (' Paris'), or
         "png": "write a picture to this file (attention, patch, dla)",
         "json": "attention: write the patterns to this file as JSON",
         "html": "tokens: write an HTML page shaded by loss to this file",
+        "metric": "series: val_loss, induction (default), prev_token, lens_loss, icl; or a list a,b",
+        "windows": "series: windows of validation text (T + 1 tokens each) per snapshot (default 8)",
     },
 )
 ONLY_FOR = {"corrupt": "patch", "site": "patch", "foil": "patch or dla", "json": "attention"}
-ONLY_FOR |= {"html": "tokens", "png": "attention, patch or dla"}
+ONLY_FOR |= {"html": "tokens", "png": "attention, patch, dla, health or series"}
+ONLY_FOR |= {"metric": "series", "windows": "series"}
 
 
 def cli(argv: list[str]) -> None:
@@ -74,6 +87,11 @@ def cli(argv: list[str]) -> None:
     for flag, views in ONLY_FOR.items():
         if flag in extras and view not in views:
             raise UsageError(f"--{flag} is for mygpt2 inspect {views}, not {view}.")
+    if view in ("health", "series"):  # a run's history, not a text
+        from mygpt2.commands.inspect_dynamics import show_health, show_series
+
+        (show_health if view == "health" else show_series)(args.config, extras)
+        return
     if view == "patch" and not {"corrupt", "target"} <= set(extras):
         raise UsageError("mygpt2 inspect patch needs --corrupt TEXT and --target TOKEN.")
     text = read_text(extras)
