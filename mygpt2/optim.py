@@ -1,51 +1,182 @@
 """The optimizer and the learning-rate schedule.
 
-- AdamW with weight decay on matrices only (embeddings and Linear weights); biases and
-  LayerNorm gains are never decayed, as in GPT-2 and nanoGPT.
-- The learning rate follows the original myGPT2 `_get_cos_lr`: linear warmup over
-  `warmup_ratio * max_steps` steps, then cosine decay from `lr` to `min_lr` at `max_steps`.
+Optimizers (`--optimizer`):
+- `adamw` (the default): AdamW on every tensor, weight decay on matrices only (embeddings and
+  Linear weights); biases and norm gains are never decayed, as in GPT-2 and nanoGPT.
+- `muon`: PyTorch's `torch.optim.Muon` for the 2-D matrices inside the blocks (attention and
+  MLP weights) at peak rate `muon_lr`, and AdamW at peak rate `lr` for everything else
+  (embeddings, an untied head, biases, gains), as the modded-nanogpt speedrun splits them.
+- `sgd`: `torch.optim.SGD` with Nesterov momentum `momentum` on every tensor; its weight decay
+  (matrices only) is the classic L2 term added to the gradient, not AdamW's decoupled one.
+
+Two optimizers under one step are one `Optimizers` object, which `train_step`, the grad scaler
+and checkpoints use as they use one torch optimizer.
+
+The schedule (`--schedule`) follows a linear warmup over `warmup_ratio * max_steps` steps:
+`cosine` (the original myGPT2 `_get_cos_lr`) or `linear` from `lr` to `min_lr` at
+`max_steps`; `wsd` (warmup-stable-decay) holds `lr`, then falls linearly to `min_lr` over the
+last `decay_ratio * max_steps` steps; `constant` holds `lr`. A parameter group may carry
+`lr_scale`: `train_step` sets its rate to the schedule's times that (Muon's `muon_lr / lr`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from mygpt2.config import Config
+from mygpt2.errors import MyGPT2Error
+
+# ----------------------------------------------------------------------------- the schedule
 
 
 def get_lr(step: int, cfg: Config) -> float:
-    """Learning rate at macro step `step` (0-based): linear warmup, then cosine to min_lr."""
+    """Learning rate at macro step `step` (0-based): linear warmup, then the schedule's shape."""
     t = cfg.train
     warmup = int(t.warmup_ratio * t.max_steps)
     if step < warmup:
         return t.lr * (step + 1) / warmup
+    if t.schedule == "constant":
+        return t.lr
     if step >= t.max_steps:
         return t.min_lr
+    if t.schedule == "wsd":
+        decay = round(t.decay_ratio * t.max_steps)
+        start = t.max_steps - decay
+        if step < start:
+            return t.lr
+        return t.lr - (step - start) / decay * (t.lr - t.min_lr)
     progress = (step - warmup) / max(1, t.max_steps - warmup)
+    if t.schedule == "linear":
+        return t.lr - progress * (t.lr - t.min_lr)
     return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.lr - t.min_lr)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (embeddings, Linear weights) only."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]  # biases and LayerNorm gains
-    groups = [
-        {"params": decay, "weight_decay": cfg.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+# ----------------------------------------------------------------------------- the optimizers
+
+
+class Optimizers:
+    """Several torch optimizers stepped as one (Muon for the hidden matrices, AdamW for the
+    rest): their parameter groups in one list, one `step`, one state dict."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Every group of every optimizer (the dicts themselves: setting `lr` reaches them)."""
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def step(self, closure: Any = None) -> None:
+        if closure is not None:
+            raise ValueError("Optimizers.step takes no closure")
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for opt, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(saved)
+
+
+def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
+    """A 2-D weight inside a block (attention, MLP): what Muon optimizes."""
+    return p.dim() == 2 and name.startswith("transformer.h.")
+
+
+def make_optimizer(
+    model: torch.nn.Module, cfg: Config, device: torch.device
+) -> torch.optim.Optimizer | Optimizers:
+    """The optimizer `cfg.train.optimizer` names, its groups set up as the module docstring says."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    t = cfg.train
+    if t.optimizer == "muon":
+        hidden = [p for n, p in named if is_hidden_matrix(n, p)]
+        rest = [p for n, p in named if not is_hidden_matrix(n, p)]
+        shapes = list(dict.fromkeys(tuple(p.shape) for p in hidden))  # one group per shape
+        muon_groups = [[p for p in hidden if tuple(p.shape) == s] for s in shapes]
+        muon = torch.optim.Muon(
+            [{"params": ps, **settings("muon", ps, cfg)} for ps in muon_groups], lr=t.muon_lr
+        )
+        return Optimizers(muon, _adamw(rest, cfg, device))
+    params = [p for _, p in named]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(
+            _decay_groups("sgd", params, cfg), lr=t.lr, momentum=t.momentum, nesterov=True
+        )
+    return _adamw(params, cfg, device)
+
+
+def _decay_groups(kind: str, params: list[torch.Tensor], cfg: Config) -> list[dict[str, Any]]:
+    """Matrices (decayed) first, then vectors (biases and gains), each in model order: the
+    order every checkpoint's AdamW state was saved in."""
+    matrices = [p for p in params if p.dim() >= 2]
+    vectors = [p for p in params if p.dim() < 2]
+    return [{"params": ps, **settings(kind, ps, cfg)} for ps in (matrices, vectors) if ps]
+
+
+def _adamw(params: list[torch.Tensor], cfg: Config, device: torch.device) -> torch.optim.AdamW:
     # one fused kernel instead of a chain of foreach ops: on a CPU the step is ~6x faster
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(
-        groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=fused
-    )
+    return torch.optim.AdamW(_decay_groups("adamw", params, cfg), lr=cfg.train.lr, fused=fused)
 
 
-def set_hyperparameters(optimizer: torch.optim.Optimizer, cfg: Config) -> None:
-    """Put the config's betas and weight decay into a (restored) optimizer's groups, so that
-    values given on `--resume` take effect instead of those saved in its state."""
-    for group in optimizer.param_groups:
-        group["betas"] = (cfg.train.beta1, cfg.train.beta2)
-    optimizer.param_groups[0]["weight_decay"] = cfg.train.weight_decay  # the matrices' group
+def settings(kind: str, params: list[torch.Tensor], cfg: Config) -> dict[str, Any]:
+    """A group's hyperparameters from the config: the one rule used when the optimizer is made
+    and again when a checkpoint's optimizer is restored (so given flags take effect)."""
+    t = cfg.train
+    decay = t.weight_decay if params[0].dim() >= 2 else 0.0  # a group holds one kind
+    if kind == "adamw":
+        return {"weight_decay": decay, "betas": (t.beta1, t.beta2)}
+    if kind == "sgd":
+        return {"weight_decay": decay, "momentum": t.momentum}
+    # Muon scales a matrix's step by sqrt(max(1, out / in)) (Keller Jordan's rule, on
+    # nn.Linear's (out, in) layout). torch reads our (in, out) weights the other way round,
+    # so the group's rate undoes torch's factor and applies the intended one; its decay is
+    # divided by the same fix, since torch decays by rate * weight_decay (muon_lr * decay).
+    n_in, n_out = params[0].shape
+    fix = math.sqrt(max(1.0, n_out / n_in)) / math.sqrt(max(1.0, n_in / n_out))
+    return {
+        "weight_decay": decay / fix,
+        "momentum": t.momentum,
+        "lr_scale": t.muon_lr / t.lr * fix,
+    }
+
+
+def _kind(opt: torch.optim.Optimizer) -> str:
+    if isinstance(opt, torch.optim.Muon):
+        return "muon"
+    return "sgd" if isinstance(opt, torch.optim.SGD) else "adamw"
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer | Optimizers, cfg: Config) -> None:
+    """Put the config's hyperparameters into a (restored) optimizer's groups, so that values
+    given on `--resume` (betas, weight decay, momentum, muon_lr) take effect instead of those
+    saved in its state."""
+    parts = optimizer.optimizers if isinstance(optimizer, Optimizers) else (optimizer,)
+    for opt in parts:
+        for group in opt.param_groups:
+            group.update(settings(_kind(opt), group["params"], cfg))
+
+
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer | Optimizers, state: dict[str, Any], saved: str, cfg: Config
+) -> None:
+    """Load a checkpoint's optimizer state (`saved`: the optimizer it was trained with), then
+    the config's hyperparameters on top. Another optimizer cannot take over the state."""
+    if saved != cfg.train.optimizer:
+        raise MyGPT2Error(
+            f"the checkpoint was trained with --optimizer {saved}; it cannot resume with "
+            f"--optimizer {cfg.train.optimizer} (the optimizer's state does not carry over). "
+            f"Resume with --optimizer {saved}, or start a new run in another --out_dir."
+        )
+    optimizer.load_state_dict(state)
+    set_hyperparameters(optimizer, cfg)

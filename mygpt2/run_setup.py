@@ -25,7 +25,7 @@ from mygpt2.guard import check_data, data_record, resolve_input_paths
 from mygpt2.hf import from_pretrained
 from mygpt2.metrics import MetricsLog, Reporter
 from mygpt2.model import GPT
-from mygpt2.optim import make_optimizer, set_hyperparameters
+from mygpt2.optim import make_optimizer, restore_optimizer
 from mygpt2.prepare import ensure_prepared
 from mygpt2.run_evals import RunEvals, prepare_evals
 from mygpt2.runtime import Distributed, peak_flops, pick_device, pick_dtype
@@ -62,6 +62,8 @@ class Run:
     train_loss: float = math.nan
     signal: int = 0  # the SIGINT/SIGTERM that stopped the run
     snapshots: SnapshotWriter | None = None  # keep_checkpoints' writer, made at its first use
+    elapsed_s: float = 0.0  # seconds spent in training steps, over all invocations
+    reached_target: bool = False  # stopped at an evaluation at or below target_val_loss
 
     @property
     def end_step(self) -> int:
@@ -127,8 +129,9 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
         t.max_steps = train_loader.steps
     step, best_val, history = 0, math.inf, []
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_hyperparameters(optimizer, cfg)  # given --weight_decay/--beta1/--beta2 take effect
+        # the same optimizer only; given --weight_decay/--beta1/--momentum/... take effect
+        saved_optimizer = Config.from_saved(ckpt["config"]).train.optimizer
+        restore_optimizer(optimizer, ckpt["optimizer"], saved_optimizer, cfg)
         scaler.load_state_dict(ckpt["scaler"])
         train_loader.load_state_dict(ckpt["data"])
         step, best_val, history = ckpt["step"], ckpt["best_val_loss"], ckpt["metrics"]
@@ -173,6 +176,7 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
         peak_flops=peak_flops(device, dtype) if dist_info.is_main else None,
         step=step,
         best_val=best_val,
+        elapsed_s=ckpt.get("elapsed_s", 0.0) if ckpt is not None else 0.0,
     )
     if data_changes:  # allowed by --allow_data_change: on the record
         run.log.log({"kind": "data_change", "step": step, "from": saved_data, "to": data_source})

@@ -26,6 +26,10 @@ Design choices:
   given optimizer hyperparameters are put into the restored optimizer.
 - A non-finite loss stops the run before the optimizer step (a `RunError`, exit 1), keeping
   the last good checkpoint.
+- Time to a target, as speedruns count it: train and eval rows carry `elapsed_s`, the seconds
+  spent in training steps since the run began (no data preparation, evaluation or saving;
+  carried across `--resume`). `target_val_loss` ends the run at the first evaluation at or
+  below it, checkpointed.
 - The loop does not print: messages and the progress bar go through `metrics.Reporter`,
   enabled on rank 0 only. The caller's `cfg` is not changed; the resolved one is `Run.cfg`.
 """
@@ -83,11 +87,15 @@ def train(
                 micro = [next(batches) for _ in range(run.train_loader.accum)]
                 result = step_run(run, micro, lr)
                 run.step += 1
-                report_step(run, result, lr, time.perf_counter() - t0)
+                seconds = time.perf_counter() - t0
+                run.elapsed_s += seconds  # training time only: no evaluation, no saving
+                report_step(run, result, lr, seconds)
                 evaluated = False
                 if run.step % t.eval_interval == 0 or run.step == t.max_steps:
                     evaluate_run(run)
                     evaluated = True
+                    goal = t.target_val_loss  # 0: none
+                    run.reached_target = goal > 0 and run.val_loss <= goal
                 run.signal, late = stop_requested(signals, clock, run)
                 periodic = t.checkpoint_interval and run.step % t.checkpoint_interval == 0
                 saved = evaluated or periodic or late or run.signal or run.step == run.end_step
@@ -95,7 +103,7 @@ def train(
                     save(run)
                     clock.reset()
                 keep_snapshot(run, evaluated, bool(saved))
-                if run.signal:
+                if run.signal or run.reached_target:
                     break
             return finish(run, run.step > first, argv, program)
     finally:
@@ -107,13 +115,20 @@ def finish(run: Run, ran: bool, argv: list[str] | None, program: str) -> dict[st
     """Say how the run ended and how to go on (the resume line); return the summary, whose
     `signal` is the SIGINT/SIGTERM that cut the run short (0 when it did all it was asked)."""
     t, out_dir = run.cfg.train, Path(run.cfg.run.out_dir)
-    if run.step >= run.end_step:
+    if run.step >= run.end_step or run.reached_target:
         run.signal = 0
     run.reporter.close()
     run.log.close()
     if run.step >= t.max_steps and not ran:  # resumed a finished run: say how to extend it
         extend = resume_command(run.cfg, argv, program, max_steps=2 * run.step)
         run.reporter.nothing_to_do(run.step, t.max_steps, out_dir, extend)
+    elif run.reached_target:
+        run.reporter.close()
+        run.reporter.say(
+            f"\nreached target_val_loss {t.target_val_loss}: val loss {run.val_loss:.4f} at step "
+            f"{run.step} of {t.max_steps}, after {run.elapsed_s:.1f} s of training; outputs "
+            f"in '{out_dir}'."
+        )
     elif run.step == t.max_steps:
         run.reporter.done(run.step, run.train_loss, run.best_val, out_dir)
     else:  # a signal or --stop_at: the checkpoint is saved
@@ -125,6 +140,8 @@ def finish(run: Run, ran: bool, argv: list[str] | None, program: str) -> dict[st
         "train_loss": run.train_loss,
         "val_loss": run.val_loss,
         "best_val_loss": run.best_val,
+        "reached_target": run.reached_target,
+        "elapsed_s": run.elapsed_s,
         "checkpoint": str(run.ckpt_path),
         "history": run.log.history,
     }
@@ -175,14 +192,15 @@ def train_step(
     are synchronised across processes on the last micro-batch only. With `scaler`, the loss
     is scaled and the gradients unscaled before clipping to `grad_clipping` (0: no clipping),
     so the reported norm is the true one. A non-finite loss raises `NonFiniteLossError` before
-    the optimizer step. `lr`, when given, is set on every parameter group first. A `health`
-    probe watches the last micro-batch's forward, the gradients before clipping and the update.
+    the optimizer step. `lr`, when given, is set on every parameter group first (times the
+    group's `lr_scale`, where it has one). A `health` probe watches the last micro-batch's
+    forward, the gradients before clipping and the update.
     """
     world = _ddp_world(model)
     device = next(model.parameters()).device
     if lr is not None:
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups: muon_lr / lr
     # counted before any forward pass: every micro-batch's share of the step depends on it
     count = torch.stack([(y != IGNORE_INDEX).sum() for _, y in batches]).sum().to(device)
     if world > 1:
@@ -301,6 +319,7 @@ def report_step(run: Run, result: StepResult, lr: float, seconds: float) -> None
         "grad_norm": result.grad_norm,
         "tokens": run.step * run.tokens_per_step,
         "tokens_per_s": tok_per_s,
+        "elapsed_s": run.elapsed_s,
     }
     if run.peak_flops:
         row["mfu"] = run.flops_per_step / seconds / (run.peak_flops * run.dist.world_size)
@@ -324,6 +343,7 @@ def evaluate_run(run: Run) -> None:
             run.evals, run.val_loader, run.val_loss, distributed=run.dist.enabled
         ),
         "tokens": run.step * run.tokens_per_step,
+        "elapsed_s": run.elapsed_s,  # wall-clock seconds of training steps (time to target)
     }
     if run.dist.is_main:  # eval_data and eval_tasks: rank 0 alone, on the raw model
         row |= score_extras(run.evals, run.raw_model, run.dtype)
@@ -364,6 +384,7 @@ def save(run: Run) -> None:
             "tokenizer": run.tokenizer,
             "data_source": run.data_source,
             "best_val_loss": run.best_val,
+            "elapsed_s": run.elapsed_s,
             "metrics": run.log.history,
         },
     )

@@ -1,16 +1,23 @@
-"""The optimizer and the learning-rate schedule: which tensors decay, what a resume changes,
-and the schedule's key points."""
+"""The optimizers and the learning-rate schedules: which tensors go to which optimizer and
+decay, Muon's steps against torch's Muon on nn.Linear's layout, what a resume changes, each
+schedule's key points."""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
+from test_train import make_corpus, tiny_config
 
+from mygpt2.checkpoint import load_checkpoint
+from mygpt2.commands.args import load_config
 from mygpt2.config import Config, ModelConfig
+from mygpt2.errors import MyGPT2Error
 from mygpt2.model import GPT
-from mygpt2.optim import get_lr, make_optimizer, set_hyperparameters
+from mygpt2.optim import Optimizers, get_lr, make_optimizer, set_hyperparameters
+from mygpt2.train import train, train_step
 
 
 def test_cosine_schedule_key_points():
@@ -83,3 +90,254 @@ def test_set_hyperparameters_overrides_a_restored_state():
     set_hyperparameters(opt, cfg)
     assert [g["betas"] for g in opt.param_groups] == [(0.5, 0.6), (0.5, 0.6)]
     assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]  # gains still 0
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def schedule_config(schedule: str, **train) -> Config:
+    cfg = Config()
+    t = cfg.train
+    t.schedule, t.max_steps, t.warmup_ratio, t.lr, t.min_lr = schedule, 100, 0.1, 1.0, 0.1
+    for key, value in train.items():
+        setattr(t, key, value)
+    return cfg
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "wsd", "constant"])
+def test_every_schedule_warms_up_linearly_to_the_peak(schedule):
+    cfg = schedule_config(schedule)
+    assert [get_lr(s, cfg) for s in range(10)] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert get_lr(10, cfg) == pytest.approx(1.0)  # the first step after warmup is at the peak
+
+
+def test_linear_schedule_key_points():
+    cfg = schedule_config("linear")
+    assert get_lr(55, cfg) == pytest.approx(0.55)  # halfway from step 10 to 100: midway
+    assert get_lr(99, cfg) == pytest.approx(1.0 - 89 / 90 * 0.9)
+    assert get_lr(100, cfg) == pytest.approx(0.1)  # min_lr at max_steps
+    lrs = [get_lr(s, cfg) for s in range(10, 101)]
+    steps = [a - b for a, b in itertools.pairwise(lrs)]
+    assert steps == pytest.approx([0.9 / 90] * 90)  # a straight line
+
+
+def test_wsd_schedule_holds_then_decays_over_the_last_decay_ratio():
+    cfg = schedule_config("wsd", decay_ratio=0.2)
+    # stable from the end of warmup up to the decay's start at 100 - 20 = step 80
+    assert [get_lr(s, cfg) for s in range(10, 81)] == [1.0] * 71
+    assert get_lr(90, cfg) == pytest.approx(0.55)  # halfway down
+    assert get_lr(99, cfg) == pytest.approx(1.0 - 19 / 20 * 0.9)
+    assert get_lr(100, cfg) == pytest.approx(0.1)
+    # decay_ratio 1 without warmup: a linear decay over the whole run
+    whole = schedule_config("wsd", decay_ratio=1.0, warmup_ratio=0.0)
+    assert get_lr(0, whole) == 1.0 and get_lr(50, whole) == pytest.approx(0.55)
+
+
+def test_constant_schedule_stays_at_the_peak():
+    cfg = schedule_config("constant")
+    assert {get_lr(s, cfg) for s in range(10, 101)} == {1.0}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--schedule=cosin"],
+            "schedule must be one of cosine, linear, wsd, constant, got 'cosin'",
+        ),
+        (["--optimizer=adam"], "optimizer must be one of adamw, muon, sgd, got 'adam'"),
+        (["--schedule=wsd", "--warmup_ratio=0.5", "--decay_ratio=0.6"], "must be at most 1"),
+        (["--momentum=1"], r"momentum must be in \(0, 1\)"),
+        (["--decay_ratio=-0.1"], r"decay_ratio must be in \[0, 1\]"),
+        (["--target_val_loss=-1"], "target_val_loss must be 0 or more"),
+    ],
+)
+def test_bad_optimizer_and_schedule_settings_are_refused(flags, message):
+    with pytest.raises(MyGPT2Error, match=message):
+        load_config(flags)
+
+
+# ----------------------------------------------------------------------------- grouping
+
+BLOCK_MATRICES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+def groups_by_name(opt, model) -> list[tuple[str, set[str], dict]]:
+    """(optimizer kind, parameter names, hyperparameters) of each group."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    parts = opt.optimizers if isinstance(opt, Optimizers) else (opt,)
+    return [
+        (type(o).__name__, {names[id(p)] for p in g["params"]}, g)
+        for o in parts
+        for g in o.param_groups
+    ]
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(tie):
+    """As the speedrun splits them: Muon for the attention and MLP weights inside the blocks;
+    AdamW for the embeddings and the head (decayed) and for biases and gains (not decayed)."""
+    cfg = Config()
+    cfg.train.optimizer, cfg.train.weight_decay = "muon", 0.1
+    model = GPT(
+        ModelConfig(n_layers=2, n_heads=2, n_emb=16, T=8, vocab_size=50, tie_embeddings=tie)
+    )
+    opt = make_optimizer(model, cfg, torch.device("cpu"))
+    assert isinstance(opt, Optimizers)
+    groups = groups_by_name(opt, model)
+    muon = set().union(*(names for kind, names, _ in groups if kind == "Muon"))
+    assert muon == {f"transformer.h.{i}.{m}.weight" for i in range(2) for m in BLOCK_MATRICES}
+    adamw = [(names, g) for kind, names, g in groups if kind == "AdamW"]
+    embeddings = {"transformer.wte.weight", "transformer.wpe.weight"} | (
+        set() if tie else {"lm_head.weight"}
+    )
+    decayed = set().union(*(n for n, g in adamw if g["weight_decay"] > 0))
+    assert decayed == embeddings
+    plain = set().union(*(n for n, g in adamw if g["weight_decay"] == 0))
+    assert plain and all(".ln_" in n or n.endswith(".bias") for n in plain)
+    # every parameter exactly once
+    every = [p for g in opt.param_groups for p in g["params"]]
+    assert len(every) == len({id(p) for p in every}) == len(list(model.parameters()))
+    # Muon decays its matrices too
+    assert all(g["weight_decay"] > 0 for kind, _, g in groups if kind == "Muon")
+
+
+def test_sgd_uses_nesterov_momentum_and_decays_matrices_only():
+    cfg = Config()
+    cfg.train.optimizer, cfg.train.momentum, cfg.train.weight_decay = "sgd", 0.9, 0.05
+    model = GPT(ModelConfig(n_layers=1, n_heads=2, n_emb=16, T=8, vocab_size=50))
+    opt = make_optimizer(model, cfg, torch.device("cpu"))
+    assert isinstance(opt, torch.optim.SGD)
+    for group in opt.param_groups:
+        assert group["nesterov"] and group["momentum"] == 0.9
+        matrices = all(p.dim() == 2 for p in group["params"])
+        assert group["weight_decay"] == (0.05 if matrices else 0.0)
+
+
+class ReferenceSpeedrunSplit:
+    """The reference for one Muon + AdamW step: torch's Muon on each block matrix laid out
+    (out, in) as nn.Linear holds it (what torch's shape rule assumes), AdamW on the rest,
+    each at its own peak rate. Used as `train_step`'s optimizer, so the gradients are the
+    same tensors as ours."""
+
+    def __init__(self, model: GPT, cfg: Config) -> None:
+        t = cfg.train
+        named = list(model.named_parameters())
+        self.hidden = [p for n, p in named if n.startswith("transformer.h.") and p.dim() == 2]
+        # leaves of their own, transposed to (out, in); square ones as they are: orthogonalising
+        # G or G^T is the same in exact arithmetic, but bf16 rounds the two ways differently
+        self.linear = [torch.nn.Parameter(self._layout(p).detach().clone()) for p in self.hidden]
+        self.muon = torch.optim.Muon(
+            self.linear, lr=t.muon_lr, weight_decay=t.weight_decay, momentum=t.momentum
+        )
+        rest = [p for n, p in named if not (n.startswith("transformer.h.") and p.dim() == 2)]
+        self.adamw = torch.optim.AdamW(
+            [
+                {"params": [p for p in rest if p.dim() == 2], "weight_decay": t.weight_decay},
+                {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+            ],
+            lr=t.lr,
+            betas=(t.beta1, t.beta2),
+            fused=True,  # as ours on a CPU: the same arithmetic, so the same gradients next step
+        )
+        self.param_groups: list[dict] = []  # train_step's lr reaches nothing: rates are fixed
+
+    @staticmethod
+    def _layout(t: torch.Tensor) -> torch.Tensor:
+        return t if t.shape[0] == t.shape[1] else t.T
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p, q in zip(self.hidden, self.linear, strict=True):
+            q.grad = self._layout(p.grad).clone()
+        self.muon.step()
+        self.adamw.step()
+        for p, q in zip(self.hidden, self.linear, strict=True):
+            p.copy_(self._layout(q))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.adamw.zero_grad(set_to_none=set_to_none)
+        self.muon.zero_grad(set_to_none=set_to_none)
+        for p in self.hidden:  # the model's own matrices are in neither optimizer
+            p.grad = None
+
+
+def test_muon_steps_equal_torch_muon_on_the_nn_linear_layout():
+    """Our weights are stored (in, out); two steps of ours equal torch's Muon (and AdamW) on
+    the same matrices laid out (out, in), weight decay and momentum included."""
+    cfg = Config()
+    t = cfg.train
+    t.optimizer, t.lr, t.muon_lr, t.weight_decay, t.momentum = "muon", 3e-3, 0.05, 0.1, 0.9
+    torch.manual_seed(0)
+    shape = ModelConfig(n_layers=1, n_heads=2, n_emb=16, T=8, vocab_size=40)
+    ours, ref = GPT(shape), GPT(shape)
+    ref.load_state_dict(ours.state_dict())
+    opt = make_optimizer(ours, cfg, torch.device("cpu"))
+    reference = ReferenceSpeedrunSplit(ref, cfg)
+    before = {n: p.detach().clone() for n, p in ours.named_parameters()}
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        batch = [(torch.randint(0, 40, (2, 8), generator=gen),) * 2]
+        train_step(ours, opt, batch, lr=t.lr)
+        train_step(ref, reference, batch)
+    for (name, a), b in zip(ours.named_parameters(), ref.parameters(), strict=True):
+        assert not torch.equal(a, before[name]), name  # every tensor moved
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_muon_groups_scale_by_the_shape_rule():
+    """Per hand: c_fc (16 -> 64) steps sqrt(4) = 2 times muon_lr, the MLP's c_proj (64 -> 16)
+    once; torch would read our (in, out) layout the other way round (factor 2 on c_proj), so
+    the groups' lr_scale is muon_lr / lr times 2 and 1/2."""
+    cfg = Config()
+    cfg.train.optimizer, cfg.train.lr, cfg.train.muon_lr = "muon", 0.01, 0.02
+    model = GPT(ModelConfig(n_layers=1, n_heads=2, n_emb=16, T=8, vocab_size=50))
+    opt = make_optimizer(model, cfg, torch.device("cpu"))
+    scale = {tuple(g["params"][0].shape): g["lr_scale"] for g in opt.optimizers[0].param_groups}
+    assert scale == pytest.approx(
+        {(16, 48): 2 * math.sqrt(3), (16, 16): 2.0, (16, 64): 4.0, (64, 16): 1.0}
+    )
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shakespeare_path) -> dict[str, str]:
+    return make_corpus(tmp_path_factory.mktemp("corpus"), shakespeare_path)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"optimizer": "muon", "schedule": "wsd", "decay_ratio": 0.5},
+        {"optimizer": "sgd", "schedule": "linear", "lr": 0.1, "min_lr": 0.01},
+    ],
+)
+def test_resume_is_bitwise_exact_with_each_optimizer(corpus, tmp_path, flags):
+    """8 steps straight == 4 steps, stop, --resume 4 more: Muon's momentum and both AdamW
+    moments (one state dict of two optimizers), SGD's momentum."""
+    common = dict(max_steps=8, eval_interval=4, **flags)
+    train(tiny_config(corpus, tmp_path / "a", **common))
+    train(tiny_config(corpus, tmp_path / "b", stop_at=4, **common))
+    train(tiny_config(corpus, tmp_path / "b", resume="true", **common))
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    losses = [[r.get("loss") for r in c["metrics"] if r["kind"] == "train"] for c in (a, b)]
+    assert losses[0] == losses[1] and len(losses[0]) == 8
+
+
+def test_resume_refuses_another_optimizer_and_takes_a_given_muon_lr(corpus, tmp_path):
+    train(tiny_config(corpus, tmp_path, max_steps=4, stop_at=2, optimizer="muon"))
+    with pytest.raises(MyGPT2Error, match="trained with --optimizer muon; it cannot resume"):
+        train(tiny_config(corpus, tmp_path, max_steps=4, resume="true", optimizer="adamw"))
+    train(tiny_config(corpus, tmp_path, max_steps=4, resume="true", muon_lr=0.05))
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    muon_groups = ckpt["optimizer"]["optimizers"][0]["param_groups"]
+    cfg = Config.from_saved(ckpt["config"])
+    assert cfg.train.optimizer == "muon" and cfg.train.muon_lr == 0.05
+    square = [g for g in muon_groups if g["lr_scale"] == pytest.approx(0.05 / 3e-3)]
+    assert len(square) == 1  # the attention's c_proj (32 x 32): no shape factor
+    assert square[0]["lr"] == pytest.approx(0.05 / 3e-3 * get_lr(3, cfg))  # the last step's

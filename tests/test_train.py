@@ -117,7 +117,7 @@ def test_resume_is_bitwise_exact(corpus, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    timing = {"tokens_per_s", "mfu"}  # wall-clock figures differ from run to run
+    timing = {"tokens_per_s", "mfu", "elapsed_s"}  # wall-clock figures differ run to run
 
     def losses(history):
         return [{k: v for k, v in row.items() if k not in timing} for row in history]
@@ -557,6 +557,7 @@ def test_best_val_loss_keeps_the_best(tmp_path, monkeypatch):
         tokens_per_step=10,
         best_val=math.inf,
         val_loss=None,
+        elapsed_s=0.0,
         log=MetricsLog(tmp_path, enabled=False),
     )
     for step in (1, 2, 3):
@@ -791,3 +792,53 @@ def test_resume_from_another_directory_and_a_changed_corpus(corpus, tmp_path, mo
     change = [r for r in rows if r["kind"] == "data_change"]
     assert len(change) == 1 and change[0]["step"] == 4
     assert change[0]["from"] == source and change[0]["to"] == ckpt["data_source"]
+
+
+def test_target_val_loss_stops_at_the_first_evaluation_at_or_below_it(corpus, tmp_path, capsys):
+    """The run stops (checkpointed, exit status 0) at the first evaluation whose loss is at or
+    below the target; the loss is the one an untargeted run of the same seed logs there."""
+    free = train(tiny_config(corpus, tmp_path / "free", max_steps=8, eval_interval=2))
+    evals = [r for r in free["history"] if r["kind"] == "eval"]
+    target = evals[1]["val_loss"]  # step 4's
+    assert evals[0]["val_loss"] > target
+    capsys.readouterr()
+    result = train(
+        tiny_config(corpus, tmp_path / "t", max_steps=8, eval_interval=2, target_val_loss=target)
+    )
+    assert (result["step"], result["reached_target"], result["signal"]) == (4, True, 0)
+    assert result["val_loss"] == target
+    assert load_checkpoint(tmp_path / "t" / "checkpoint.pt")["step"] == 4
+    printed = capsys.readouterr().out
+    assert f"reached target_val_loss {target}: val loss {target:.4f} at step 4 of 8" in printed
+    assert free["reached_target"] is False
+
+
+def test_elapsed_s_counts_training_steps_only_and_carries_across_resume(
+    corpus, tmp_path, monkeypatch
+):
+    """Evaluation is left out of elapsed_s (each one made 0.3 s slower here), and a resumed
+    run continues the count from its checkpoint."""
+    train_module = sys.modules["mygpt2.train"]
+    real = train_module.evaluate
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", slow)
+    common = dict(max_steps=8, eval_interval=2)
+    start = time.perf_counter()
+    train(tiny_config(corpus, tmp_path, stop_at=4, **common))
+    wall = time.perf_counter() - start
+    first = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert 0 < first["elapsed_s"] < wall - 2 * 0.3  # two evaluations not counted
+    history = train(tiny_config(corpus, tmp_path, resume="true", **common))["history"]
+    rows = [r for r in history if r["kind"] in ("train", "eval")]
+    assert all("elapsed_s" in r for r in rows)
+    times = [r["elapsed_s"] for r in rows]
+    assert times == sorted(times) and times[0] > 0
+    by_step = {r["step"]: r["elapsed_s"] for r in rows if r["kind"] == "train"}
+    for r in rows:
+        if r["kind"] == "eval":  # an evaluation reports the training time up to its step
+            assert r["elapsed_s"] == by_step[r["step"]]
+    assert by_step[4] == first["elapsed_s"] < by_step[5]  # continued, not restarted
