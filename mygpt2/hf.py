@@ -4,6 +4,11 @@ Our parameter names and layouts are GPT-2's own (projections stored (in, out), a
 so a Hugging Face `GPT2LMHeadModel` state dict maps onto ours key for key, tensor for tensor,
 and ours -> HF -> ours is bitwise equal.
 
+Export: a model with GPT-2's architecture knobs goes out as `GPT2LMHeadModel`. The one variant
+that is exactly a Llama -- rope + rmsnorm + swiglu, no qk_norm, no softcap, tied or not, biases
+or not -- goes out as `LlamaForCausalLM` (q, k, v, gate and up split out of our fused matrices,
+transposed to (out, in)). Any other variant is refused with the knobs that stand in the way.
+
 Loading never runs code from a file: safetensors first, else `torch.load(weights_only=True)`.
 `transformers` is not needed to load or save; `huggingface_hub` is needed only to fetch hub
 names (`gpt2`, `gpt2-medium`, ...) when a local directory is not given.
@@ -18,10 +23,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
-from mygpt2.config import ModelConfig
+from mygpt2.config import ModelConfig, non_gpt2_knobs
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import atomic_write, load_torch_file
-from mygpt2.model import GPT, Linear
+from mygpt2.model import GPT, Linear, mlp_width
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # what our architecture assumes; a config.json that says otherwise is not a model we can run
@@ -141,10 +146,36 @@ def from_pretrained(name_or_dir: str, dtype: torch.dtype = torch.float32) -> GPT
     return model.to(dtype)
 
 
+# what LlamaForCausalLM computes; the other two knobs (tie_embeddings, bias) map either way
+LLAMA_KNOBS = {"norm": "rmsnorm", "pos_emb": "rope", "mlp": "swiglu", "qk_norm": False}
+
+
+def export_architecture(cfg: ModelConfig) -> str:
+    """`gpt2` or `llama`: the Hugging Face architecture that computes exactly what `cfg` does;
+    a variant that has none is refused, naming the knobs that stand in the way."""
+    gpt2_off = non_gpt2_knobs(cfg)
+    if not gpt2_off:
+        return "gpt2"
+    llama_off = [f"{k}={getattr(cfg, k)!r}" for k, v in LLAMA_KNOBS.items() if getattr(cfg, k) != v]
+    if cfg.logit_softcap:
+        llama_off.append(f"logit_softcap={cfg.logit_softcap!r}")
+    if not llama_off:
+        return "llama"
+    raise MyGPT2Error(
+        f"this model sets {', '.join(gpt2_off)}, so it is not a GPT-2, and Hugging Face's "
+        f"GPT2LMHeadModel would compute something else; it is not a Llama either "
+        f"({', '.join(llama_off)}; Llama is rope + rmsnorm + swiglu without qk_norm or "
+        "softcap). Its weights stay in mygpt2's own model.safetensors."
+    )
+
+
 def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """Our weights under Hugging Face GPT2LMHeadModel names and layouts."""
+    """Our weights under Hugging Face GPT2LMHeadModel (or, for the Llama variant,
+    LlamaForCausalLM) names and layouts."""
     if model.padded_vocab_size != model.config.vocab_size:
         raise MyGPT2Error("a model with pad_vocab=true cannot be exported to Hugging Face.")
+    if export_architecture(model.config) == "llama":
+        return llama_state_dict(model)
     out = {}
     for key, value in model.state_dict().items():
         if key == "lm_head.weight":
@@ -158,12 +189,41 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_pretrained(model: GPT, directory: str | os.PathLike) -> None:
-    """Write config.json + model.safetensors that `GPT2LMHeadModel.from_pretrained` loads."""
-    cfg = model.config
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    hf_config = {
+def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """The Llama variant's weights under LlamaForCausalLM's names, matrices (out, in)."""
+    cfg, C, hidden = model.config, model.config.n_emb, mlp_width(model.config)
+    sd = model.state_dict()
+    out = {
+        "model.embed_tokens.weight": sd["transformer.wte.weight"],
+        "model.norm.weight": sd["transformer.ln_f.weight"],
+    }
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    # our fused (in, out) matrices, split along their output axis into Llama's projections
+    parts = {
+        "attn.c_attn": {"self_attn.q_proj": C, "self_attn.k_proj": C, "self_attn.v_proj": C},
+        "attn.c_proj": {"self_attn.o_proj": C},
+        "mlp.c_fc": {"mlp.gate_proj": hidden, "mlp.up_proj": hidden},
+        "mlp.c_proj": {"mlp.down_proj": C},
+    }
+    for i in range(cfg.n_layers):
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        out[theirs + "input_layernorm.weight"] = sd[ours + "ln_1.weight"]
+        out[theirs + "post_attention_layernorm.weight"] = sd[ours + "ln_2.weight"]
+        for name, split in parts.items():
+            widths = list(split.values())
+            matrices = sd[ours + name + ".weight"].split(widths, dim=1)
+            for part, w in zip(split, matrices, strict=True):
+                out[theirs + part + ".weight"] = w.t()
+            if cfg.bias:
+                for part, b in zip(split, sd[ours + name + ".bias"].split(widths), strict=True):
+                    out[theirs + part + ".bias"] = b
+    return {k: v.contiguous().clone() for k, v in out.items()}
+
+
+def gpt2_config(cfg: ModelConfig) -> dict:
+    """Hugging Face GPT2Config keys for `cfg`."""
+    return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
         "n_layer": cfg.n_layers,
@@ -181,14 +241,54 @@ def save_pretrained(model: GPT, directory: str | os.PathLike) -> None:
         "bos_token_id": cfg.vocab_size - 1,
         "eos_token_id": cfg.vocab_size - 1,
     }
+
+
+def llama_config(cfg: ModelConfig) -> dict:
+    """Hugging Face LlamaConfig keys for the Llama variant of `cfg` (eps and rope base ours)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_heads,
+        "hidden_size": cfg.n_emb,
+        "head_dim": cfg.n_emb // cfg.n_heads,
+        "intermediate_size": mlp_width(cfg),
+        "max_position_embeddings": cfg.T,
+        "vocab_size": cfg.vocab_size,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,  # transformers 4.x; 5.x reads rope_parameters
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "attention_bias": cfg.bias,
+        "mlp_bias": cfg.bias,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": cfg.vocab_size - 1,
+        "eos_token_id": cfg.vocab_size - 1,
+    }
+
+
+def save_pretrained(model: GPT, directory: str | os.PathLike) -> None:
+    """Write config.json + model.safetensors that `GPT2LMHeadModel.from_pretrained` loads (for
+    the Llama variant, `LlamaForCausalLM.from_pretrained`); a variant neither computes is
+    refused before anything is written."""
+    cfg = model.config
+    weights = save(hf_state_dict(model), metadata={"format": "pt"})
+    hf_config = gpt2_config(cfg) if export_architecture(cfg) == "gpt2" else llama_config(cfg)
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
     config_text = json.dumps(hf_config, indent=2).encode("utf-8")
     atomic_write(path / "config.json", lambda fh: fh.write(config_text))
-    weights = save(hf_state_dict(model), metadata={"format": "pt"})
     atomic_write(path / "model.safetensors", lambda fh: fh.write(weights))
 
 
 def save_safetensors(model: GPT, path: str | os.PathLike) -> None:
     """Our own state dict (without the tied lm_head copy) as safetensors, written atomically."""
-    sd = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    tied = model.config.tie_embeddings
+    sd = {
+        k: v.contiguous()
+        for k, v in model.state_dict().items()
+        if k != "lm_head.weight" or not tied
+    }
     data = save(sd, metadata={"format": "pt", "mygpt2_config": json.dumps(vars(model.config))})
     atomic_write(path, lambda fh: fh.write(data))

@@ -18,7 +18,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from mygpt2.checkpoint import load_checkpoint, resume_config, resumed_model, set_rng_state
-from mygpt2.config import Config, format_config
+from mygpt2.config import ARCHITECTURE_KNOBS, Config, format_config
 from mygpt2.data import TrainLoader, ValLoader, accum_steps, construct_data_loaders, padding_id
 from mygpt2.errors import MyGPT2Error
 from mygpt2.guard import check_data, data_record, resolve_input_paths
@@ -212,7 +212,7 @@ def build_model(cfg: Config, vocab_size: int) -> GPT:
     fixed = dataclasses.replace(model.config, dropout=cfg.model.dropout)
     conflicts = [
         f"{k}: weights {getattr(fixed, k)!r}, given {cfg.get(k)!r}"
-        for k in ("n_layers", "n_heads", "n_emb", "T", "bias", "pad_vocab")
+        for k in ("n_layers", "n_heads", "n_emb", "T", "bias", "pad_vocab", *ARCHITECTURE_KNOBS)
         if k in cfg.given and cfg.get(k) != getattr(fixed, k)
     ]
     if conflicts:
