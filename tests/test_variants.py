@@ -156,6 +156,21 @@ def test_a_hook_name_the_variant_lacks_is_refused():
         variant("rope").run_with_cache(list(range(5)), names="hook_pos_embed")
 
 
+@pytest.mark.parametrize("name", ["gpt2", "rmsnorm", "rope", "no_pos", "swiglu", "untied"])
+def test_direct_logit_attribution_sums_to_the_logit(name):
+    from mygpt2.inspect import direct_logit_attribution
+
+    model = variant(name)
+    idx = torch.randint(0, V, (2, 10))
+    dla = direct_logit_attribution(model, idx, [5, 9], pos=-2)
+    with torch.no_grad():
+        expected = model(idx)[0][torch.arange(2), -2, torch.tensor([5, 9])]
+    torch.testing.assert_close(dla.values.sum(0), expected, atol=1e-5, rtol=0)
+    assert ("pos_embed" in dla.labels) == (name not in ("rope", "no_pos"))
+    with pytest.raises(MyGPT2Error, match="logit_softcap bends its logits"):
+        direct_logit_attribution(variant("softcap"), idx, 5)
+
+
 # ----------------------------------------------------------------------------- hand computations
 
 

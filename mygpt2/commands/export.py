@@ -9,9 +9,10 @@ COMMAND = Command(
     usage="""usage: mygpt2 export [--out_dir DIR | --checkpoint FILE] [--hf EXPORT_DIR]
 
 Writes model.safetensors beside the checkpoint; with --hf, also a directory that
-transformers.GPT2LMHeadModel.from_pretrained loads.""",
+transformers.GPT2LMHeadModel.from_pretrained loads (LlamaForCausalLM for the rope + rmsnorm +
+swiglu variant; other variants are refused).""",
     sections={"run": ("out_dir", "checkpoint")},
-    extra={"hf": "also write a Hugging Face GPT-2 directory here"},
+    extra={"hf": "also write a Hugging Face directory here (GPT-2, or Llama for that variant)"},
 )
 
 
@@ -20,7 +21,7 @@ def cli(argv: list[str]) -> None:
     if args is None:
         return
     from mygpt2.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
-    from mygpt2.hf import save_pretrained, save_safetensors
+    from mygpt2.hf import export_architecture, save_pretrained, save_safetensors
 
     path = checkpoint_path(args.config)
     model = model_from_checkpoint(load_checkpoint(path), path)
@@ -29,4 +30,5 @@ def cli(argv: list[str]) -> None:
     print(f"wrote {target}")
     if "hf" in args.extras:
         save_pretrained(model, args.extras["hf"])
-        print(f"wrote {args.extras['hf']}/config.json and model.safetensors (Hugging Face GPT-2)")
+        kind = {"gpt2": "GPT-2", "llama": "Llama"}[export_architecture(model.config)]
+        print(f"wrote {args.extras['hf']}/config.json and model.safetensors (Hugging Face {kind})")

@@ -213,7 +213,7 @@ class Attribution:
 
 def direct_logit_attribution(model: GPT, idx: Any, token: Any, pos: int = -1) -> Attribution:
     """Each head's, MLP's, embedding's and bias's share of the logit of `token` (an id, or one
-    per batch row) at position `pos`, through the final LayerNorm with the forward's own scale.
+    per batch row) at position `pos`, through the final norm with the forward's own scale.
     The shares sum to the logit (up to float rounding)."""
     tokens = as_tokens(model, idx)
     B, T = tokens.shape
@@ -226,15 +226,23 @@ def direct_logit_attribution(model: GPT, idx: Any, token: Any, pos: int = -1) ->
             f"token must be one id or one per batch row, each below {model.config.vocab_size}; "
             f"got {token!r}."
         )
-    names = ["hook_embed", "hook_pos_embed", "blocks.*.attn.hook_z", "blocks.*.hook_mlp_out"]
+    if model.config.logit_softcap:
+        raise MyGPT2Error(
+            "direct logit attribution splits a logit into a sum of shares; a model with "
+            "logit_softcap bends its logits through tanh, so no such sum exists."
+        )
+    learned_pos = model.transformer.wpe is not None  # rope and none have no position term
+    names = ["hook_embed", "blocks.*.attn.hook_z", "blocks.*.hook_mlp_out"]
+    names += ["hook_pos_embed"] if learned_pos else []
     with evaluating(model):
         logits, cache = model.run_with_cache(tokens, names=[*names, "ln_final.hook_scale"])
         ln = model.transformer.ln_f
         direction = model.lm_head.weight[target]  # (B, C)
         gained = direction * ln.weight  # the gain folded into the direction
         scale = cache["ln_final.hook_scale"][:, pos]  # (B, 1)
-        labels = ["embed", "pos_embed"]
-        terms = [cache["hook_embed"][:, pos], cache["hook_pos_embed"][:, pos]]  # each (B, C)
+        labels, terms = ["embed"], [cache["hook_embed"][:, pos]]  # each (B, C)
+        if learned_pos:
+            labels, terms = [*labels, "pos_embed"], [*terms, cache["hook_pos_embed"][:, pos]]
         H = model.config.n_heads
         for layer, block in enumerate(model.transformer.h):
             z = cache[f"blocks.{layer}.attn.hook_z"][:, pos]  # (B, H, hs)
@@ -247,9 +255,11 @@ def direct_logit_attribution(model: GPT, idx: Any, token: Any, pos: int = -1) ->
             terms.append(cache[f"blocks.{layer}.hook_mlp_out"][:, pos])
             labels.append(f"L{layer} mlp")
         stacked = torch.stack(terms)  # (n, B, C)
-        centred = stacked - stacked.mean(dim=-1, keepdim=True)  # LayerNorm's centring is linear
+        centred = stacked  # RMSNorm does not centre; LayerNorm's centring is linear
+        if isinstance(ln, torch.nn.LayerNorm):
+            centred = stacked - stacked.mean(dim=-1, keepdim=True)
         values = (centred / scale * gained).sum(dim=-1)  # (n, B)
-        if ln.bias is not None:
+        if getattr(ln, "bias", None) is not None:
             values = torch.cat([values, (ln.bias * direction).sum(dim=-1)[None]])
             labels.append("ln_final bias")
         logit = logits[torch.arange(B), pos, target]
