@@ -13,6 +13,11 @@ Design choices:
 - Every scale -- 1 / count for a mean, GradScaler's loss scale, a training step's
   1 / (tokens in the optimizer step) -- reaches `backward` as `grad_loss` and is applied in
   float32 to the float32 gradients, which are cast to the inputs' dtypes only at the end.
+- Under autocast the three matmuls (logits, gradient of `h`, gradient of `weight`) run in the
+  autocast dtype, with `h` and `weight` cast once per call rather than once per chunk; the
+  log-softmax, the loss and the sum of the chunks' weight gradients are float32. Only the
+  weight gradient's product stays fp32 under fp16, whose range a sum over many rows could
+  exceed.
 - `linear_cross_entropy` is the entry point: `reduction="sum"` as above, `"mean"` divides by
   the number of valid targets (at least 1) outside the function, so autograd carries the
   1 / count into `grad_loss`.
@@ -32,47 +37,68 @@ class LinearCrossEntropy(torch.autograd.Function):
     backward a zero-filled gradient of that size again: with GPT-2's 50257-word vocabulary that
     traffic dominates a small model's step on a CPU. Here each chunk's logits are turned into
     their loss and their gradient (softmax minus one-hot) while they are at hand, so nothing of
-    size (N, vocab) is ever kept; backward only scales the stored gradients.
+    size (N, vocab) is ever kept; backward only scales the stored gradients, once.
     """
 
     @staticmethod
     def forward(ctx, h, weight, targets, chunk_rows):
-        valid = targets != IGNORE_INDEX
+        compute = _compute_dtype(h, weight)
+        w, hh = weight.to(compute), h.to(compute)  # one cast each, not one per chunk
+        valid = (targets != IGNORE_INDEX).to(torch.float32)
+        targets = targets.clamp(min=0)
         grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_w = None  # float32: the chunks' products are summed at full precision
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for s in range(0, h.shape[0], chunk_rows):
             hc, tc, vc = (
-                h[s : s + chunk_rows],
+                hh[s : s + chunk_rows],
                 targets[s : s + chunk_rows],
                 valid[s : s + chunk_rows],
             )
-            logits = (hc @ weight.t()).float()  # (rows, vocab), in the autocast dtype if any
-            tc = tc.clamp(min=0)
-            picked = logits.gather(1, tc[:, None]).squeeze(1)
-            # one exp pass, in place: e = exp(logits - max), loss = max + log(sum e) - picked
-            top = logits.amax(dim=-1, keepdim=True)
-            e = logits.sub_(top).exp_()
-            sum_e = e.sum(dim=-1, keepdim=True)
-            row_valid = vc.to(torch.float32)
-            total += ((top + sum_e.log()).squeeze(1) - picked).mul(row_valid).sum()
-            # gradient of the summed loss: softmax - one_hot on valid rows, every value in [-1, 1]
-            probs = e.mul_(row_valid[:, None] / sum_e)
-            probs[torch.arange(len(tc), device=tc.device), tc] -= row_valid
-            # the matmul may run in fp16/bf16 (autocast): its inputs are bounded, and the product
-            # is kept in float32
-            grad_h[s : s + chunk_rows] = probs.to(weight.dtype) @ weight
-            grad_w.addmm_(probs.t(), hc.float())
-        ctx.save_for_backward(grad_h, grad_w)
+            # one row-wise kernel, reading the (maybe bf16) logits and writing float32: the
+            # row stays in cache while its max, sum and logs are taken
+            logp = torch.log_softmax(hc @ w.t(), dim=-1, dtype=torch.float32)  # (rows, vocab)
+            total -= logp.gather(1, tc[:, None]).squeeze(1).dot(vc)
+            # gradient of the summed loss: softmax - one_hot on valid rows, every value in
+            # [-1, 1]; the one-hot is taken off in float32 (p - 1 for p near 1 would lose its
+            # digits in bf16), then masking and the cast to the matmul dtype are one pass
+            probs = logp.exp_()
+            probs[torch.arange(len(tc), device=tc.device), tc] -= 1.0
+            if compute == torch.float32:
+                p = probs.mul_(vc[:, None])
+            else:
+                p = torch.mul(probs, vc[:, None], out=torch.empty_like(probs, dtype=compute))
+            del logp, probs
+            grad_h[s : s + chunk_rows] = p @ w
+            if compute == torch.bfloat16:  # fp32's range: a bf16 product, summed in float32
+                part = p.t() @ hc
+                grad_w = part.float() if grad_w is None else grad_w.add_(part)
+            else:  # float32, or fp16, whose range a sum over many rows could overflow
+                pf, hf = p.float(), hc.float()
+                grad_w = pf.t() @ hf if grad_w is None else grad_w.addmm_(pf.t(), hf)
+        ctx.grads = (grad_h, grad_w)
         ctx.dtypes = (h.dtype, weight.dtype)
         return total
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_h, grad_w = ctx.saved_tensors
+        if ctx.grads is None:
+            raise RuntimeError(
+                "LinearCrossEntropy's gradients are computed in forward and handed over once; "
+                "a second backward through the same loss needs a new forward."
+            )
+        (grad_h, grad_w), ctx.grads = ctx.grads, None
         h_dtype, w_dtype = ctx.dtypes
         scale = grad_loss.float()  # 1/count, the loss scale: applied in float32, then cast
-        return (grad_h * scale).to(h_dtype), (grad_w * scale).to(w_dtype), None, None
+        # in place: these buffers are ours alone, and a (vocab, C) copy costs as much as a pass
+        return grad_h.mul_(scale).to(h_dtype), grad_w.mul_(scale).to(w_dtype), None, None
+
+
+def _compute_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The matmuls' dtype: autocast's when it is on (bf16 or fp16), else the weight's."""
+    if torch.is_autocast_enabled(h.device.type):
+        return torch.get_autocast_dtype(h.device.type)
+    return torch.promote_types(h.dtype, weight.dtype)
 
 
 def linear_cross_entropy(
