@@ -134,8 +134,11 @@ class CausalSelfAttention(nn.Module):
         if hooks is not None:
             at = f"blocks.{layer}.attn."
             q, k, v = hooks(at + "hook_q", q), hooks(at + "hook_k", k), hooks(at + "hook_v", v)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        if self.q_norm is not None:  # gains in q's dtype (autocast keeps them float32), and
+            # v's dtype out: CUDA autocast runs rms_norm in float32, SDPA wants one dtype
+            qn, kn = self.q_norm, self.k_norm
+            q = F.rms_norm(q, (hs,), qn.weight.to(q.dtype), qn.eps).to(v.dtype)
+            k = F.rms_norm(k, (hs,), kn.weight.to(k.dtype), kn.eps).to(v.dtype)
         if rope is not None:  # the cache keeps rotated keys: each stays at its own position
             q, k = rotate(q, *rope), rotate(k, *rope)
             if hooks is not None:

@@ -85,6 +85,20 @@ def test_shapes_and_both_loss_paths(name):
     assert (model.transformer.h[0].attn.q_norm is not None) == cfg.qk_norm
 
 
+def test_bfloat16_autocast_and_weights_run_every_knob_without_warnings():
+    model = variant("all")
+    idx, targets = torch.randint(0, V, (2, 24)), torch.randint(0, V, (2, 24))
+    _, expected = model(idx, targets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # say a norm's gain and input in different dtypes
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(idx, targets, return_logits=False)
+        loss.backward()
+        model.to(torch.bfloat16)  # how sampling runs in bfloat16
+        generated = generate(model, idx[0, :5].tolist(), 3, temperature=0)
+    assert abs(loss.item() - expected.item()) < 0.05 and len(generated[0]) == 3
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_gradients_match_finite_differences(name):
     torch.manual_seed(0)
