@@ -171,7 +171,7 @@ class HealthProbe:
 
     def row(self) -> dict[str, Any]:
         """The step's statistics as one JSON-able dict (the `health` row without step/kind)."""
-        tensors: dict[str, dict[str, float]] = {}
+        tensors: dict[str, dict[str, float | None]] = {}
         layers: dict[str, dict[str, Any]] = {}
         sums: dict[str, list[float]] = {}  # layer -> [grad^2, weight^2, update^2]
         for (name, _), g, w, u in zip(
@@ -200,8 +200,8 @@ class HealthProbe:
         }
 
 
-def _ratio(update: float, weight: float) -> float:
-    return update / weight if weight > 0 else 0.0
+def _ratio(update: float, weight: float) -> float | None:
+    return update / weight if weight > 0 else None  # a zero tensor (a fresh bias): undefined
 
 
 def _blocks(names: Any) -> list[str]:
