@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mygpt2.commands.inspect",
         "look inside a model: attention, logit lens, patching, per-token loss, logit attribution",
     ),
+    "serve": (
+        "mygpt2.commands.serve",
+        "a web playground and an OpenAI-compatible completions API for one model",
+    ),
 }
 
 

@@ -47,6 +47,7 @@ LAYERS = {
         "sample",
         "evaluation",
         "tasks",
+        "serve",
     ],
     "commands": ["commands", "cli", "__init__"],
 }

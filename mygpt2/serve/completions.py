@@ -1,0 +1,314 @@
+"""OpenAI's completions API as plain data: reading a request, shaping answers and errors.
+
+Nothing here touches the model or the web framework: `parse_completion` turns a decoded JSON
+body into a `CompletionRequest` or raises `APIError` (status, message, param, code), and the
+`*_body` functions build the JSON objects that OpenAI's clients expect.
+
+Choices made:
+- Fields OpenAI does not have are refused (400, code `unknown_parameter`), as OpenAI does: a
+  misspelt `max_token` would otherwise be ignored silently. The one extension is `top_k`.
+- OpenAI fields this server cannot honour (`best_of`, penalties, `logit_bias`, `suffix`) are
+  accepted at their neutral values and refused otherwise, never ignored. `user` is accepted
+  and ignored; `model` names are not checked (the one loaded model answers).
+- `n` counts choices per prompt; prompts times `n` must stay within `Limits.max_choices`.
+- Every number is checked for its type: `true` is not an integer and `"5"` is not a number.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# OpenAI's completions fields, each with the neutral value a request may give when this server
+# does not implement it (None: implemented, any value that checks out is fine).
+NEUTRAL = {"best_of": None, "frequency_penalty": 0, "presence_penalty": 0}
+NEUTRAL |= {"logit_bias": {}, "suffix": None}
+KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stream"}
+KNOWN |= {"stream_options", "logprobs", "echo", "stop", "seed", "user", *NEUTRAL}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for: bounded so that no request can hold the model for long."""
+
+    max_tokens: int = 1024  # new tokens per choice
+    max_choices: int = 8  # prompts x n
+    max_stop: int = 4  # stop sequences (OpenAI's limit)
+    max_stop_chars: int = 64  # characters per stop sequence
+    max_logprobs: int = 20  # alternatives per token (OpenAI allows 5)
+    max_body_bytes: int = 1_000_000
+    max_view_tokens: int = 128  # tokens the attention and lens views analyse
+
+
+class APIError(Exception):
+    """A request the server refuses, with the status and OpenAI's error fields."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = (
+            status,
+            message,
+            param,
+            code,
+            kind,
+        )
+
+    def body(self) -> dict[str, Any]:
+        """OpenAI's error object: {"error": {"message", "type", "param", "code"}}."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+@dataclass
+class CompletionRequest:
+    """A checked completions request. A prompt is text or token ids."""
+
+    prompts: list[str | list[int]]
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    n: int = 1
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: int | None = None
+    echo: bool = False
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+def _bad(param: str, message: str, code: str = "invalid_value") -> APIError:
+    return APIError(400, f"'{param}': {message}", param=param, code=code)
+
+
+def _integer(body: dict, name: str, default: int | None, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(name, f"expected an integer, got {json_type(value)}.", "invalid_type")
+    if not low <= value <= high:
+        raise _bad(name, f"{value} is out of range; it must be between {low} and {high}.")
+    return value
+
+
+def _number(
+    body: dict, name: str, default: float, low: float, high: float, low_open: bool
+) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(name, f"expected a number, got {json_type(value)}.", "invalid_type")
+    too_low = value <= low if low_open else value < low
+    if not math.isfinite(value) or too_low or value > high:
+        side = "(" if low_open else "["
+        raise _bad(name, f"{value} is out of range; it must be in {side}{low}, {high}].")
+    return float(value)
+
+
+def _flag(body: dict, name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _bad(name, f"expected true or false, got {json_type(value)}.", "invalid_type")
+    return value
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _is_ids(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value
+    )
+
+
+def parse_prompts(value: Any, vocab_size: int, eot_id: int | None) -> list[str | list[int]]:
+    """`prompt` as OpenAI takes it: a string, a list of strings, a list of token ids, or a
+    list of lists of token ids. Empty prompts and ids outside 0..vocab_size-1 are refused."""
+    if value is None:
+        raise _bad("prompt", "missing; give text or a list of token ids.", "missing_required")
+    if isinstance(value, str) or (_is_ids(value) and value):
+        prompts = [value]
+    elif isinstance(value, list) and value and all(isinstance(p, str) for p in value):
+        prompts = list(value)
+    elif isinstance(value, list) and value and all(_is_ids(p) for p in value):
+        prompts = [list(p) for p in value]
+    elif value == []:
+        prompts = [""]
+    else:
+        raise _bad(
+            "prompt",
+            "expected a string, a list of strings, a list of token ids or a list of lists of "
+            f"token ids; got {json_type(value)} of another shape.",
+            "invalid_type",
+        )
+    for i, p in enumerate(prompts):
+        where = "" if len(prompts) == 1 else f" (prompt {i})"
+        if len(p) == 0:
+            start = "" if eot_id is None else f", or [{eot_id}] (the end-of-text token)"
+            raise _bad("prompt", f"empty{where}; give some text{start} to start a new document.")
+        if not isinstance(p, str):
+            bad = [t for t in p if not 0 <= t < vocab_size]
+            if bad:
+                raise _bad(
+                    "prompt",
+                    f"token id {bad[0]}{where} is outside the vocabulary 0..{vocab_size - 1}.",
+                )
+    return prompts
+
+
+def parse_stop(value: Any, limits: Limits) -> list[str]:
+    """`stop`: null, a string, or a list of strings, within the limits."""
+    if value is None:
+        return []
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise _bad("stop", "expected a string or a list of strings.", "invalid_type")
+    if len(stops) > limits.max_stop:
+        raise _bad("stop", f"{len(stops)} stop sequences; at most {limits.max_stop} are allowed.")
+    for s in stops:
+        if not s:
+            raise _bad("stop", "a stop sequence is empty.")
+        if len(s) > limits.max_stop_chars:
+            raise _bad(
+                "stop",
+                f"a stop sequence is {len(s)} characters; at most {limits.max_stop_chars}.",
+            )
+    return stops
+
+
+def parse_completion(
+    body: Any, limits: Limits, vocab_size: int, eot_id: int | None = None
+) -> CompletionRequest:
+    """A checked request from a decoded JSON body, or an `APIError` naming the bad field."""
+    if not isinstance(body, dict):
+        raise APIError(400, f"the body must be a JSON object, got {json_type(body)}.")
+    unknown = sorted(set(body) - KNOWN)
+    if unknown:
+        raise _bad(unknown[0], "unrecognized request argument.", "unknown_parameter")
+    for name, neutral in NEUTRAL.items():
+        value = body.get(name)
+        if (
+            value is not None
+            and value != neutral
+            and not (name == "best_of" and value == body.get("n", 1))
+        ):
+            raise _bad(
+                name, f"not supported by this server (only {neutral!r} or null).", "unsupported"
+            )
+    if body.get("model") is not None and not isinstance(body["model"], str):
+        raise _bad("model", "expected a string.", "invalid_type")
+    if body.get("user") is not None and not isinstance(body["user"], str):
+        raise _bad("user", "expected a string.", "invalid_type")
+    req = CompletionRequest(prompts=parse_prompts(body.get("prompt"), vocab_size, eot_id))
+    req.max_tokens = _integer(body, "max_tokens", 16, 0, limits.max_tokens)
+    req.temperature = _number(body, "temperature", 1.0, 0.0, 100.0, low_open=False)
+    req.top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
+    req.top_k = _integer(body, "top_k", None, 1, 10**9)
+    req.n = _integer(body, "n", 1, 1, limits.max_choices)
+    if len(req.prompts) * req.n > limits.max_choices:
+        raise _bad(
+            "n",
+            f"{len(req.prompts)} prompts x n={req.n} asks for {len(req.prompts) * req.n} "
+            f"completions; at most {limits.max_choices} per request.",
+        )
+    req.stream = _flag(body, "stream")
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict) or set(options) - {"include_usage"}:
+            raise _bad("stream_options", 'expected {"include_usage": true|false}.', "invalid_type")
+        if not req.stream:
+            raise _bad("stream_options", "only allowed with stream: true.")
+        req.include_usage = _flag(options, "include_usage")
+    req.logprobs = _integer(body, "logprobs", None, 0, limits.max_logprobs)
+    req.echo = _flag(body, "echo")
+    req.stop = parse_stop(body.get("stop"), limits)
+    req.seed = _integer(body, "seed", None, 0, 2**62)
+    return req
+
+
+# ---------------------------------------------------------------------------- answers
+def logprobs_body(entries: list[dict[str, Any]]) -> dict[str, list]:
+    """OpenAI's completions `logprobs` object from per-token entries (token, logprob, top,
+    offset)."""
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [e["top"] for e in entries],
+        "text_offset": [e["offset"] for e in entries],
+    }
+
+
+def choice_body(
+    index: int, text: str, entries: list[dict[str, Any]] | None, finish_reason: str | None
+) -> dict[str, Any]:
+    """One choice (a whole one, or one streamed piece of it)."""
+    return {
+        "text": text,
+        "index": index,
+        "logprobs": None if entries is None else logprobs_body(entries),
+        "finish_reason": finish_reason,
+    }
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion_body(
+    ident: str,
+    created: int,
+    model: str,
+    choices: list[dict[str, Any]],
+    usage: dict[str, int] | None,
+) -> dict[str, Any]:
+    """A completion object, or (with one piece in `choices` and no usage) a streamed chunk."""
+    body = {
+        "id": ident,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+def models_body(model: str, created: int) -> dict[str, Any]:
+    """GET /v1/models: the one model this server holds."""
+    return {
+        "object": "list",
+        "data": [{"id": model, "object": "model", "created": created, "owned_by": "mygpt2"}],
+    }

@@ -1,0 +1,567 @@
+// mygpt2 playground: plain JavaScript, no libraries. Talks to the server's /v1 and /api routes.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const state = { info: null, text: "", analysed: {}, attention: null, selectedHead: null };
+
+// ------------------------------------------------------------------------------ requests
+function headers(json) {
+  const h = {};
+  if (json) h["Content-Type"] = "application/json";
+  const key = localStorage.getItem("mygpt2-api-key");
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+async function failure(response) {
+  // The server answers errors in OpenAI's shape: {"error": {"message", ...}}.
+  try {
+    const body = await response.json();
+    if (body.error && body.error.message) return new Error(body.error.message);
+  } catch (e) { /* not JSON */ }
+  return new Error(`HTTP ${response.status}`);
+}
+
+async function api(path, body) {
+  const init = body === undefined
+    ? { headers: headers(false) }
+    : { method: "POST", headers: headers(true), body: JSON.stringify(body) };
+  const response = await fetch(path, init);
+  if (response.status === 401) showKeyBox();
+  if (!response.ok) throw await failure(response);
+  return response.json();
+}
+
+function showKeyBox() {
+  const box = $("#key-box");
+  box.hidden = false;
+  const input = $("#api-key");
+  input.value = localStorage.getItem("mygpt2-api-key") || "";
+  input.onchange = () => {
+    localStorage.setItem("mygpt2-api-key", input.value);
+    loadInfo();
+  };
+}
+
+function setStatus(el, text, isError) {
+  el.textContent = text;
+  el.classList.toggle("error", Boolean(isError));
+}
+
+async function loadInfo() {
+  try {
+    const info = await api("/api/info");
+    state.info = info;
+    const millions = (info.parameters / 1e6).toFixed(info.parameters < 1e7 ? 2 : 1);
+    $("#model-info").textContent =
+      `${info.model} · ${millions}M parameters · ${info.n_layers} layers × ${info.n_heads} heads · ` +
+      `T=${info.T} · tokenizer ${info.tokenizer}`;
+    if (!$("#run-dir").value) $("#run-dir").value = info.out_dir || "";
+  } catch (e) {
+    $("#model-info").textContent = e.message;
+  }
+}
+
+// ------------------------------------------------------------------------------ tabs
+function currentText() {
+  const out = $("#output").textContent;
+  return out || $("#prompt").value;
+}
+
+function show(view) {
+  for (const b of document.querySelectorAll("#tabs button")) {
+    b.classList.toggle("active", b.dataset.view === view);
+  }
+  for (const s of document.querySelectorAll(".view")) {
+    s.classList.toggle("active", s.id === "view-" + view);
+  }
+  const text = currentText();
+  if (view === "tokens" && state.analysed.tokens !== text) loadTokens(text);
+  if (view === "attention" && state.analysed.attention !== text) loadAttention(text);
+  if (view === "lens" && state.analysed.lens !== text) loadLens(text);
+  if (view === "training" && !training.timer && $("#run-dir").value) watch();
+}
+
+// ------------------------------------------------------------------------------ generate
+let controller = null;
+
+function numberOf(id) {
+  const raw = $("#" + id).value.trim();
+  return raw === "" ? null : Number(raw);
+}
+
+async function generate() {
+  const prompt = $("#prompt").value;
+  const status = $("#gen-status");
+  const body = {
+    prompt,
+    max_tokens: numberOf("max_tokens"),
+    temperature: numberOf("temperature"),
+    top_p: numberOf("top_p"),
+    seed: numberOf("seed"),
+    stream: true,
+    logprobs: 0,
+    stream_options: { include_usage: true },
+  };
+  const topK = numberOf("top_k");
+  if (topK) body.top_k = topK;
+  $("#output .prompt").textContent = prompt;
+  const out = $("#output .generated");
+  out.textContent = "";
+  state.analysed = {};
+  controller = new AbortController();
+  $("#generate").disabled = true;
+  $("#stop").disabled = false;
+  setStatus(status, "waiting for the model…");
+  const t0 = performance.now();
+  let tokens = 0;
+  let finish = null;
+  try {
+    const response = await fetch("/v1/completions", {
+      method: "POST", headers: headers(true), body: JSON.stringify(body), signal: controller.signal,
+    });
+    if (response.status === 401) showKeyBox();
+    if (!response.ok) throw await failure(response);
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        if (!event.startsWith("data: ")) continue;
+        const data = event.slice(6);
+        if (data === "[DONE]") continue;
+        const chunk = JSON.parse(data);
+        if (chunk.error) throw new Error(chunk.error.message);
+        for (const choice of chunk.choices) {
+          out.textContent += choice.text;
+          if (choice.logprobs) tokens += choice.logprobs.tokens.length;
+          if (choice.finish_reason) finish = choice.finish_reason;
+        }
+        const seconds = (performance.now() - t0) / 1000;
+        setStatus(status, `${tokens} tokens · ${(tokens / seconds).toFixed(1)} tokens/s`);
+      }
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    const why = finish === "stop" ? "stopped at the end of text" : "reached max tokens";
+    setStatus(status, `${tokens} tokens in ${seconds.toFixed(2)} s (${(tokens / seconds).toFixed(1)} tokens/s); ${why}`);
+  } catch (e) {
+    if (e.name === "AbortError") setStatus(status, `stopped after ${tokens} tokens`);
+    else setStatus(status, e.message, true);
+  } finally {
+    $("#generate").disabled = false;
+    $("#stop").disabled = true;
+    controller = null;
+  }
+}
+
+// ------------------------------------------------------------------------------ tokens
+function shown(text) {
+  return text.replace(/\n/g, "↵\n").replace(/\t/g, "→\t");
+}
+
+function shade(token, index, mode) {
+  if (mode === "bounds") return index % 2 ? "#dbe7fb" : "#fbe9d4";
+  if (token.loss === undefined) return "#eceff3";
+  if (mode === "prob") {
+    const p = Math.exp(-token.loss);
+    return `rgba(47, 111, 223, ${0.08 + 0.75 * p})`;
+  }
+  const x = Math.min(token.loss / 8, 1);  // 0 nats: green, 8 nats and more: red
+  return `hsl(${Math.round(120 - 120 * x)}, 75%, ${88 - 18 * x}%)`;
+}
+
+async function loadTokens(text) {
+  const status = $("#tokens-status");
+  setStatus(status, "analysing…");
+  try {
+    const view = await api("/api/tokens", { text });
+    state.tokens = view.tokens;
+    state.analysed.tokens = text;
+    renderTokens();
+    const losses = view.tokens.filter((t) => t.loss !== undefined).map((t) => t.loss);
+    const mean = losses.length ? losses.reduce((a, b) => a + b, 0) / losses.length : NaN;
+    setStatus(status, `${view.tokens.length} tokens · mean loss ${mean.toFixed(3)} nats/token` +
+      (view.truncated ? ` · only the first ${view.tokens.length} tokens (the context length)` : ""));
+  } catch (e) {
+    setStatus(status, e.message, true);
+  }
+}
+
+function renderTokens() {
+  const mode = document.querySelector("input[name=shade]:checked").value;
+  const box = $("#token-text");
+  box.textContent = "";
+  state.tokens.forEach((t, i) => {
+    const span = document.createElement("span");
+    span.className = t.text ? "tok" : "tok partial";
+    span.textContent = t.text ? shown(t.text) : "·";  // a byte whose character ends later
+    span.style.background = shade(t, i, mode);
+    span.dataset.index = i;
+    box.appendChild(span);
+  });
+}
+
+function tokenTip(i) {
+  const t = state.tokens[i];
+  let text = `#${i}  id ${t.id}  ${t.bytes ? "bytes " + t.bytes : JSON.stringify(t.text)}`;
+  if (t.loss !== undefined) text += `\nloss ${t.loss.toFixed(3)} nats · p ${Math.exp(-t.loss).toPrecision(3)}`;
+  return text;
+}
+
+function selectToken(i) {
+  for (const s of document.querySelectorAll(".tok.selected")) s.classList.remove("selected");
+  document.querySelector(`.tok[data-index="${i}"]`).classList.add("selected");
+  const t = state.tokens[i];
+  const panel = $("#token-detail");
+  panel.textContent = "";
+  const title = document.createElement("h3");
+  title.textContent = `position ${i}: ${JSON.stringify(t.text)} (id ${t.id})`;
+  panel.appendChild(title);
+  if (!t.top) {
+    const p = document.createElement("p");
+    p.className = "hint";
+    p.textContent = "The first token has no prediction: nothing comes before it.";
+    panel.appendChild(p);
+    return;
+  }
+  const p = document.createElement("p");
+  p.textContent = `loss ${t.loss.toFixed(3)} nats; the model's top 5 here:`;
+  panel.appendChild(p);
+  for (const alt of t.top) {
+    const row = document.createElement("div");
+    row.className = "alt" + (alt.id === t.id ? " actual" : "");
+    const name = document.createElement("code");
+    name.textContent = JSON.stringify(alt.text);
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.style.width = `${Math.max(1, 100 * alt.prob)}%`;
+    const prob = document.createElement("span");
+    prob.className = "p";
+    prob.textContent = alt.prob.toFixed(3);
+    row.append(name, bar, prob);
+    panel.appendChild(row);
+  }
+}
+
+// ------------------------------------------------------------------------------ attention
+function patternOf(view, layer, head) {
+  const n = view.tokens.length;
+  const start = (layer * view.heads + head) * n * n;
+  return view.bytes.subarray(start, start + n * n);
+}
+
+function drawPattern(canvas, view, layer, head, cell) {
+  const n = view.tokens.length;
+  canvas.width = n * cell;
+  canvas.height = n * cell;
+  const ctx = canvas.getContext("2d");
+  const pattern = patternOf(view, layer, head);
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  for (let q = 0; q < n; q++) {
+    for (let k = 0; k <= q; k++) {
+      const w = pattern[q * n + k] / 255;
+      if (w === 0) continue;
+      ctx.fillStyle = `rgba(24, 70, 170, ${Math.sqrt(w)})`;  // √weight: small weights stay visible
+      ctx.fillRect(k * cell, q * cell, cell, cell);
+    }
+  }
+}
+
+async function loadAttention(text) {
+  const status = $("#attention-status");
+  setStatus(status, "analysing…");
+  try {
+    const view = await api("/api/attention", { text });
+    view.bytes = Uint8Array.from(atob(view.patterns), (c) => c.charCodeAt(0));
+    state.attention = view;
+    state.analysed.attention = text;
+    renderAttentionGrid(view);
+    setStatus(status, `${view.layers} layers × ${view.heads} heads over ${view.tokens.length} tokens` +
+      (view.truncated ? " (the first ones of the text)" : "") + "; rows: queries, columns: keys; shade: √weight");
+    selectHead(state.selectedHead ? state.selectedHead[0] : 0, state.selectedHead ? state.selectedHead[1] : 0);
+  } catch (e) {
+    setStatus(status, e.message, true);
+  }
+}
+
+function renderAttentionGrid(view) {
+  const grid = $("#attn-grid");
+  grid.textContent = "";
+  grid.style.gridTemplateColumns = `2.5em repeat(${view.heads}, 76px)`;
+  for (let layer = 0; layer < view.layers; layer++) {
+    const label = document.createElement("div");
+    label.className = "row-label";
+    label.textContent = `L${layer}`;
+    grid.appendChild(label);
+    for (let head = 0; head < view.heads; head++) {
+      const fig = document.createElement("figure");
+      fig.dataset.layer = layer;
+      fig.dataset.head = head;
+      const canvas = document.createElement("canvas");
+      drawPattern(canvas, view, layer, head, 1);
+      const cap = document.createElement("figcaption");
+      cap.textContent = `L${layer} H${head}`;
+      fig.append(canvas, cap);
+      fig.onclick = () => selectHead(layer, head);
+      grid.appendChild(fig);
+    }
+  }
+}
+
+function selectHead(layer, head) {
+  const view = state.attention;
+  state.selectedHead = [layer, head];
+  for (const f of document.querySelectorAll("#attn-grid figure")) {
+    f.classList.toggle("selected", Number(f.dataset.layer) === layer && Number(f.dataset.head) === head);
+  }
+  const n = view.tokens.length;
+  const cell = Math.max(6, Math.min(28, Math.floor(520 / n)));
+  const margin = 90;
+  const canvas = document.createElement("canvas");
+  const inner = document.createElement("canvas");
+  drawPattern(inner, view, layer, head, cell);
+  canvas.width = margin + n * cell + 4;
+  canvas.height = margin + n * cell + 4;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(inner, margin, margin);
+  ctx.strokeStyle = "#d9dee5";
+  ctx.strokeRect(margin, margin, n * cell, n * cell);
+  ctx.fillStyle = "#1d2430";
+  ctx.font = `${Math.min(12, cell)}px monospace`;
+  const label = (t) => JSON.stringify(t.text).slice(1, -1).slice(0, 10);
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  view.tokens.forEach((t, i) => ctx.fillText(label(t), margin - 4, margin + (i + 0.5) * cell));
+  view.tokens.forEach((t, i) => {
+    ctx.save();
+    ctx.translate(margin + (i + 0.5) * cell, margin - 4);
+    ctx.rotate(-Math.PI / 2);
+    ctx.textAlign = "left";
+    ctx.fillText(label(t), 0, 0);
+    ctx.restore();
+  });
+  canvas.onmousemove = (ev) => {
+    const r = canvas.getBoundingClientRect();
+    const k = Math.floor((ev.clientX - r.left - margin) / cell);
+    const q = Math.floor((ev.clientY - r.top - margin) / cell);
+    if (q < 0 || k < 0 || q >= n || k >= n) return hideTip();
+    const w = k <= q ? patternOf(view, layer, head)[q * n + k] / 255 : 0;
+    showTip(ev, `query #${q} ${JSON.stringify(view.tokens[q].text)} → key #${k} ` +
+      `${JSON.stringify(view.tokens[k].text)}: ${w.toFixed(3)}`);
+  };
+  canvas.onmouseleave = hideTip;
+  const box = $("#attn-large");
+  box.textContent = "";
+  const title = document.createElement("h3");
+  title.textContent = `layer ${layer}, head ${head}`;
+  box.append(title, canvas);
+}
+
+// ------------------------------------------------------------------------------ lens
+async function loadLens(text) {
+  const status = $("#lens-status");
+  setStatus(status, "analysing…");
+  try {
+    const view = await api("/api/lens", { text });
+    state.analysed.lens = text;
+    const table = $("#lens-table");
+    table.textContent = "";
+    const head = table.insertRow();
+    head.appendChild(document.createElement("th")).textContent = "layer";
+    view.tokens.forEach((t, i) => {
+      head.appendChild(document.createElement("th")).textContent = `${i} ${JSON.stringify(t.text).slice(1, -1)}`;
+    });
+    view.top.forEach((row, layer) => {
+      const tr = table.insertRow();
+      tr.appendChild(document.createElement("th")).textContent = `L${layer}`;
+      row.forEach((t, pos) => {
+        const td = tr.insertCell();
+        const p = view.probs[layer][pos];
+        td.textContent = JSON.stringify(t.text).slice(1, -1);
+        td.style.background = `rgba(47, 111, 223, ${0.05 + 0.7 * p})`;
+        td.title = `layer ${layer}, after position ${pos}: ${JSON.stringify(t.text)} p=${p.toFixed(3)}`;
+        const next = view.tokens[pos + 1];
+        if (next && next.id === t.id) td.classList.add("next");
+      });
+    });
+    setStatus(status, `${view.top.length} layers × ${view.tokens.length} positions` +
+      (view.truncated ? " (the first ones of the text)" : ""));
+  } catch (e) {
+    setStatus(status, e.message, true);
+  }
+}
+
+// ------------------------------------------------------------------------------ training
+const training = { timer: null, dir: "", offset: 0, file: null, rows: [] };
+const COLORS = ["#2f6fdf", "#e8710a", "#1e8e3e", "#9334e6", "#d01884", "#12b5cb", "#5f6368"];
+
+function watch() {
+  clearTimeout(training.timer);
+  training.dir = $("#run-dir").value.trim();
+  training.offset = 0;
+  training.file = null;
+  training.rows = [];
+  $("#charts").textContent = "";
+  poll();
+}
+
+async function poll() {
+  const status = $("#training-status");
+  try {
+    const q = new URLSearchParams({ out_dir: training.dir, offset: training.offset, file: training.file || "" });
+    const got = await api("/api/metrics?" + q);
+    if (got.reset) training.rows = [];
+    training.rows.push(...got.rows);
+    training.offset = got.offset;
+    training.file = got.file;
+    const bad = got.bad_lines ? ` · ${got.bad_lines} unreadable lines skipped` : "";
+    setStatus(status, got.file === null
+      ? "no metrics.jsonl yet; waiting for the run to write one"
+      : `${training.rows.length} rows · updated ${new Date().toLocaleTimeString()}${bad}`);
+    if (got.rows.length || got.reset) drawTraining();
+  } catch (e) {
+    setStatus(status, e.message, true);
+  }
+  training.timer = setTimeout(poll, 2000);
+}
+
+function drawTraining() {
+  const rows = training.rows;
+  const tokensAt = new Map();
+  for (const r of rows) if (r.tokens !== undefined) tokensAt.set(r.step, r.tokens);
+  const x = (r) => (r.tokens !== undefined ? r.tokens : tokensAt.has(r.step) ? tokensAt.get(r.step) : r.step);
+  const series = (kind, key, name) => ({
+    name,
+    points: rows.filter((r) => r.kind === kind && typeof r[key] === "number").map((r) => [x(r), r[key]]),
+  });
+  const charts = [
+    ["loss (nats/token)", [series("train", "loss", "train"), series("eval", "val_loss", "validation")]],
+    ["learning rate", [series("train", "lr", "lr")]],
+    ["gradient norm (before clipping)", [series("train", "grad_norm", "grad norm")]],
+    ["validation bits per byte", [series("eval", "val_bpb", "val bpb")]],
+  ];
+  const health = rows.filter((r) => r.kind === "health");
+  const keys = new Set();
+  for (const r of health) for (const k of Object.keys(r)) if (typeof r[k] === "number" && !["step", "tokens"].includes(k)) keys.add(k);
+  for (const k of [...keys].slice(0, 16)) charts.push([`health: ${k}`, [series("health", k, k)]]);
+  const box = $("#charts");
+  box.textContent = "";
+  for (const [title, lines] of charts) {
+    if (!lines.some((s) => s.points.length)) continue;
+    const div = document.createElement("div");
+    div.className = "chart";
+    const h = document.createElement("h3");
+    h.textContent = title;
+    const canvas = document.createElement("canvas");
+    div.append(h, canvas);
+    box.appendChild(div);
+    lineChart(canvas, lines);
+  }
+}
+
+function niceTicks(lo, hi, count) {
+  if (!(hi > lo)) return [lo];
+  const step = Math.pow(10, Math.floor(Math.log10((hi - lo) / count)));
+  const m = [1, 2, 5, 10].find((f) => (hi - lo) / (f * step) <= count) * step;
+  const ticks = [];
+  for (let t = Math.ceil(lo / m) * m; t <= hi + m * 1e-9; t += m) ticks.push(t);
+  return ticks;
+}
+
+function short(v) {
+  const a = Math.abs(v);
+  if (a >= 1e9) return (v / 1e9).toPrecision(3) + "G";
+  if (a >= 1e6) return (v / 1e6).toPrecision(3) + "M";
+  if (a >= 1e4) return (v / 1e3).toPrecision(3) + "k";
+  if (a !== 0 && a < 1e-2) return v.toExponential(1);
+  return String(Number(v.toPrecision(3)));
+}
+
+function lineChart(canvas, lines) {
+  const ratio = window.devicePixelRatio || 1;
+  const W = canvas.clientWidth || 420;
+  const H = canvas.clientHeight || 220;
+  canvas.width = W * ratio;
+  canvas.height = H * ratio;
+  const ctx = canvas.getContext("2d");
+  ctx.scale(ratio, ratio);
+  const pts = lines.flatMap((s) => s.points);
+  let [x0, x1] = [Math.min(...pts.map((p) => p[0])), Math.max(...pts.map((p) => p[0]))];
+  let [y0, y1] = [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
+  if (x1 === x0) x1 = x0 + 1;
+  if (y1 === y0) { y0 -= Math.abs(y0) * 0.1 || 1; y1 += Math.abs(y1) * 0.1 || 1; }
+  const L = 52, R = 10, T = 8, B = 34;
+  const px = (v) => L + ((v - x0) / (x1 - x0)) * (W - L - R);
+  const py = (v) => T + (1 - (v - y0) / (y1 - y0)) * (H - T - B);
+  ctx.font = "11px sans-serif";
+  ctx.fillStyle = "#6a7380";
+  ctx.strokeStyle = "#eceff3";
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  for (const t of niceTicks(y0, y1, 5)) {
+    ctx.beginPath(); ctx.moveTo(L, py(t)); ctx.lineTo(W - R, py(t)); ctx.stroke();
+    ctx.fillText(short(t), L - 4, py(t));
+  }
+  ctx.textAlign = "center";
+  ctx.textBaseline = "top";
+  for (const t of niceTicks(x0, x1, 6)) ctx.fillText(short(t), px(t), H - B + 4);
+  ctx.fillText("tokens", (L + W - R) / 2, H - 14);
+  lines.forEach((s, i) => {
+    if (!s.points.length) return;
+    ctx.strokeStyle = ctx.fillStyle = COLORS[i % COLORS.length];
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    s.points.forEach(([a, b], j) => (j ? ctx.lineTo(px(a), py(b)) : ctx.moveTo(px(a), py(b))));
+    ctx.stroke();
+    if (s.points.length < 40) for (const [a, b] of s.points) ctx.fillRect(px(a) - 2, py(b) - 2, 4, 4);
+    ctx.textAlign = "right";
+    ctx.textBaseline = "top";
+    ctx.fillText(s.name, W - R - 2, T + 2 + 13 * i);
+  });
+}
+
+// ------------------------------------------------------------------------------ tooltips
+function showTip(ev, text) {
+  const tip = $("#tip");
+  tip.textContent = text;
+  tip.hidden = false;
+  tip.style.left = `${ev.clientX + 12}px`;
+  tip.style.top = `${ev.clientY + 14}px`;
+}
+
+function hideTip() {
+  $("#tip").hidden = true;
+}
+
+// ------------------------------------------------------------------------------ wiring
+for (const b of document.querySelectorAll("#tabs button")) b.onclick = () => show(b.dataset.view);
+$("#generate").onclick = generate;
+$("#stop").onclick = () => controller && controller.abort();
+$("#prompt").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) generate();
+});
+$("#prompt").addEventListener("input", () => {
+  $("#output .prompt").textContent = "";
+  $("#output .generated").textContent = "";
+});
+for (const r of document.querySelectorAll("input[name=shade]")) r.onchange = () => state.tokens && renderTokens();
+$("#token-text").addEventListener("mouseover", (ev) => {
+  if (ev.target.dataset.index !== undefined) showTip(ev, tokenTip(Number(ev.target.dataset.index)));
+});
+$("#token-text").addEventListener("mousemove", (ev) => {
+  if (ev.target.dataset.index !== undefined) showTip(ev, tokenTip(Number(ev.target.dataset.index)));
+});
+$("#token-text").addEventListener("mouseout", hideTip);
+$("#token-text").addEventListener("click", (ev) => {
+  if (ev.target.dataset.index !== undefined) selectToken(Number(ev.target.dataset.index));
+});
+$("#watch").onclick = watch;
+$("#run-dir").addEventListener("keydown", (ev) => ev.key === "Enter" && watch());
+loadInfo();
