@@ -40,6 +40,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mygpt2.commands.inspect",
         "look inside a model: attention, logit lens, patching, per-token loss, logit attribution",
     ),
+    "compare": (
+        "mygpt2.commands.compare",
+        "training runs side by side: curves, a table, config differences",
+    ),
+    "sweep": ("mygpt2.commands.sweep", "train a grid of settings one run after another, compared"),
     "serve": (
         "mygpt2.commands.serve",
         "a web playground and an OpenAI-compatible completions API for one model",

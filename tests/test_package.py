@@ -43,6 +43,8 @@ LAYERS = {
         "run_evals",
         "series",
         "run_setup",
+        "compare",
+        "sweep",
         "train",
         "sample",
         "evaluation",
