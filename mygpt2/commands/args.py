@@ -213,6 +213,8 @@ def help_text(command: Command) -> str:
         lines.append("options:")
         lines += [f"  --{name:<22} {text}" for name, text in command.extra.items()]
         lines.append("")
+    if not command.sections:  # a command of its own flags only (mygpt2 compare)
+        return "\n".join(lines).rstrip()
     lines.append("config flags (also as TOML keys in --config FILE):")
     if _takes_preset(command):
         lines.append("  --preset NAME            small, gpt2, gpt2-medium, gpt2-large, gpt2-xl")

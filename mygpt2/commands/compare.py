@@ -19,8 +19,8 @@ Runs with different tokenizers are compared by bits per byte. Example:
   mygpt2 compare out-adamw out-muon --target 1.9""",
     sections={},
     extra={
-        "out": "the picture to write (default compare.png)",
-        "target": "show the training time to this val loss (default: the loss all runs reached)",
+        "out": "the picture to write [default: compare.png]",
+        "target": "show the training time to this val loss [default: the loss all runs reached]",
     },
 )
 
