@@ -12,7 +12,8 @@ Every `health_interval` steps the training loop hands one optimizer step to a `H
 Design choices:
 - No second forward. The activations come from the model's hook points (`mygpt2.hooks`) on
   the step's last micro-batch, reduced to a few numbers inside the hook. The attention
-  pattern is rebuilt from that forward's queries and keys (`hook_q`, `hook_k`) without
+  pattern is rebuilt from that forward's queries and keys as attention uses them (`hook_q`
+  and `hook_k`, normalised under qk_norm; `hook_rot_q` and `hook_rot_k` with rope), without
   gradients, a few rows at a time, so the step itself keeps its fused attention kernel and
   never holds a (B, heads, T, T) tensor for backward.
 - The gradients are the ones already there after backward (divided by the loss scale under
@@ -35,10 +36,8 @@ import torch
 
 from mygpt2.hooks import installed
 
-# activation points the probe watches in every block
+# activation points the probe watches in every block (queries and keys: see `_qk_points`)
 WATCHED = (
-    "blocks.*.attn.hook_q",
-    "blocks.*.attn.hook_k",
     "blocks.*.hook_attn_out",
     "blocks.*.mlp.hook_post",
     "blocks.*.hook_mlp_out",
@@ -107,6 +106,7 @@ class HealthProbe:
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model  # the raw GPT: hooks live there, also under DDP or compile
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.q_point, self.k_point = _qk_points(model)
         self.blocks: dict[int, dict[str, Any]] = {}
         self._q: torch.Tensor | None = None
         self._before: list[torch.Tensor] = []
@@ -117,7 +117,8 @@ class HealthProbe:
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:
         """The body's forward reports its activations to the probe."""
-        with installed(self.model, [(list(WATCHED), self._observe)]):
+        points = [*WATCHED, f"blocks.*.{self.q_point}", f"blocks.*.{self.k_point}"]
+        with installed(self.model, [(points, self._observe)]):
             yield
         self._q = None
 
@@ -125,12 +126,13 @@ class HealthProbe:
     def _observe(self, x: torch.Tensor, name: str) -> None:
         _, layer, point = name.split(".", 2)
         stats = self.blocks.setdefault(int(layer), {})
-        if point == "attn.hook_q":
-            self._q = x.detach()  # hook_k comes next, in the same line of the forward
-        elif point == "attn.hook_k" and self._q is not None:
+        if point == self.q_point:
+            self._q = x.detach()  # the keys come next, in the same line of the forward
+        elif point == self.k_point and self._q is not None:
+            q, k = self._normed(int(layer), self._q, x.detach())
             entropy, first = [], []
             for i in range(0, x.size(0), PATTERN_ROWS):
-                pattern = causal_pattern(self._q[i : i + PATTERN_ROWS], x[i : i + PATTERN_ROWS])
+                pattern = causal_pattern(q[i : i + PATTERN_ROWS], k[i : i + PATTERN_ROWS])
                 n = pattern.size(0)
                 entropy.append(attention_entropy(pattern) * n)
                 first.append(first_token_attention(pattern) * n)
@@ -145,6 +147,15 @@ class HealthProbe:
             stats["mlp_rms"] = rms(x)
         elif point == "hook_resid_post":
             stats["resid_rms"] = rms(x)
+
+    def _normed(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # qk_norm without rope normalises after the last point that shows queries and keys
+        attn = self.model.transformer.h[layer].attn
+        if self.q_point == "attn.hook_rot_q" or getattr(attn, "q_norm", None) is None:
+            return q, k
+        return attn.q_norm(q.float()), attn.k_norm(k.float())
 
     @torch.no_grad()
     def before_update(self, scale: float = 1.0) -> None:
@@ -198,6 +209,14 @@ class HealthProbe:
             "layers": {k: layers[k] for k in order if k in layers},
             "tensors": tensors,
         }
+
+
+def _qk_points(model: torch.nn.Module) -> tuple[str, str]:
+    """Where a model's queries and keys are last seen before attention: after the rotation
+    with rotary position embeddings (which come after qk_norm), else at hook_q and hook_k."""
+    if getattr(model.config, "pos_emb", "learned") == "rope":
+        return "attn.hook_rot_q", "attn.hook_rot_k"
+    return "attn.hook_q", "attn.hook_k"
 
 
 def _ratio(update: float, weight: float) -> float | None:

@@ -76,6 +76,29 @@ def test_the_probe_sees_uniform_attention_when_queries_are_zero():
     assert row["collapsed_heads"] == 0.0
 
 
+@pytest.mark.parametrize(
+    "variant", [{}, {"pos_emb": "rope"}, {"qk_norm": True}, {"pos_emb": "rope", "qk_norm": True}]
+)
+def test_the_probe_rebuilds_the_pattern_the_model_attends_with(variant):
+    """Entropy and first-token attention from the probe's rebuilt patterns equal those of the
+    model's own written-out attention (`hook_pattern`), also with rotary embeddings and
+    normalised queries and keys."""
+    model = tiny_gpt(seed=4, n_layers=2, n_heads=2, n_emb=16, T=12, **variant)
+    with torch.no_grad():  # sharper patterns than the initial, nearly uniform ones
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.mul_(20.0)
+    x, y = batch(model)
+    _, cache = model.eval().run_with_cache(x, names="blocks.*.attn.hook_pattern")
+    row = probe_step(model, torch.optim.SGD(model.parameters(), lr=0.0), [(x, y)])
+    for layer in range(2):
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"]
+        stats = row["layers"][f"L{layer}"]
+        assert stats["attn_entropy"] == pytest.approx(attention_entropy(pattern).tolist(), abs=1e-5)
+        assert stats["attn_first"] == pytest.approx(
+            first_token_attention(pattern).tolist(), abs=1e-5
+        )
+
+
 def test_update_ratio_and_gradient_norms_of_a_known_sgd_step():
     """Plain SGD moves each tensor by lr * grad: its update ratio is lr ||g|| / ||w||. (In
     float64: in float32, w + dw - w loses the digits of an update 1e-5 the size of w.)"""
