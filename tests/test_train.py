@@ -546,6 +546,7 @@ def test_best_val_loss_keeps_the_best(tmp_path, monkeypatch):
 
     train_module = sys.modules["mygpt2.train"]  # the module; mygpt2.train is the function
     from mygpt2.metrics import MetricsLog
+    from mygpt2.run_evals import RunEvals
 
     losses = iter([3.0, 2.0, 2.5])
     monkeypatch.setattr(train_module, "evaluate", lambda *args, **kwargs: next(losses))
@@ -559,12 +560,17 @@ def test_best_val_loss_keeps_the_best(tmp_path, monkeypatch):
         val_loss=None,
         elapsed_s=0.0,
         log=MetricsLog(tmp_path, enabled=False),
+        dist=SimpleNamespace(enabled=False, is_main=True),
+        raw_model=None,
+        # no eval_data or tasks; the validation batches' targets and bytes already counted
+        evals=RunEvals(tokenizer=None, token_bytes=None, batch_size=1, val_counts=(10, 20)),
     )
     for step in (1, 2, 3):
         run.step = step
         train_module.evaluate_run(run)
     assert (run.val_loss, run.best_val) == (2.5, 2.0)
     assert [r["best_val_loss"] for r in run.log.history] == [3.0, 2.0, 2.0]
+    assert run.log.history[0]["val_bpb"] == pytest.approx(3.0 * 10 / math.log(2) / 20)
 
 
 def test_periodic_checkpoints(corpus, tmp_path, monkeypatch):
