@@ -15,6 +15,7 @@ import torch
 from models import tiny_gpt
 from test_train import make_corpus, tiny_config
 
+from mygpt2.cli import main
 from mygpt2.health import (
     HealthProbe,
     attention_entropy,
@@ -193,7 +194,7 @@ def rows_of(out_dir, kind: str) -> list[dict]:
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
-def test_per_tensor_gradient_norms_combine_to_the_logged_global_norm(corpus, tmp_path):
+def test_per_tensor_gradient_norms_combine_to_the_logged_global_norm(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     train(tiny_config(corpus, out, max_steps=6, eval_interval=3, health_interval=2))
     health, steps = rows_of(out, "health"), {r["step"]: r for r in rows_of(out, "train")}
@@ -206,6 +207,25 @@ def test_per_tensor_gradient_norms_combine_to_the_logged_global_norm(corpus, tmp
         assert layers == pytest.approx(logged, rel=1e-5)
         assert row["tokens"] == steps[row["step"]]["tokens"]
     assert (out / "health.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # mygpt2 inspect health redraws it and reads the last row back per layer
+    (out / "health.png").unlink()
+    capsys.readouterr()
+    assert main(["inspect", "health", "--out_dir", str(out)]) in (0, None)
+    printed = capsys.readouterr().out
+    assert "health at step 6 (3 health rows)" in printed
+    last = health[-1]["layers"]
+    for layer in ("embed", "L0", "L1", "final"):
+        assert any(
+            line.split()[:2] == [layer, f"{last[layer]['grad_norm']:.3g}"]
+            for line in printed.splitlines()
+        ), layer
+    assert (out / "health.png").is_file()
+
+
+def test_inspect_health_without_health_rows_says_how_to_record_them(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n', encoding="utf-8")
+    assert main(["inspect", "health", "--out_dir", str(tmp_path)]) == 2
+    assert "train with --health_interval N" in capsys.readouterr().err
 
 
 def test_health_off_installs_no_hooks_and_makes_no_probe(corpus, tmp_path, monkeypatch):
