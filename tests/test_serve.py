@@ -379,27 +379,30 @@ def test_a_client_that_disconnects_cancels_its_generation(server, engine):
 
 def test_requests_are_served_one_at_a_time_first_come_first_served(server, engine):
     spans: dict[int, list[float]] = {}
+    queued = [threading.Event() for _ in range(4)]
 
     def stream(i: int) -> None:
         body = {"prompt": PROMPT, "max_tokens": 25, "stream": True, "seed": i}
         with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
+            queued[i].set()  # headers come at once; the text waits for this request's turn
             for line in r.iter_lines():
                 if line.startswith("data: {"):
                     spans.setdefault(i, []).append(time.monotonic())
 
     with Slow(engine, 0.01):
         threads = []
-        for i in range(4):
+        for i in range(4):  # arrive in order 0, 1, 2, 3
             threads.append(threading.Thread(target=stream, args=(i,)))
             threads[-1].start()
-            time.sleep(0.05)  # arrive in order 0, 1, 2, 3
-        # meanwhile the event loop answers at once: other routes, and bad requests
-        t0 = time.monotonic()
+            assert queued[i].wait(timeout=30)
+    # meanwhile the event loop answers other routes and bad requests without queueing
         assert httpx.get(server.url + "/v1/models").status_code == 200
         bad = httpx.post(server.url + "/v1/completions", json={"prompt": PROMPT, "n": 99})
-        assert bad.status_code == 400 and time.monotonic() - t0 < 0.5
+        assert bad.status_code == 400
+        answered = time.monotonic()
         for t in threads:
             t.join(timeout=60)
+    assert answered < spans[3][0]  # before the last request's turn came
     order = sorted(spans, key=lambda i: spans[i][0])
     assert order == [0, 1, 2, 3]
     for a, b in itertools.pairwise(order):

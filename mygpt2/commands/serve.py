@@ -32,6 +32,7 @@ streaming included). Requests are answered one at a time, in the order they come
         "name": "the model's name in the API (default: the out_dir's or init_from's name)",
         "max_tokens": "the most tokens one completion may ask for (default 1024)",
         "max_choices": "the most completions (prompts x n) one request may ask for (default 8)",
+        "threads": "PyTorch threads for the model (default: all cores but one, left to the server)",
         "log": "server log level: warning (default), info (a line per request) or debug",
     },
 )
@@ -88,7 +89,8 @@ def cli(argv: list[str]) -> None:
         Path(cfg.run.init_from).name if not scratch else checkpoint_path(cfg).resolve().parent.name
     )
     model, tok = load_model(cfg)
-    engine = Engine(model, tok, name, limits)
+    threads = _int(extras, "threads", 0, 0, 1024) or None
+    engine = Engine(model, tok, name, limits, threads)
     app = create_app(
         engine, api_key, out_dir=cfg.run.out_dir if scratch else "", loopback_only=local
     )

@@ -91,7 +91,14 @@ def held_back(text: str, stops: list[str]) -> int:
 class Engine:
     """A model and its tokenizer behind a first-come-first-served queue."""
 
-    def __init__(self, model: GPT, tok: RegexTokenizer, name: str, limits: Limits | None = None):
+    def __init__(
+        self,
+        model: GPT,
+        tok: RegexTokenizer,
+        name: str,
+        limits: Limits | None = None,
+        threads: int | None = None,
+    ):
         self.model, self.tok, self.name = model.eval(), tok, name
         self.limits = limits or Limits()
         self.T = model.config.T
@@ -104,7 +111,17 @@ class Engine:
         tok.encode_ordinary("warm")  # builds the encoder once, before threads share it
         self.device = model.transformer.wte.weight.device
         self.stats: Counter[str] = Counter()  # completed, cancelled, tokens: for tests and logs
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mygpt2-model")
+        # PyTorch's intra-op threads spin while they wait; with as many of them as cores, the
+        # event loop (woken at every token) waits for a core, and a 60-token answer measured
+        # 10x slower on 2 busy cores. One core is left to the loop unless `threads` says.
+        # (The setting is per thread with OpenMP: the rest of the process keeps its own.)
+        self.threads = threads or max(1, torch.get_num_threads() - 1)
+        self._worker = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="mygpt2-model",
+            initializer=torch.set_num_threads,
+            initargs=(self.threads,),
+        )
         self._lock: asyncio.Lock | None = None
 
     def close(self) -> None:

@@ -55,7 +55,7 @@ async function loadInfo() {
     const millions = (info.parameters / 1e6).toFixed(info.parameters < 1e7 ? 2 : 1);
     $("#model-info").textContent =
       `${info.model} · ${millions}M parameters · ${info.n_layers} layers × ${info.n_heads} heads · ` +
-      `T=${info.T} · tokenizer ${info.tokenizer}`;
+      `T=${info.T} · tokenizer ${info.tokenizer.split("/").pop()}`;
     if (!$("#run-dir").value) $("#run-dir").value = info.out_dir || "";
   } catch (e) {
     $("#model-info").textContent = e.message;
@@ -434,9 +434,10 @@ async function poll() {
 
 function drawTraining() {
   const rows = training.rows;
-  const tokensAt = new Map();
-  for (const r of rows) if (r.tokens !== undefined) tokensAt.set(r.step, r.tokens);
-  const x = (r) => (r.tokens !== undefined ? r.tokens : tokensAt.has(r.step) ? tokensAt.get(r.step) : r.step);
+  // rows without a token count (health) sit at step x tokens per step of the run
+  const counted = rows.filter((r) => r.tokens !== undefined && r.step > 0);
+  const perStep = counted.length ? counted[counted.length - 1].tokens / counted[counted.length - 1].step : 0;
+  const x = (r) => (r.tokens !== undefined ? r.tokens : perStep ? r.step * perStep : r.step);
   const series = (kind, key, name) => ({
     name,
     points: rows.filter((r) => r.kind === kind && typeof r[key] === "number").map((r) => [x(r), r[key]]),
@@ -475,13 +476,15 @@ function niceTicks(lo, hi, count) {
   return ticks;
 }
 
-function short(v) {
+function short(v, step) {
+  // enough digits that neighbouring ticks (`step` apart) read differently
   const a = Math.abs(v);
-  if (a >= 1e9) return (v / 1e9).toPrecision(3) + "G";
-  if (a >= 1e6) return (v / 1e6).toPrecision(3) + "M";
-  if (a >= 1e4) return (v / 1e3).toPrecision(3) + "k";
-  if (a !== 0 && a < 1e-2) return v.toExponential(1);
-  return String(Number(v.toPrecision(3)));
+  const digits = Math.max(2, Math.floor(Math.log10(a || step)) - Math.floor(Math.log10(step)) + 1);
+  if (a >= 1e9) return Number((v / 1e9).toPrecision(digits)) + "G";
+  if (a >= 1e6) return Number((v / 1e6).toPrecision(digits)) + "M";
+  if (a >= 1e4) return Number((v / 1e3).toPrecision(digits)) + "k";
+  if (a !== 0 && a < 1e-2) return v.toExponential(digits - 1);
+  return String(Number(v.toPrecision(digits)));
 }
 
 function lineChart(canvas, lines) {
@@ -505,13 +508,17 @@ function lineChart(canvas, lines) {
   ctx.strokeStyle = "#eceff3";
   ctx.textAlign = "right";
   ctx.textBaseline = "middle";
-  for (const t of niceTicks(y0, y1, 5)) {
+  const yTicks = niceTicks(y0, y1, 5);
+  const yStep = yTicks.length > 1 ? yTicks[1] - yTicks[0] : Math.abs(y0) || 1;
+  for (const t of yTicks) {
     ctx.beginPath(); ctx.moveTo(L, py(t)); ctx.lineTo(W - R, py(t)); ctx.stroke();
-    ctx.fillText(short(t), L - 4, py(t));
+    ctx.fillText(short(t, yStep), L - 4, py(t));
   }
   ctx.textAlign = "center";
   ctx.textBaseline = "top";
-  for (const t of niceTicks(x0, x1, 6)) ctx.fillText(short(t), px(t), H - B + 4);
+  const xTicks = niceTicks(x0, x1, 6);
+  const xStep = xTicks.length > 1 ? xTicks[1] - xTicks[0] : Math.abs(x0) || 1;
+  for (const t of xTicks) ctx.fillText(short(t, xStep), px(t), H - B + 4);
   ctx.fillText("tokens", (L + W - R) / 2, H - 14);
   lines.forEach((s, i) => {
     if (!s.points.length) return;
