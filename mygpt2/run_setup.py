@@ -28,7 +28,14 @@ from mygpt2.model import GPT
 from mygpt2.optim import make_optimizer, restore_optimizer
 from mygpt2.prepare import ensure_prepared
 from mygpt2.run_evals import RunEvals, prepare_evals
-from mygpt2.runtime import Distributed, peak_flops, pick_device, pick_dtype
+from mygpt2.runtime import (
+    Distributed,
+    choose_dtype,
+    compile_problem,
+    keep_freed_memory,
+    peak_flops,
+    pick_device,
+)
 from mygpt2.series import SnapshotWriter
 from mygpt2.tokenizer import load_tokenizer
 
@@ -88,7 +95,8 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
         cfg = resume_config(ckpt, cfg, ckpt_path)
     t = cfg.train
     device = pick_device(cfg.run.device, dist_info.local_rank)
-    dtype = pick_dtype(cfg.run.dtype, device)
+    dtype_choice = choose_dtype(cfg.run.dtype, device)  # the banner says which and why
+    dtype = dtype_choice.dtype
     accum_steps(t.batch_size, t.macro_batch_size, dist_info.world_size)  # fail before slow work
     resolve_input_paths(cfg)  # absolute: the checkpoint finds its inputs from any directory
     saved_data = ckpt.get("data_source") if ckpt is not None else None
@@ -135,7 +143,13 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
         scaler.load_state_dict(ckpt["scaler"])
         train_loader.load_state_dict(ckpt["data"])
         step, best_val, history = ckpt["step"], ckpt["best_val_loss"], ckpt["metrics"]
-    raw_model, wrapped = model, torch.compile(model) if t.compile else model
+    if device.type == "cpu":
+        keep_freed_memory()  # the step's large buffers are reused, not faulted in each step
+    compile_missing = compile_problem(device) if t.compile else None
+    if compile_missing:
+        reporter.say(f"warning: {compile_missing}; training without --compile.")
+    compiled = t.compile and not compile_missing
+    raw_model, wrapped = model, torch.compile(model) if compiled else model
     if dist_info.enabled:
         ids = [dist_info.local_rank] if device.type == "cuda" else None
         wrapped = DistributedDataParallel(wrapped, device_ids=ids)
@@ -144,7 +158,7 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
     reporter.banner(
         params=raw_model.num_params(),
         device=device,
-        dtype=dtype,
+        dtype=dtype_choice,
         processes=dist_info.world_size,
         accum_steps=train_loader.accum,
         tokens_per_step=tokens_per_step,

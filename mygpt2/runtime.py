@@ -1,10 +1,17 @@
 """Where and how a run executes: device, precision, processes, and who prints.
 
 - `pick_device` resolves `device = auto` to CUDA, then MPS, then CPU.
-- `pick_dtype` resolves `dtype = auto`: bf16 on GPUs that support it (fp16 with a GradScaler
-  otherwise), fp16 autocast on MPS, float32 on CPUs. bf16 autocast on a CPU is available as
-  `dtype = bfloat16`; it is not the automatic choice because it only pays on CPUs with
-  AVX-512 BF16 or AMX, and without them it is far slower than fp32 (docs/BENCHMARKS.md).
+- `choose_dtype` resolves `dtype = auto` and says why: bf16 on GPUs that support it (fp16
+  with a GradScaler otherwise), fp16 autocast on MPS; on a CPU bf16 where the CPU has native
+  bf16 instructions (AVX-512 BF16, AMX, Arm BF16: read from /proc/cpuinfo at run time), and
+  float32 elsewhere, since emulated bf16 is far slower than fp32 (docs/BENCHMARKS.md).
+  bf16 asked for on a CPU without them runs, with a warning; fp16 on a CPU is refused.
+  Training (autocast), evaluation and sampling (weights) all take this one choice.
+- `compile_problem` says what `torch.compile` would miss here (a C++ compiler, Python's
+  headers, Triton), so a run can fall back with a warning instead of an inductor traceback.
+- `keep_freed_memory` stops glibc from handing large freed blocks back to the kernel: a
+  training step frees and reallocates the same (vocab, C) buffers every step, and each fresh
+  mapping costs a page fault per 4 KiB, about a fifth of a 124M bf16 step on a CPU.
 - `Distributed` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and starts the
   process group: NCCL on CUDA, gloo on CPU. Only rank 0 prints, logs, plots and saves
   (`Distributed.is_main`); the training loop's printing goes through `metrics.Reporter`.
@@ -15,9 +22,13 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
+import sys
+import sysconfig
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -49,19 +60,81 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return device
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Resolve the compute dtype; `auto`: bf16 on capable GPUs, else fp16 on GPUs and MPS, fp32 on
-    CPUs."""
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The compute dtype a run uses, and why (for the start banner)."""
+
+    dtype: torch.dtype
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{str(self.dtype).removeprefix('torch.')} ({self.reason})"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (x86 `flags`, Arm `Features`); empty where
+    there is no such file (macOS, Windows). `MYGPT2_CPU_FLAGS` (space-separated), when set,
+    is taken instead: the test suite sets it empty, so `auto` means float32 on every machine."""
+    override = os.environ.get("MYGPT2_CPU_FLAGS")
+    if override is not None:
+        return set(override.split())
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16_flag() -> str | None:
+    """The CPU feature that runs bf16 matmuls natively (avx512_bf16, amx_bf16, Arm bf16), or
+    None: without one, PyTorch emulates bf16 and it is far slower than float32."""
+    flags = cpu_flags()
+    for flag in ("amx_bf16", "avx512_bf16", "bf16"):
+        if flag in flags:
+            return flag
+    return None
+
+
+def choose_dtype(name: str, device: torch.device) -> DtypeChoice:
+    """Resolve the compute dtype and say why; `auto`: bf16 on capable GPUs and on CPUs with
+    native bf16, fp16 on other GPUs and on MPS, float32 on other CPUs."""
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "mps":
-            return torch.float16  # autocast with a gradient scaler, as on older GPUs
-        return torch.float32
+            if torch.cuda.is_bf16_supported():
+                return DtypeChoice(torch.bfloat16, "auto: this GPU supports bf16")
+            return DtypeChoice(torch.float16, "auto: this GPU has no bf16; fp16 with loss scaling")
+        if device.type == "mps":  # autocast with a gradient scaler, as on older GPUs
+            return DtypeChoice(torch.float16, "auto: fp16 on MPS")
+        flag = native_bf16_flag()
+        if flag:
+            return DtypeChoice(torch.bfloat16, f"auto: this CPU has native bf16 ({flag})")
+        return DtypeChoice(
+            torch.float32, "auto: this CPU has no native bf16 (AVX-512 BF16 or AMX); fp32 is faster"
+        )
     dtype = DTYPES[name]
     if device.type == "cpu" and dtype == torch.float16:
-        raise MyGPT2Error("dtype float16 is for GPUs; on a CPU use bfloat16 or float32.")
-    return dtype
+        raise MyGPT2Error(
+            "dtype float16 is for GPUs: CPUs have no fast fp16 matmuls and PyTorch's CPU "
+            "autocast has no loss scaling for it. On a CPU use bfloat16 or float32 (or auto)."
+        )
+    if device.type == "cpu" and dtype == torch.bfloat16 and native_bf16_flag() is None:
+        warnings.warn(
+            "dtype bfloat16 on a CPU without native bf16 instructions (AVX-512 BF16 or AMX): "
+            "PyTorch emulates it, many times slower than float32. It runs as asked; "
+            "--dtype auto picks float32 here.",
+            stacklevel=2,
+        )
+        return DtypeChoice(dtype, "as asked; emulated on this CPU, slow")
+    return DtypeChoice(dtype, "as asked")
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The compute dtype `choose_dtype` picks (without the reason)."""
+    return choose_dtype(name, device).dtype
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -156,6 +229,47 @@ def measure_matmul_flops(
         a @ b
         count += 1
     return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def compile_problem(device: torch.device) -> str | None:
+    """What `torch.compile` needs and this machine lacks (a sentence), or None when it can
+    work: a C++ compiler and Python's headers for CPU kernels, Triton for GPU kernels."""
+    if device.type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+        except Exception:  # inductor's own search: CXX, then g++ / clang++ on PATH
+            return (
+                "torch.compile builds C++ kernels for the CPU and no C++ compiler was found "
+                "(install g++ or clang++, or set CXX)"
+            )
+        include = sysconfig.get_paths().get("include", "")
+        if not os.path.exists(os.path.join(include, "Python.h")):
+            return (
+                f"torch.compile builds C++ kernels against Python's headers and {include}/Python.h "
+                "is missing (install your Python's development package, e.g. python3-dev)"
+            )
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "torch.compile builds GPU kernels with Triton, which is not installed"
+    return None
+
+
+def keep_freed_memory() -> bool:
+    """Keep freed memory in this process for reuse (glibc only): large blocks come from the
+    heap instead of fresh mappings, and the heap is not trimmed. The resident size stays near
+    its peak, as with a GPU's caching allocator. Returns whether the setting took."""
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))
+    except (OSError, AttributeError):  # musl, or no libc.so.6
+        return False
 
 
 class StopRequest:

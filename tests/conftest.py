@@ -20,6 +20,13 @@ def _private_user_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["MYGPT2_CACHE"] = str(tmp_path_factory.mktemp("user-cache"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cpu_without_native_bf16() -> None:
+    """Tests see a CPU without native bf16, so `dtype auto` is float32 on every machine and
+    references compare at float32's precision (runtime tests set the flags they need)."""
+    os.environ["MYGPT2_CPU_FLAGS"] = ""
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Directory holding tinyshakespeare.txt and gpt2.tiktoken."""
