@@ -5,12 +5,13 @@ on the last micro-batch, gradient and weight norms, a copy of the weights, the u
 norms), so its overhead is (health step - plain step) / (N x plain step). Both kinds of step
 run in this one process on the same model, batch and thread count, taking turns, so load
 hits them alike; the figures are medians of CPU time (this process, all its threads), which
-other jobs on the machine disturb less than wall time. Besides, the script times one block
-of N steps each way (N - 1 plain + 1 health against N plain), and one redraw of health.png
-from N / 50 x 20 health rows (the plot is redrawn at each evaluation, not at each step).
+other jobs on the machine disturb less than wall time. It also times one redraw of
+health.png from 20 health rows (the plot is redrawn at each evaluation, not at each step),
+and with --block K, 2K blocks of N steps each way (N - 1 plain + 1 health against N plain,
+in the order health, plain, plain, health, so that a drift in load cancels).
 
-    python benchmarks/bench_health.py                    # small and 124M shapes, N = 50
-    python benchmarks/bench_health.py --shapes small --steps 20 --interval 50
+    python benchmarks/bench_health.py --steps 5                    # small and 124M, N = 50
+    python benchmarks/bench_health.py --shapes small --steps 20 --block 2
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def cpu_time(fn) -> float:
     return time.process_time() - t0
 
 
-def bench(name: str, shape: dict, steps: int, interval: int) -> list[str]:
+def bench(name: str, shape: dict, steps: int, interval: int, block: int) -> list[str]:
     model, optimizer, batches = setup(shape)
     rows = []
 
@@ -74,32 +75,41 @@ def bench(name: str, shape: dict, steps: int, interval: int) -> list[str]:
         result = train_step(model, optimizer, batches, grad_clipping=1.0, health=HealthProbe(model))
         rows.append({"step": len(rows) + 1, "kind": "health", **result.health})
 
-    for _ in range(2):  # warm-up
-        plain()
-        health()
+    plain()  # warm-up
+    health()
     times: dict[str, list[float]] = {"plain": [], "health": []}
     for _ in range(steps):  # turns: load hits both alike
         times["plain"].append(cpu_time(plain))
         times["health"].append(cpu_time(health))
     p, h = statistics.median(times["plain"]), statistics.median(times["health"])
     overhead = (h - p) / (interval * p)
-    # one block of `interval` steps each way, in CPU time
-    with_health = cpu_time(lambda: [plain() for _ in range(interval - 1)] + [health()])
-    without = cpu_time(lambda: [plain() for _ in range(interval)])
-    history = (rows * (1 + 20 * interval // 50 // max(len(rows), 1)))[: 20 * interval // 50]
+    history = (rows * 20)[:20]
     history = [{**r, "step": (i + 1) * interval} for i, r in enumerate(history)]
     with tempfile.TemporaryDirectory() as tmp:
         draw = cpu_time(lambda: save_health_png(history, Path(tmp) / "health.png"))
     tokens = shape["accum"] * shape["batch"] * shape["T"]
-    return [
+    lines = [
         f"\n{name}: {shape}, {model.num_params() / 1e6:.1f}M params, {tokens} tokens/step",
         f"  plain step {p * 1e3:8.1f} ms CPU   health step {h * 1e3:8.1f} ms CPU   "
         f"(+{(h - p) / p:.0%} on that step)",
         f"  overhead at health_interval {interval}: {overhead:.2%} of the run (medians)",
-        f"  one block of {interval} steps: {without:.2f} s plain, {with_health:.2f} s with one "
-        f"health step ({with_health / without - 1:+.2%})",
         f"  health.png from {len(history)} rows: {draw:.2f} s CPU per evaluation",
     ]
+    if block:  # blocks of `interval` steps each way, in CPU time, in ABBA order
+        totals = {"plain": 0.0, "health": 0.0}
+        for kind in ("health", "plain", "plain", "health") * block:
+            last = health if kind == "health" else plain
+            t0 = time.process_time()
+            for _ in range(interval - 1):
+                plain()
+            last()
+            totals[kind] += time.process_time() - t0
+        ratio = totals["health"] / totals["plain"] - 1
+        lines.append(
+            f"  {2 * block} blocks of {interval} steps each way: {totals['plain']:.1f} s plain, "
+            f"{totals['health']:.1f} s with one health step per block ({ratio:+.2%})"
+        )
+    return lines
 
 
 def main() -> None:
@@ -108,6 +118,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps of each kind")
     parser.add_argument("--interval", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--block", type=int, default=0, help="also time 2 x BLOCK blocks of N steps each way"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -115,7 +128,8 @@ def main() -> None:
         f"{torch.get_num_threads()} thread(s), CPU time"
     )
     for name in args.shapes:
-        print("\n".join(bench(name, SHAPES[name], args.steps, args.interval)), flush=True)
+        lines = bench(name, SHAPES[name], args.steps, args.interval, args.block)
+        print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":
