@@ -99,9 +99,14 @@ def native_bf16_flag() -> str | None:
     return None
 
 
-def choose_dtype(name: str, device: torch.device) -> DtypeChoice:
+def choose_dtype(name: str, device: torch.device, generation: bool = False) -> DtypeChoice:
     """Resolve the compute dtype and say why; `auto`: bf16 on capable GPUs and on CPUs with
-    native bf16, fp16 on other GPUs and on MPS, float32 on other CPUs."""
+    native bf16, fp16 on other GPUs and on MPS, float32 on other CPUs. With `generation`
+    (weights for one token at a time) `auto` is float32 on every CPU: PyTorch's bf16
+    vector-matrix products on a CPU repack the weights at every call and come out slower
+    than float32's (docs/BENCHMARKS.md, Generation)."""
+    if name == "auto" and generation and device.type == "cpu":
+        return DtypeChoice(torch.float32, "auto: one-token steps on a CPU are faster in fp32")
     if name == "auto":
         if device.type == "cuda":
             if torch.cuda.is_bf16_supported():
@@ -132,9 +137,9 @@ def choose_dtype(name: str, device: torch.device) -> DtypeChoice:
     return DtypeChoice(dtype, "as asked")
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+def pick_dtype(name: str, device: torch.device, generation: bool = False) -> torch.dtype:
     """The compute dtype `choose_dtype` picks (without the reason)."""
-    return choose_dtype(name, device).dtype
+    return choose_dtype(name, device, generation).dtype
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

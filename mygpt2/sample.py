@@ -35,7 +35,8 @@ def load_model(cfg: Config) -> tuple[GPT, RegexTokenizer]:
     """The model (on `device`, in `dtype`, eval mode) and tokenizer to sample from."""
     model, tok = load_model_and_tokenizer(cfg)
     device = pick_device(cfg.run.device)
-    return model.to(device=device, dtype=pick_dtype(cfg.run.dtype, device)).eval(), tok
+    dtype = pick_dtype(cfg.run.dtype, device, generation=True)
+    return model.to(device=device, dtype=dtype).eval(), tok
 
 
 def encode_start(tok: RegexTokenizer, text: str, allow_special: bool) -> list[int]:

@@ -53,6 +53,13 @@ def test_auto_is_bf16_exactly_on_cpus_with_native_bf16(monkeypatch, flags, dtype
     assert str(choice).startswith(str(dtype).removeprefix("torch.") + " (auto: ")
 
 
+def test_auto_keeps_float32_weights_for_generation_on_a_cpu(monkeypatch):
+    monkeypatch.setenv("MYGPT2_CPU_FLAGS", "avx512f avx512_bf16 amx_bf16")
+    choice = choose_dtype("auto", torch.device("cpu"), generation=True)
+    assert choice.dtype == torch.float32 and "one-token steps" in choice.reason
+    assert pick_dtype("bfloat16", torch.device("cpu"), generation=True) == torch.bfloat16
+
+
 def test_cpu_flags_are_read_from_proc_cpuinfo(monkeypatch):
     monkeypatch.delenv("MYGPT2_CPU_FLAGS")
     info = Path("/proc/cpuinfo")
