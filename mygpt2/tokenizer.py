@@ -509,6 +509,10 @@ class RegexTokenizer:
         atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
+# `tokenizer_path` naming the byte-level tokenizer: ids 0-255 are the bytes, 256 end-of-text.
+BYTES_TOKENIZER = "bytes"
+
+
 def _byte_ranks() -> dict[bytes, int]:
     return {bytes([i]): i for i in range(256)}
 
@@ -524,9 +528,13 @@ def _fix_surrogates(text: str) -> str:
 
 def load_tokenizer(tok_cfg: TokenizerConfig) -> RegexTokenizer:
     """The tokenizer a TokenizerConfig asks for: GPT-2's via tiktoken when `use_tiktoken` is set
-    (from `tiktoken_file` if given), else our `tokenizer.json` at `tokenizer_path`."""
+    (from `tiktoken_file` if given), the plain byte-level one (256 bytes and end-of-text, no
+    merges: nothing to train) when `tokenizer_path` is `bytes`, else our `tokenizer.json` at
+    `tokenizer_path`."""
     if tok_cfg.use_tiktoken:
         if tok_cfg.tiktoken_file:
             return RegexTokenizer.from_tiktoken_file(tok_cfg.tiktoken_file, "gpt2", {EOT: 50256})
         return RegexTokenizer.from_tiktoken("gpt2")
+    if tok_cfg.tokenizer_path == BYTES_TOKENIZER:
+        return RegexTokenizer(name=BYTES_TOKENIZER)  # no merges: the split pattern is moot
     return RegexTokenizer.load(tok_cfg.tokenizer_path)
