@@ -332,7 +332,7 @@ def test_command_views_print_tables_and_write_files(checkpoint_dir, tmp_path, ca
         (["--text", "x"], "say what to look at: mygpt2 inspect attention|lens|patch|tokens|dla"),
         (["lens"], "give the text with --text TEXT or --file PATH"),
         (["lens", "--text", "x", "--file", "y"], "one of them"),
-        (["tokens", "--text", "x", "--png", "a.png"], "--png is for mygpt2 inspect attention, patch or dla"),
+        (["tokens", "--text", "x", "--png", "a.png"], "--png is for mygpt2 inspect attention, patch, dla, health or series"),
         (["patch", "--text", "x"], "needs --corrupt TEXT and --target TOKEN"),
         (["lens", "--text", "hello", "--target", " hello name"], "is 2 tokens"),
         (["lens", "--text", "hello", "--pos", "x"], "--pos takes a whole number"),
