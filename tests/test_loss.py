@@ -104,3 +104,39 @@ def test_fp16_autocast_with_loss_scaling_keeps_small_gradients():
     for name, want in reference.items():
         error = ((fused[name] - want).norm() / want.norm()).item()
         assert error < 1e-2, f"{name}: relative error {error:.3g}"  # fp16 noise is ~1e-3
+
+
+def test_bf16_autocast_loss_and_gradients_are_those_of_bf16_logits():
+    """Under bf16 autocast all three matmuls of the fused loss run in bf16: the loss and the
+    gradients match F.cross_entropy on the same bf16 logits within bf16's rounding, and the
+    weight gradient, summed over chunks in float32, stays float32."""
+    from mygpt2.loss import linear_cross_entropy
+
+    torch.manual_seed(3)
+    h = torch.randn(300, 64, requires_grad=True)
+    w = (0.1 * torch.randn(1000, 64)).requires_grad_()
+    y = torch.randint(0, 1000, (300,))
+    y[::7] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = h @ w.t()  # bf16, as the fused path computes them
+    plain = F.cross_entropy(logits.float(), y, ignore_index=-100, reduction="sum")
+    gh, gw = torch.autograd.grad(plain, (h, w))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = linear_cross_entropy(h, w, y, 64, "sum")  # 5 chunks, the last one short
+    fh, fw = torch.autograd.grad(fused, (h, w))
+    assert fh.dtype == fw.dtype == torch.float32
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-5)
+    for got, want in ((fh, gh), (fw, gw)):
+        error = ((got - want).norm() / want.norm()).item()
+        assert error < 1e-2, f"relative error {error:.3g}"  # bf16 rounding is ~4e-3
+
+
+def test_the_fused_loss_backward_runs_once():
+    from mygpt2.loss import linear_cross_entropy
+
+    h = torch.randn(8, 4, requires_grad=True)
+    w = torch.randn(10, 4, requires_grad=True)
+    loss = linear_cross_entropy(h, w, torch.randint(0, 10, (8,)), 4)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="handed over once"):
+        loss.backward()
