@@ -88,7 +88,8 @@ def dead_fraction(post: torch.Tensor, tolerance: float = DEAD_TOLERANCE) -> floa
 
 
 def layer_of(name: str) -> str:
-    """The layer a parameter belongs to: `embed`, `L0` .. `L{n-1}`, or `final` (ln_f)."""
+    """The layer a parameter belongs to: `embed`, `L0` .. `L{n-1}`, or `final` (ln_f, and the
+    output head when it is not tied to the embedding)."""
     m = re.match(r"(?:.*\.)?h\.(\d+)\.", name)
     if m:
         return f"L{m[1]}"
