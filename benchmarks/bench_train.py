@@ -8,11 +8,18 @@ own step (token-weighted loss, gradient clipping, AdamW with `mygpt2.optim.make_
 decay groups), on a `mygpt2.model.GPT`.
 
 MFU is model FLOPs (`GPT.flops_per_token`, 6N + attention) per second against the machine's
-measured matmul rate in the same dtype, not against a datasheet.
+measured matmul rate in the same dtype, not against a datasheet. bf16 rows run only where the
+CPU has native bf16 (`runtime.native_bf16_flag`: AVX-512 BF16, AMX); elsewhere the script says
+they were skipped and why.
+
+Every runner, the reference included, runs with `runtime.keep_freed_memory()` on, as
+`mygpt2 train` does on a CPU: so the ratios credit our step, not the allocator setting (which
+speeds up the reference too).
 
     python benchmarks/bench_train.py                 # both shapes, fp32 and bf16 autocast
     python benchmarks/bench_train.py --shapes small  # just the small shape
     python benchmarks/bench_train.py --loss-check    # fp32 vs bf16 val loss on Tiny Shakespeare
+    python benchmarks/bench_train.py --threads 1     # one thread (a machine shared with others)
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from mygpt2.config import Config, ModelConfig
 from mygpt2.model import GPT
 from mygpt2.optim import make_optimizer
-from mygpt2.runtime import measure_matmul_flops
+from mygpt2.runtime import cpu_flags, keep_freed_memory, measure_matmul_flops, native_bf16_flag
 from mygpt2.train import train_step
 
 SHAPES = {
@@ -98,8 +105,8 @@ def bench_shape(name: str, shape: dict, steps: int, warmup: int, compiled: bool)
     model, runners["ours fp32"] = ours_step_fn(shape, torch.float32)
     if compiled:
         _, runners["ours fp32 compiled"] = ours_step_fn(shape, torch.float32, compile=True)
-    bf16_fast = peak["bf16"] > peak["fp32"]
-    if bf16_fast:  # without AVX-512 BF16 / AMX, bf16 matmuls are emulated and very slow
+    bf16_native = native_bf16_flag() is not None
+    if bf16_native:  # without AVX-512 BF16 / AMX, bf16 matmuls are emulated and very slow
         _, runners["ours bf16 autocast"] = ours_step_fn(shape, torch.bfloat16)
     times: dict[str, list[float]] = {k: [] for k in runners}
     for i in range(warmup + steps):
@@ -120,9 +127,10 @@ def bench_shape(name: str, shape: dict, steps: int, warmup: int, compiled: bool)
         rate = B * T / statistics.median(ts)
         mfu = flops_tok * rate / peak["bf16" if "bf16" in label else "fp32"]
         lines.append(f"  {label:<22}{rate:>10,.0f}{rate / hf_rate:>11.2f}x{mfu:>8.0%}")
-    if not bf16_fast:
+    if not bf16_native:
         lines.append(
-            "  (bf16 autocast skipped: this CPU's bf16 matmul is slower than fp32, "
+            "  (bf16 autocast skipped: this CPU has no native bf16 (avx512_bf16 or amx_bf16 in "
+            "/proc/cpuinfo), so bf16 would be emulated, many times slower than fp32; "
             f"cpu capability {torch.backends.cpu.get_cpu_capability()})"
         )
     return lines
@@ -173,15 +181,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled runner")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's default")
     parser.add_argument("--loss-check", action="store_true")
     parser.add_argument("--loss-steps", type=int, default=300)
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     parser.add_argument("--shakespeare", type=Path, default=shared / "tinyshakespeare.txt")
     parser.add_argument("--tiktoken-file", type=Path, default=shared / "gpt2.tiktoken")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as mygpt2 train does on a CPU; for every runner alike
+    flags = " ".join(sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}"
+        f"{platform.processor() or platform.machine()} ({flags}), {time.strftime('%Y-%m-%d')}"
     )
     if args.loss_check:
         import tempfile
