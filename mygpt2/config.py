@@ -166,7 +166,9 @@ class TokenizerConfig:
     """Which tokenizer turns text into ids."""
 
     use_tiktoken: bool = option(False, "GPT-2's tiktoken encoding instead of tokenizer_path")
-    tokenizer_path: str = option("tokenizer.json", "our tokenizer file (mygpt2 tokenizer train)")
+    tokenizer_path: str = option(
+        "tokenizer.json", "our tokenizer file (mygpt2 tokenizer train), or bytes: 256 bytes + eot"
+    )
     tiktoken_file: str = option("", "a local gpt2.tiktoken, so the tiktoken route works offline")
     split_pattern: str = option("gpt4", "tokenizer training: gpt4, gpt2, or a regex")
 
@@ -244,6 +246,36 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-medium": dict(n_layers=24, n_heads=16, n_emb=1024, T=1024, vocab_size=50257),
     "gpt2-large": dict(n_layers=36, n_heads=20, n_emb=1280, T=1024, vocab_size=50257),
     "gpt2-xl": dict(n_layers=48, n_heads=25, n_emb=1600, T=1024, vocab_size=50257),
+    # The CPU speedrun's record recipe (docs/SPEEDRUN.md): a whole run, not only a shape.
+    "shakespeare-speedrun": dict(
+        data="shakespeare",
+        tokenizer_path="bytes",
+        n_layers=3,
+        n_heads=4,
+        n_emb=128,
+        T=64,
+        bias=False,
+        norm="rmsnorm",
+        mlp="relu2",
+        qk_norm=True,
+        tie_embeddings=False,
+        optimizer="muon",
+        muon_lr=0.06,
+        lr=1e-2,
+        min_lr=3e-4,
+        beta2=0.99,
+        warmup_ratio=0.02,
+        schedule="wsd",
+        decay_ratio=0.4,
+        batch_size=32,
+        macro_batch_size=32,
+        max_steps=300,
+        eval_interval=300,  # one evaluation, at the end: each costs ~111k tokens' forward
+        eval_batches=7,  # 7 x 256 blocks of 64 cover the whole validation split
+        val_batch_size=256,
+        target_val_loss=1.8857,
+        out_dir="out-speedrun",
+    ),
 }
 
 
@@ -343,13 +375,14 @@ def apply_values(cfg: Config, values: dict[str, Any], origin: str) -> None:
 
 
 def apply_preset(cfg: Config, name: str, origin: str = "python") -> None:
-    """Set the model shape from a named preset."""
+    """Set the fields a named preset holds: a model shape, or a whole recipe (a speedrun's)."""
     if name not in PRESETS:
         raise MyGPT2Error(
             f"unknown preset '{name}'.{closest(name, list(PRESETS))} Presets: {', '.join(PRESETS)}."
         )
+    sections = field_sections()
     for key, value in PRESETS[name].items():
-        setattr(cfg.model, key, value)
+        setattr(getattr(cfg, sections[key]), key, value)
         cfg.given[key] = f"preset {name}" if origin in ("flag", "python") else origin
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from mygpt2.config import (
     FALSE_WORDS,
+    PRESETS,
     SECTIONS,
     TRUE_WORDS,
     Config,
@@ -217,7 +218,7 @@ def help_text(command: Command) -> str:
         return "\n".join(lines).rstrip()
     lines.append("config flags (also as TOML keys in --config FILE):")
     if _takes_preset(command):
-        lines.append("  --preset NAME            small, gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+        lines.append(f"  --preset NAME            {', '.join(PRESETS)}")
     for section in SECTIONS:
         if section not in command.sections:
             continue
