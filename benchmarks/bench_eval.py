@@ -8,7 +8,9 @@ saved with Hugging Face's `save_pretrained`, loaded by both; nothing is download
 - HF loop: the perplexity guide's loop, one window at a time: `GPT2LMHeadModel(input_ids)`
   (the logits of every position), then `F.cross_entropy` on the window's scored positions;
 - HF batched: the same, `--batch` windows per forward pass (a fairer reference);
-- mygpt2: `score_stream(model, stream, stride=..., batch_size=--batch)`.
+- mygpt2: `score_stream(model, stream, stride=..., batch_size=--batch)`;
+- mygpt2 bf16: the same under bf16 autocast (what `dtype auto` picks), on CPUs with native
+  bf16 only (AVX-512 BF16, AMX); its mean loss differs from fp32's by bf16's rounding.
 
     python benchmarks/bench_eval.py                           # small and 124M, stride T and T/2
     python benchmarks/bench_eval.py --shapes 124M --windows 4 --runs 3
@@ -37,6 +39,7 @@ from torch.nn import functional as F
 
 from mygpt2.evaluation import TextStream, score_stream, sliding_windows
 from mygpt2.hf import from_pretrained
+from mygpt2.runtime import native_bf16_flag
 
 SHAPES = {
     "small": dict(n_layer=4, n_head=4, n_embd=128),
@@ -98,6 +101,10 @@ def bench(shape_name: str, stride: int, windows: int, batch: int, runs: int) -> 
         f"HF batched {batch}": hf_runner(hf, stream, stride, batch),
         "mygpt2": lambda: score_stream(ours, stream, stride=stride, batch_size=batch).nats,
     }
+    if native_bf16_flag():  # what dtype auto picks on such a CPU; emulated bf16 elsewhere is slow
+        runners["mygpt2 bf16"] = lambda: (
+            score_stream(ours, stream, stride=stride, batch_size=batch, dtype=torch.bfloat16).nats
+        )
     times: dict[str, list[float]] = {name: [] for name in runners}
     nats = {name: fn() for name, fn in runners.items()}  # warm-up, and the losses to compare
     for _ in range(runs):
