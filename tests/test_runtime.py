@@ -47,10 +47,19 @@ def test_cpu_device_and_dtypes(monkeypatch):
     ],
 )
 def test_auto_is_bf16_exactly_on_cpus_with_native_bf16(monkeypatch, flags, dtype, why):
+    monkeypatch.setattr("mygpt2.runtime.CPU_AUTO_BF16", True)
     monkeypatch.setenv("MYGPT2_CPU_FLAGS", flags)
     choice = choose_dtype("auto", torch.device("cpu"))
     assert choice.dtype == dtype and why in choice.reason
     assert str(choice).startswith(str(dtype).removeprefix("torch.") + " (auto: ")
+
+
+def test_until_the_loss_check_holds_auto_names_the_flag_and_stays_float32(monkeypatch):
+    monkeypatch.setattr("mygpt2.runtime.CPU_AUTO_BF16", False)
+    monkeypatch.setenv("MYGPT2_CPU_FLAGS", "avx2 avx512f avx512_bf16")
+    choice = choose_dtype("auto", torch.device("cpu"))
+    assert choice.dtype == torch.float32
+    assert "native bf16 (avx512_bf16): --dtype bfloat16" in choice.reason
 
 
 def test_auto_keeps_float32_weights_for_generation_on_a_cpu(monkeypatch):
@@ -111,6 +120,7 @@ def test_compile_without_a_toolchain_trains_uncompiled_with_a_warning(
     text = tmp_path / "text.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
     monkeypatch.setenv("MYGPT2_CPU_FLAGS", "avx512_bf16")
+    monkeypatch.setattr("mygpt2.runtime.CPU_AUTO_BF16", True)
     monkeypatch.setattr(
         "mygpt2.run_setup.compile_problem", lambda device: "no C++ compiler was found"
     )
