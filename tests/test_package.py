@@ -18,7 +18,7 @@ REPO = PACKAGE.parent
 
 # Lower layers never import higher ones. Same-layer imports are fine (no circles, checked below).
 LAYERS = {
-    "base": ["errors", "fileio", "lock", "config", "runtime"],
+    "base": ["errors", "fileio", "lock", "presets", "config", "runtime"],
     "domain": [
         "bpe",
         "tokenizer_files",
