@@ -126,7 +126,7 @@ def choose_dtype(name: str, device: torch.device, generation: bool = False) -> D
         if flag:
             return DtypeChoice(
                 torch.float32,
-                f"auto; this CPU has native bf16 ({flag}): --dtype bfloat16 trains 2-3x faster",
+                f"auto; this CPU has native bf16 ({flag}): --dtype bfloat16 trains up to 3x faster",
             )
         return DtypeChoice(
             torch.float32, "auto: this CPU has no native bf16 (AVX-512 BF16 or AMX); fp32 is faster"
