@@ -58,6 +58,7 @@ def test_a_few_steps_of_the_preset_train_and_score_the_whole_val_split(tmp_path,
     text.write_text(shakespeare_path.read_text(encoding="utf-8")[:24_000], encoding="utf-8")
     flags = ["--preset", NAME, "--max_steps", "3", "--out_dir", str(tmp_path / "run")]
     flags += ["--batch_size", "4", "--macro_batch_size", "4"]  # the recipe's shape, less work
+    flags += ["--dtype", "float32"]  # the tests' CPU has no native bf16 (conftest)
     flags += ["--shakespeare_path", str(text), "--cache_dir", str(tmp_path / "cache")]
     summary = train(parse(flags, COMMAND).config)
     assert summary["step"] == 3
