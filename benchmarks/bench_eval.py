@@ -9,7 +9,7 @@ saved with Hugging Face's `save_pretrained`, loaded by both; nothing is download
   (the logits of every position), then `F.cross_entropy` on the window's scored positions;
 - HF batched: the same, `--batch` windows per forward pass (a fairer reference);
 - mygpt2: `score_stream(model, stream, stride=..., batch_size=--batch)`;
-- mygpt2 bf16: the same under bf16 autocast (what `dtype auto` picks), on CPUs with native
+- mygpt2 bf16: the same under bf16 autocast (`--dtype bfloat16`), on CPUs with native
   bf16 only (AVX-512 BF16, AMX); its mean loss differs from fp32's by bf16's rounding.
 
     python benchmarks/bench_eval.py                           # small and 124M, stride T and T/2
@@ -101,7 +101,7 @@ def bench(shape_name: str, stride: int, windows: int, batch: int, runs: int) -> 
         f"HF batched {batch}": hf_runner(hf, stream, stride, batch),
         "mygpt2": lambda: score_stream(ours, stream, stride=stride, batch_size=batch).nats,
     }
-    if native_bf16_flag():  # what dtype auto picks on such a CPU; emulated bf16 elsewhere is slow
+    if native_bf16_flag():  # --dtype bfloat16 on such a CPU; emulated bf16 elsewhere is slow
         runners["mygpt2 bf16"] = lambda: (
             score_stream(ours, stream, stride=stride, batch_size=batch, dtype=torch.bfloat16).nats
         )
