@@ -10,6 +10,7 @@ script also measures the machine's memory bandwidth and says how close generatio
     python benchmarks/bench_generate.py                 # both shapes
     python benchmarks/bench_generate.py --shapes small  # only the small one
     python benchmarks/bench_generate.py --runs 5 --warmup 2
+    python benchmarks/bench_generate.py --dtype bfloat16   # ours in bf16 weights, HF in fp32
 
 Each figure is the median of `--runs` timed runs after `--warmup` untimed ones; mygpt2 and HF
 take turns run by run, so load from other processes hits both alike. The greedy tokens of both
@@ -87,9 +88,13 @@ def build_models(shape: dict[str, int]):
     return hf, ours
 
 
-def bench_shape(name: str, warmup: int, runs: int) -> dict[str, float]:
-    """Tokens/s of ours and HF, greedy and top-k 50, for one shape; prints a table."""
+def bench_shape(
+    name: str, warmup: int, runs: int, dtype: torch.dtype = torch.float32
+) -> dict[str, float]:
+    """Tokens/s of ours (weights in `dtype`) and HF (fp32), greedy and top-k 50, for one
+    shape; prints a table."""
     hf, ours = build_models(SHAPES[name])
+    ours = ours.to(dtype)
     prompt = torch.randint(0, VOCAB, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
     hf_kw = dict(
         attention_mask=torch.ones_like(prompt),
@@ -136,9 +141,10 @@ def bench_shape(name: str, warmup: int, runs: int) -> dict[str, float]:
     if name == "124M":
         # every new token reads every matmul weight once: the blocks, and the tied embedding
         # as the output head; of the position embedding only one row
-        weight_bytes = (ours.num_params() - ours.transformer.wpe.weight.numel()) * 4
+        size = ours.transformer.wte.weight.element_size()
+        weight_bytes = (ours.num_params() - ours.transformer.wpe.weight.numel()) * size
         copy, read = memory_bandwidth_gbs()
-        print(f"  weights read per token: {weight_bytes / 1e6:.0f} MB (fp32)")
+        print(f"  weights read per token: {weight_bytes / 1e6:.0f} MB ({dtype})")
         print(
             f"  machine bandwidth: copy (read + write) {copy:.1f} GB/s, read-only {read:.1f} GB/s"
         )
@@ -160,6 +166,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's default")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -171,10 +178,10 @@ def main() -> None:
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
-    print(f"batch 1, {PROMPT_LEN}-token prompt, {NEW_TOKENS} new tokens, CPU fp32")
+    print(f"batch 1, {PROMPT_LEN}-token prompt, {NEW_TOKENS} new tokens, CPU; ours {args.dtype}")
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     for name in args.shapes:
-        bench_shape(name, args.warmup, args.runs)
+        bench_shape(name, args.warmup, args.runs, getattr(torch, args.dtype))
 
 
 if __name__ == "__main__":
