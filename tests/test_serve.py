@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -494,6 +495,54 @@ def test_training_view_reads_a_metrics_file_being_written(server, tmp_path):
     assert third["reset"] and third["rows"] == [train]
     bad = httpx.get(url, params={"out_dir": str(tmp_path), "offset": "-1"})
     assert_openai_error(bad, 400)
+
+
+def test_compare_route_gives_what_mygpt2_compare_computes(server, tmp_path):
+    from test_compare import write_run
+
+    from mygpt2.compare import compare_runs, config_differences, summary
+
+    fast = write_run(tmp_path / "fast", [(2, 3.0, 1.5), (4, 2.5, 1.2)], seconds_per_step=0.25,
+                     config={"train": {"lr": 3e-3}})  # fmt: skip
+    slow = write_run(tmp_path / "slow", [(2, 3.2, 1.6), (4, 2.9, 1.4)], seconds_per_step=1.0)
+    url = server.url + "/api/compare"
+    got = httpx.get(url, params={"dirs": f"{slow}, {fast}", "target": "3.0"}).json()
+    c = compare_runs([slow, fast], target=3.0)
+    assert got == {
+        "metric": c.metric,
+        "target": 3.0,
+        "target_given": True,
+        "notes": [],
+        "runs": [summary(r, c.metric, c.target) for r in c.runs],
+        "differences": [{"key": k, "values": v} for k, v in config_differences(c.runs)],
+    }
+    # and by hand: the runs in the order given, fast's figures from its rows
+    assert [r["run"] for r in got["runs"]] == [str(slow), str(fast)]
+    assert got["runs"][1]["best"] == 2.5 and got["runs"][1]["tokens_per_s"] == 400.0
+    assert (got["runs"][1]["to_target_s"], got["runs"][0]["to_target_step"]) == (0.5, 4)
+    assert {"key": "lr", "values": ["0.001", "0.003"]} in got["differences"]
+    assert httpx.get(url, params={"dirs": f"{slow},{fast}"}).json()["target"] == 2.9  # all reached
+    no_run = httpx.get(url, params={"dirs": f"{slow},{tmp_path}"})
+    assert "has no metrics.jsonl" in assert_openai_error(no_run, 400)["message"]
+    assert assert_openai_error(httpx.get(url, params={"dirs": " , "}), 400)["param"] == "dirs"
+    bad = httpx.get(url, params={"dirs": str(slow), "target": "low"})
+    assert assert_openai_error(bad, 400)["param"] == "target"
+
+
+def test_mygpt2_compare_says_how_to_watch_the_runs_in_the_playground(tmp_path, capsys):
+    from test_compare import write_run
+
+    a = write_run(tmp_path / "a", [(4, 2.5, None)])
+    b = write_run(tmp_path / "b", [(4, 2.9, None)])
+    assert main(["compare", str(a), str(b), f"--out={tmp_path / 'c.png'}"]) == 0
+    hint = capsys.readouterr().out.splitlines()[-1]
+    assert hint.startswith(f"live in the playground: mygpt2 serve --out_dir {a} ")
+    query = hint.split("/?", 1)[1].split()[0]
+    assert urllib.parse.parse_qs(query)["runs"] == [f"{a},{b}"]
+    (a / "checkpoint.pt").unlink()
+    (b / "checkpoint.pt").unlink()  # nothing for `mygpt2 serve` to load: no hint
+    assert main(["compare", str(a), str(b), f"--out={tmp_path / 'c.png'}"]) == 0
+    assert "playground" not in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------- the command

@@ -169,6 +169,32 @@ def test_training_view_follows_a_run_as_it_writes(ui, tmp_path):
     screenshot(ui, "training")
 
 
+def test_training_view_compares_several_runs(ui, tmp_path):
+    from test_compare import write_run
+
+    page = ui.page
+    a = write_run(tmp_path / "run-a", [(2, 3.0, 1.5), (4, 2.5, 1.2)], seconds_per_step=0.25)
+    b = write_run(tmp_path / "run-b", [(2, 3.2, 1.6), (4, 2.9, 1.4)], seconds_per_step=1.0)
+    page.click("button[data-view=training]")
+    page.fill("#run-dir", f"{a}, {b}")
+    page.click("#watch")
+    page.wait_for_selector("#compare-table tbody tr")
+    legend = page.query_selector_all("#compare-legend .entry")
+    assert [e.inner_text() for e in legend] == [str(a), str(b)]
+    cells = [r.inner_text().split("\t") for r in page.query_selector_all("#compare-table tbody tr")]
+    assert [c[0] for c in cells] == [str(a), str(b)]  # one row per run, same order as entered
+    assert cells[0][3:5] == ["2.5000", "2.5000"] and cells[1][4] == "2.9000"  # final, best
+    page.select_option("#x-axis", "seconds")
+    titles = page.inner_text("#charts")
+    assert "validation loss" in titles and "training loss" in titles
+    assert len(page.query_selector_all("#charts .chart canvas")) == 2
+    screenshot(ui, "compare")
+    # the link `mygpt2 compare` prints opens the same view
+    page.goto(f"{ui.url}/?runs={a},{b}")
+    page.wait_for_selector("#compare-table tbody tr")
+    assert page.is_visible("#view-training") and page.input_value("#run-dir") == f"{a},{b}"
+
+
 def test_stop_button_cancels_the_generation(ui):
     page, engine = ui.page, ui.engine
     page.click("button[data-view=generate]")

@@ -44,3 +44,26 @@ def cli(argv: list[str]) -> None:
     out = args.extras.get("out", "compare.png")
     plot(comparison, out)
     print(f"\nwrote {out}")
+    hint = live_hint(args.positional, [r.config is not None for r in comparison.runs])
+    if hint:
+        print(hint)
+
+
+def live_hint(dirs: list[str], has_checkpoint: list[bool]) -> str | None:
+    """How to watch these runs in the playground's Training view, when that can work: the web
+    extra is installed, a run has a checkpoint for `mygpt2 serve` to load, and no directory
+    has a comma (the view splits its list there)."""
+    import importlib.util
+    import shlex
+    from urllib.parse import quote
+
+    if not all(importlib.util.find_spec(m) for m in ("starlette", "uvicorn")):
+        return None
+    if not any(has_checkpoint) or any("," in d for d in dirs):
+        return None
+    model = dirs[has_checkpoint.index(True)]
+    runs = quote(",".join(dirs), safe="/,~.-_")
+    return (
+        f"live in the playground: mygpt2 serve --out_dir {shlex.quote(model)} (from this "
+        f"directory), then open http://127.0.0.1:8000/?runs={runs} (the Training view)"
+    )

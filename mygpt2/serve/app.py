@@ -9,6 +9,7 @@ Routes:
     POST /api/attention       {"text"}: every head's attention pattern
     POST /api/lens            {"text"}: the logit lens
     GET  /api/metrics         ?out_dir=&offset=&file=: new rows of a run's metrics.jsonl
+    GET  /api/compare         ?dirs=a,b&target=: `mygpt2 compare`'s table of those runs
 
 Every error, from a bad field to an unknown route or a fault, answers in OpenAI's error shape.
 With an API key, /v1 and /api need `Authorization: Bearer KEY`. POST bodies must be JSON sent
@@ -50,7 +51,7 @@ from mygpt2.serve.completions import (
     usage_body,
 )
 from mygpt2.serve.engine import Engine
-from mygpt2.serve.runs import read_metrics
+from mygpt2.serve.runs import compare, read_metrics
 
 log = logging.getLogger("mygpt2.serve")
 STATIC = files("mygpt2.serve") / "static"
@@ -245,6 +246,13 @@ def create_app(
         )
         return JSONResponse(rows)
 
+    async def comparison(request: Request) -> Response:
+        guard(request)
+        q = request.query_params
+        return JSONResponse(
+            await asyncio.to_thread(compare, q.get("dirs", ""), q.get("target", ""))
+        )
+
     async def on_api_error(request: Request, exc: Exception) -> Response:
         err = error_of(exc)
         where = f"{request.method} {request.url.path}"
@@ -265,6 +273,7 @@ def create_app(
         Route("/api/attention", view(engine.attention_view), methods=["POST"]),
         Route("/api/lens", view(engine.lens_view), methods=["POST"]),
         Route("/api/metrics", metrics),
+        Route("/api/compare", comparison),
         Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
     ]
     handlers = {APIError: on_api_error, HTTPException: on_api_error, Exception: on_api_error}

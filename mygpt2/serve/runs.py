@@ -1,5 +1,5 @@
 """The training view's data: the rows a run has appended to `out_dir/metrics.jsonl` since the
-page last asked.
+page last asked, and, when it shows several runs, `mygpt2 compare`'s table of them.
 
 The page polls with the byte offset and file identity it got last time and receives only new
 rows, so a long run costs one small read per poll. A file being written is read up to its last
@@ -75,4 +75,34 @@ def read_metrics(out_dir: str, offset: int = 0, file_id: str | None = None) -> d
         "file": ident,
         "reset": reset,
         "bad_lines": bad,
+    }
+
+
+def compare(dirs: str, target: str = "") -> dict[str, Any]:
+    """`mygpt2 compare`'s figures for the comma-separated run directories `dirs`, as JSON: the
+    measure, the target, the notes, one summary per run (in the order given) and the config
+    keys whose values differ. The figures come from mygpt2.compare, so page and command agree."""
+    from mygpt2.compare import compare_runs, config_differences, summary
+
+    names = [d.strip() for d in dirs.split(",") if d.strip()]
+    if not names:
+        raise APIError(400, "give the run directories to compare: ?dirs=DIR,DIR", param="dirs")
+    goal = None
+    if target:
+        try:
+            goal = float(target)
+        except ValueError:
+            raise APIError(
+                400, f"target must be a number, got {target!r}.", param="target"
+            ) from None
+    c = compare_runs([os.path.expanduser(n) for n in names], goal)
+    return {
+        "metric": c.metric,
+        "target": _finite(c.target),
+        "target_given": c.target_given,
+        "notes": c.notes,
+        "runs": [
+            {k: _finite(v) for k, v in summary(r, c.metric, c.target).items()} for r in c.runs
+        ],
+        "differences": [{"key": k, "values": v} for k, v in config_differences(c.runs)],
     }

@@ -399,41 +399,167 @@ async function loadLens(text) {
 }
 
 // ------------------------------------------------------------------------------ training
-const training = { timer: null, dir: "", offset: 0, file: null, rows: [] };
+// One directory: its curves, live. Several (comma-separated): their losses overlaid, one colour
+// per run, and `mygpt2 compare`'s table from /api/compare.
+const training = { timer: null, runs: [], compare: null, compareKey: "", compareAt: 0 };
 const COLORS = ["#2f6fdf", "#e8710a", "#1e8e3e", "#9334e6", "#d01884", "#12b5cb", "#5f6368"];
+const COMPARE_EVERY_MS = 30000; // the table reads each run's checkpoint: not on every poll
 
 function watch() {
   clearTimeout(training.timer);
-  training.dir = $("#run-dir").value.trim();
-  training.offset = 0;
-  training.file = null;
-  training.rows = [];
+  const dirs = $("#run-dir").value.split(",").map((d) => d.trim()).filter(Boolean);
+  training.runs = (dirs.length ? dirs : [""]).map((dir) => ({ dir, offset: 0, file: null, rows: [] }));
+  training.compare = null;
+  training.compareKey = "";
+  training.compareAt = 0;
+  const several = training.runs.length > 1;
+  $("#x-axis-box").hidden = !several;
+  $("#compare").hidden = !several;
+  $("#compare-table").textContent = "";
+  setStatus($("#compare-status"), "");
   $("#charts").textContent = "";
+  $("#compare-legend").textContent = "";
   poll();
 }
 
 async function poll() {
   const status = $("#training-status");
   try {
-    const q = new URLSearchParams({ out_dir: training.dir, offset: training.offset, file: training.file || "" });
-    const got = await api("/api/metrics?" + q);
-    if (got.reset) training.rows = [];
-    training.rows.push(...got.rows);
-    training.offset = got.offset;
-    training.file = got.file;
-    const bad = got.bad_lines ? ` · ${got.bad_lines} unreadable lines skipped` : "";
-    setStatus(status, got.file === null
-      ? "no metrics.jsonl yet; waiting for the run to write one"
-      : `${training.rows.length} rows · updated ${new Date().toLocaleTimeString()}${bad}`);
-    if (got.rows.length || got.reset) drawTraining();
+    let changed = false;
+    for (const run of training.runs) {
+      const q = new URLSearchParams({ out_dir: run.dir, offset: run.offset, file: run.file || "" });
+      const got = await api("/api/metrics?" + q);
+      if (got.reset) run.rows = [];
+      run.rows.push(...got.rows);
+      run.offset = got.offset;
+      run.file = got.file;
+      run.bad = got.bad_lines;
+      changed = changed || got.rows.length > 0 || got.reset;
+    }
+    const time = new Date().toLocaleTimeString();
+    if (training.runs.length === 1) {
+      const run = training.runs[0];
+      const bad = run.bad ? ` · ${run.bad} unreadable lines skipped` : "";
+      setStatus(status, run.file === null
+        ? "no metrics.jsonl yet; waiting for the run to write one"
+        : `${run.rows.length} rows · updated ${time}${bad}`);
+      if (changed) drawTraining();
+    } else {
+      const waiting = training.runs.filter((r) => r.file === null).map((r) => r.dir);
+      const rows = training.runs.reduce((n, r) => n + r.rows.length, 0);
+      setStatus(status, `${training.runs.length} runs · ${rows} rows · updated ${time}` +
+        (waiting.length ? ` · no metrics.jsonl yet in ${waiting.join(", ")}` : ""));
+      if (changed) drawComparison();
+      loadComparison();
+    }
   } catch (e) {
     setStatus(status, e.message, true);
   }
   training.timer = setTimeout(poll, 2000);
 }
 
+async function loadComparison() {
+  // again when a run has a new evaluation, or its other rows changed and a while has passed
+  const evals = training.runs.map((r) => r.rows.filter((x) => x.kind === "eval").length).join();
+  const rows = training.runs.map((r) => r.rows.length).join();
+  const due = Date.now() - training.compareAt > COMPARE_EVERY_MS;
+  if (training.compareKey === evals + "|" + rows) return;
+  if (training.compareKey.split("|")[0] === evals && !due) return;
+  training.compareKey = evals + "|" + rows;
+  training.compareAt = Date.now();
+  const dirs = training.runs.map((r) => r.dir).join(",");
+  try {
+    const metric = training.compare && training.compare.metric;
+    training.compare = await api("/api/compare?" + new URLSearchParams({ dirs }));
+    setStatus($("#compare-status"), training.compare.notes.map((n) => "note: " + n).join(" "));
+    renderComparison();
+    if (training.compare.metric !== metric) drawComparison();
+  } catch (e) {
+    setStatus($("#compare-status"), e.message, true);
+  }
+}
+
+function renderComparison() {
+  const c = training.compare;
+  const unit = c.metric === "val_bpb" ? "val bpb" : "val loss";
+  const to = c.target === null ? "to target" : `to ${c.target.toFixed(4)}` + (c.target_given ? "" : " (reached by all)");
+  const cell = (v, digits) => (v === null || v === undefined ? "-" : digits === undefined
+    ? Math.round(v).toLocaleString("en-US") : v.toFixed(digits));
+  const table = $("#compare-table");
+  table.textContent = "";
+  const head = table.createTHead().insertRow();
+  for (const h of ["run", "steps", "tokens", `final ${unit}`, `best ${unit}`, "val bpb", "tok/s", "train s", `time ${to}`]) {
+    const th = document.createElement("th");
+    th.textContent = h;
+    head.appendChild(th);
+  }
+  const body = table.createTBody();
+  c.runs.forEach((s, i) => {
+    const tr = body.insertRow();
+    const reached = s.to_target_s === null ? "-" : `${s.to_target_s.toFixed(1)} s (step ${s.to_target_step})`;
+    const cells = [training.runs[i] ? training.runs[i].dir : s.run, String(s.steps), cell(s.tokens),
+      cell(s.final, 4), cell(s.best, 4), cell(s.bpb, 4), cell(s.tokens_per_s), cell(s.wall_s, 1), reached];
+    cells.forEach((text, j) => {
+      const td = tr.insertCell();
+      td.textContent = text;
+      if (j === 0) td.style.borderLeft = `4px solid ${COLORS[i % COLORS.length]}`;
+    });
+  });
+  if (c.differences.length) {
+    const tr = body.insertRow();
+    const td = tr.insertCell();
+    td.colSpan = 9;
+    td.className = "hint";
+    td.textContent = "differ in: " + c.differences.map((d) => `${d.key} (${d.values.join(" / ")})`).join(", ");
+  }
+}
+
+function secondsOf(rows) {
+  // training seconds at each step: elapsed_s where logged, else tokens / tokens_per_s summed
+  // (as mygpt2.compare estimates logs written before elapsed_s existed)
+  const seconds = new Map();
+  let total = 0, tokens = 0;
+  for (const r of rows) {
+    if (r.kind !== "train") continue;
+    if (typeof r.elapsed_s === "number") total = r.elapsed_s;
+    else if (r.tokens_per_s) total += (r.tokens - tokens) / r.tokens_per_s;
+    if (r.tokens !== undefined) tokens = r.tokens;
+    seconds.set(r.step, total);
+  }
+  return seconds;
+}
+
+function drawComparison() {
+  const axis = $("#x-axis").value;
+  const metric = training.compare ? training.compare.metric : "val_loss";
+  const label = { step: "step", tokens: "tokens seen", seconds: "training seconds" }[axis];
+  const lines = (kind, key) => training.runs.map((run) => {
+    const seconds = secondsOf(run.rows);
+    const x = (r) => (axis === "step" ? r.step : axis === "tokens" ? r.tokens
+      : typeof r.elapsed_s === "number" ? r.elapsed_s : seconds.get(r.step));
+    const points = run.rows
+      .filter((r) => r.kind === kind && typeof r[key] === "number" && typeof x(r) === "number")
+      .map((r) => [x(r), r[key]]);
+    return { name: run.dir, points };
+  });
+  const charts = [
+    [metric === "val_bpb" ? "validation bits per byte" : "validation loss (nats/token)", lines("eval", metric)],
+    ["training loss (nats/token)", lines("train", "loss")],
+  ];
+  const legend = $("#compare-legend");
+  legend.textContent = "";
+  training.runs.forEach((run, i) => {
+    const entry = document.createElement("span");
+    entry.className = "entry";
+    entry.style.setProperty("--color", COLORS[i % COLORS.length]);
+    entry.textContent = run.dir;
+    legend.appendChild(entry);
+  });
+  drawCharts(charts, label, false);
+}
+
 function drawTraining() {
-  const rows = training.rows;
+  const rows = training.runs[0].rows;
   // rows without a token count (health) sit at step x tokens per step of the run
   const counted = rows.filter((r) => r.tokens !== undefined && r.step > 0);
   const perStep = counted.length ? counted[counted.length - 1].tokens / counted[counted.length - 1].step : 0;
@@ -452,6 +578,10 @@ function drawTraining() {
   const keys = new Set();
   for (const r of health) for (const k of Object.keys(r)) if (typeof r[k] === "number" && !["step", "tokens"].includes(k)) keys.add(k);
   for (const k of [...keys].slice(0, 16)) charts.push([`health: ${k}`, [series("health", k, k)]]);
+  drawCharts(charts, "tokens", true);
+}
+
+function drawCharts(charts, xLabel, named) {
   const box = $("#charts");
   box.textContent = "";
   for (const [title, lines] of charts) {
@@ -463,7 +593,7 @@ function drawTraining() {
     const canvas = document.createElement("canvas");
     div.append(h, canvas);
     box.appendChild(div);
-    lineChart(canvas, lines);
+    lineChart(canvas, lines, xLabel, named);
   }
 }
 
@@ -487,7 +617,7 @@ function short(v, step) {
   return String(Number(v.toPrecision(digits)));
 }
 
-function lineChart(canvas, lines) {
+function lineChart(canvas, lines, xLabel, named) {
   const ratio = window.devicePixelRatio || 1;
   const W = canvas.clientWidth || 420;
   const H = canvas.clientHeight || 220;
@@ -519,7 +649,7 @@ function lineChart(canvas, lines) {
   const xTicks = niceTicks(x0, x1, 6);
   const xStep = xTicks.length > 1 ? xTicks[1] - xTicks[0] : Math.abs(x0) || 1;
   for (const t of xTicks) ctx.fillText(short(t, xStep), px(t), H - B + 4);
-  ctx.fillText("tokens", (L + W - R) / 2, H - 14);
+  ctx.fillText(xLabel, (L + W - R) / 2, H - 14);
   lines.forEach((s, i) => {
     if (!s.points.length) return;
     ctx.strokeStyle = ctx.fillStyle = COLORS[i % COLORS.length];
@@ -528,6 +658,7 @@ function lineChart(canvas, lines) {
     s.points.forEach(([a, b], j) => (j ? ctx.lineTo(px(a), py(b)) : ctx.moveTo(px(a), py(b))));
     ctx.stroke();
     if (s.points.length < 40) for (const [a, b] of s.points) ctx.fillRect(px(a) - 2, py(b) - 2, 4, 4);
+    if (!named) return; // runs compared are named in the legend above the charts
     ctx.textAlign = "right";
     ctx.textBaseline = "top";
     ctx.fillText(s.name, W - R - 2, T + 2 + 13 * i);
@@ -571,4 +702,8 @@ $("#token-text").addEventListener("click", (ev) => {
 });
 $("#watch").onclick = watch;
 $("#run-dir").addEventListener("keydown", (ev) => ev.key === "Enter" && watch());
-loadInfo();
+$("#x-axis").onchange = () => training.runs.length > 1 && drawComparison();
+// /?runs=a,b (what `mygpt2 compare` suggests) opens the training view on those runs
+const linked = new URLSearchParams(location.search).get("runs");
+if (linked) $("#run-dir").value = linked;
+loadInfo().then(() => linked && show("training"));
