@@ -15,7 +15,6 @@ Design choices:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from mygpt2.checkpoint import load_checkpoint
 from mygpt2.config import PER_INVOCATION, flatten
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import atomic_write
+from mygpt2.metrics import read_metrics
 
 # keys that say where a run went, not how it trained
 NOT_COMPARED = PER_INVOCATION | {"out_dir"}
@@ -42,28 +42,6 @@ class RunRecord:
 
     def kind(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.rows if r.get("kind") == kind]
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl; a last line cut short by a kill is left out."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise MyGPT2Error(f"cannot read '{path}': {e}") from None
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # the run was killed while appending it
-                break
-            raise MyGPT2Error(f"{path}, line {number}: not a JSON row ({line[:60]!r}).") from None
-        if not isinstance(row, dict) or "step" not in row or "kind" not in row:
-            raise MyGPT2Error(f"{path}, line {number}: not a metrics row (no step or kind).")
-        rows.append(row)
-    return rows
 
 
 def elapsed_by_step(rows: list[dict[str, Any]]) -> dict[int, float]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import append_text, atomic_write, ensure_dir
 
 
@@ -147,6 +148,28 @@ def _scalars(row: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out.append((tag, value))
     return out
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl; a last line cut short by a kill is left out."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise MyGPT2Error(f"cannot read '{path}': {e}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the run was killed while appending it
+                break
+            raise MyGPT2Error(f"{path}, line {number}: not a JSON row ({line[:60]!r}).") from None
+        if not isinstance(row, dict) or "step" not in row or "kind" not in row:
+            raise MyGPT2Error(f"{path}, line {number}: not a metrics row (no step or kind).")
+        rows.append(row)
+    return rows
 
 
 def _tensorboard_writer(path: Path):

@@ -11,12 +11,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from mygpt2.config import Config
 from mygpt2.errors import MyGPT2Error, UsageError
+from mygpt2.metrics import read_metrics
 
 
 def read_health_rows(out_dir: Path) -> list[dict[str, Any]]:
@@ -24,18 +24,7 @@ def read_health_rows(out_dir: Path) -> list[dict[str, Any]]:
     path = out_dir / "metrics.jsonl"
     if not path.is_file():
         raise MyGPT2Error(f"no metrics.jsonl in '{out_dir}': is it a training run's out_dir?")
-    rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise MyGPT2Error(f"cannot read '{path}': {e}.") from None
-    for number, line in enumerate(lines, start=1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise MyGPT2Error(f"{path}, line {number}: not a JSON row.") from None
-        if isinstance(row, dict) and row.get("kind") == "health":
-            rows.append(row)
+    rows = [r for r in read_metrics(path) if r["kind"] == "health"]
     if not rows:
         raise MyGPT2Error(
             f"'{path}' has no health rows: train with --health_interval N (say 50) to record "
