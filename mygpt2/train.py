@@ -123,7 +123,6 @@ def finish(run: Run, ran: bool, argv: list[str] | None, program: str) -> dict[st
         extend = resume_command(run.cfg, argv, program, max_steps=2 * run.step)
         run.reporter.nothing_to_do(run.step, t.max_steps, out_dir, extend)
     elif run.reached_target:
-        run.reporter.close()
         run.reporter.say(
             f"\nreached target_val_loss {t.target_val_loss}: val loss {run.val_loss:.4f} at step "
             f"{run.step} of {t.max_steps}, after {run.elapsed_s:.1f} s of training; outputs "
@@ -325,8 +324,7 @@ def report_step(run: Run, result: StepResult, lr: float, seconds: float) -> None
         row["mfu"] = run.flops_per_step / seconds / (run.peak_flops * run.dist.world_size)
     run.log.log(row)
     if result.health is not None:
-        tokens = run.step * run.tokens_per_step
-        run.log.log({"kind": "health", "step": run.step, "tokens": tokens, **result.health})
+        run.log.log({"kind": "health", "step": run.step, "tokens": row["tokens"], **result.health})
     run.reporter.step(row, run.val_loss)
 
 
