@@ -47,6 +47,7 @@ from mygpt2.hooks import (
     run_with_hooks,
 )
 from mygpt2.loss import linear_cross_entropy
+from mygpt2.packing import packed_linear
 
 __all__ = ["GPT", "KVCache", "ModelConfig"]
 
@@ -59,12 +60,18 @@ class Linear(nn.Module):
     (benchmarks/bench_generate.py); batched training matmuls do not mind either way.
     """
 
+    # The weight in oneDNN's blocked layout, set only while generating in bf16 on a CPU
+    # (`generate.packed_weights`, see `mygpt2.packing`); None otherwise.
+    packed: torch.Tensor | None = None
+
     def __init__(self, n_in: int, n_out: int, bias: bool = True):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_in, n_out))
         self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return packed_linear(x, self.packed, self.bias)
         rows = x.reshape(-1, x.size(-1))
         y = rows @ self.weight if self.bias is None else torch.addmm(self.bias, rows, self.weight)
         return y.view(*x.shape[:-1], -1)
@@ -301,6 +308,7 @@ class KVCache:
     # Optional (n_emb, vocab_size) copy of the output head, transposed. On CPUs a one-token
     # step is a vector-matrix product, and MKL runs it several times faster with the vocabulary
     # along the contiguous axis; the head is the largest matrix, so generation keeps this copy.
+    # For bf16 weights on CPUs with native bf16 it is the head packed by `packing.pack_weight`.
     head: torch.Tensor | None = None
     _pending: int = 0  # tokens written by the current forward, committed by advance()
 
@@ -451,7 +459,10 @@ class GPT(nn.Module):
             )
             return None, loss
         head = cache.head if cache is not None else None
-        logits = self.lm_head(x) if head is None else x @ head  # (B, t, vocab)
+        if head is None:
+            logits = self.lm_head(x)  # (B, t, vocab)
+        else:
+            logits = packed_linear(x, head, None) if head.is_mkldnn else x @ head
         if cap:  # bounded logits, smooth: cap * tanh(logits / cap)
             logits = torch.tanh(logits / cap) * cap
         if hooks is not None:

@@ -7,6 +7,7 @@ Models are tiny and random-initialised inside the tests (see models.py): nothing
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ import torch
 from models import SHAPES, hf_model, prompt_ids, tiny_gpt
 
 from mygpt2.errors import MyGPT2Error
-from mygpt2.generate import generate, generate_stream, sample_next
+from mygpt2.generate import generate, generate_stream, new_cache, sample_next
 from mygpt2.hf import from_pretrained
+from mygpt2.model import KVCache, Linear
+from mygpt2.packing import can_pack
 
 # ------------------------------------------------------------ reference and cache
 
@@ -308,3 +311,85 @@ def test_prompt_ids_outside_the_vocabulary_are_refused():
 def test_prompts_of_different_lengths_need_the_cache():
     with pytest.raises(MyGPT2Error, match="use_cache=True"):
         generate(tiny_gpt(), [[1, 2], [3]], 2, use_cache=False)
+
+
+# ------------------------------------------------------------ packed bf16 weights on CPUs
+
+
+def _cpu_has_native_bf16() -> bool:
+    # /proc/cpuinfo itself: the suite sets MYGPT2_CPU_FLAGS empty (conftest.py)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in text or "amx_bf16" in text
+
+
+needs_native_bf16 = pytest.mark.skipif(
+    not _cpu_has_native_bf16(),
+    reason="oneDNN's packed bf16 matmul needs AVX-512 BF16 or AMX; this CPU has neither",
+)
+
+
+def _steps(model, prompt: torch.Tensor, tokens: list[int], cache: KVCache) -> list[torch.Tensor]:
+    """Logits after the prompt and after each of `tokens`, fed one at a time."""
+    with torch.no_grad():
+        out = [model(prompt, cache=cache)[0][:, -1].float()]
+        for t in tokens:
+            out.append(model(torch.tensor([[t]]), cache=cache)[0][:, -1].float())
+    return out
+
+
+@needs_native_bf16
+def test_packed_bf16_steps_equal_the_plain_bf16_steps(monkeypatch):
+    monkeypatch.setenv("MYGPT2_CPU_FLAGS", "avx512f avx512_bf16")
+    model = tiny_gpt(seed=3, n_emb=64, vocab_size=300, pad_vocab=True, T=32).bfloat16()
+    assert can_pack(model.transformer.wte.weight)
+    prompt = torch.tensor([prompt_ids(300, 7)])
+    follow = prompt_ids(300, 10, seed=4)
+    with contextlib.ExitStack() as stack:
+        cache = new_cache(model, torch.zeros(1, dtype=torch.long), stack)
+        assert cache.head.is_mkldnn and cache.head.dtype == torch.bfloat16
+        assert all(m.packed is not None for m in model.modules() if isinstance(m, Linear))
+        packed = _steps(model, prompt, follow, cache)
+    assert all(m.packed is None for m in model.modules() if isinstance(m, Linear))
+
+    plain_cache = KVCache.empty(model.config, 1, torch.device("cpu"), torch.bfloat16)
+    plain_cache.head = model.lm_head.weight[:300].t().contiguous()  # as generation on a CPU
+    plain = _steps(model, prompt, follow, plain_cache)
+    # the same bf16 weights in float32 arithmetic: what both approximate
+    exact = model.float()
+    with torch.no_grad():
+        full = exact(torch.cat([prompt, torch.tensor([follow])], dim=1))[0][0, 6:, :300]
+    for i, (a, b) in enumerate(zip(packed, plain, strict=True)):
+        assert a.shape == (1, 300), i  # the padded vocabulary rows are not scored
+        scale = full[i].abs().max()
+        assert (a[0] - full[i]).abs().max() < 0.03 * scale, i
+        assert (a - b).abs().max() < 0.03 * scale, i
+
+
+@needs_native_bf16
+def test_generation_unpacks_even_when_the_stream_is_dropped(monkeypatch):
+    monkeypatch.setenv("MYGPT2_CPU_FLAGS", "avx512_bf16")
+    model = tiny_gpt(seed=5).bfloat16()
+    stream = generate_stream(model, [1, 2, 3], 10, temperature=0)
+    next(stream)
+    assert any(m.packed is not None for m in model.modules() if isinstance(m, Linear))
+    stream.close()
+    assert all(m.packed is None for m in model.modules() if isinstance(m, Linear))
+    assert len(generate(model, [[1, 2], [3]], 4, temperature=0)[1]) == 4  # padded rows too
+
+
+def test_weights_are_packed_only_for_bf16_on_cpus_with_native_bf16(monkeypatch):
+    model = tiny_gpt()
+    monkeypatch.setenv("MYGPT2_CPU_FLAGS", "avx512_bf16")
+    assert not can_pack(model.transformer.wte.weight)  # float32 weights: MKL's path is the fast one
+    monkeypatch.setenv("MYGPT2_CPU_FLAGS", "avx2 avx512f")
+    assert not can_pack(
+        model.bfloat16().transformer.wte.weight
+    )  # emulated bf16: oneDNN has no packed kernel
+    monkeypatch.setenv("MYGPT2_CPU_FLAGS", "")
+    with contextlib.ExitStack() as stack:
+        cache = new_cache(model, torch.zeros(1, dtype=torch.long), stack)
+    assert not cache.head.is_mkldnn

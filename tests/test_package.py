@@ -29,6 +29,7 @@ LAYERS = {
         "data",
         "loss",
         "hooks",
+        "packing",
         "model",
         "health",
         "generate",
