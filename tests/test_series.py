@@ -28,7 +28,9 @@ from mygpt2.inspect.dynamics import (
     icl_score,
     induction_score,
     lens_loss,
+    measure,
     prev_token_score,
+    random_tokens,
     val_loss,
 )
 from mygpt2.model import GPT
@@ -193,6 +195,25 @@ def test_a_hand_built_induction_head_scores_one_and_a_random_model_chance():
     assert induction_score(random) == pytest.approx(torch.full((2, 2), chance), abs=0.01)
     chance_prev = sum(1 / (q + 1) for q in range(1, 24)) / 23
     assert prev_token_score(random) == pytest.approx(torch.full((2, 2), chance_prev), abs=0.01)
+
+
+def test_random_tokens_come_from_the_text_when_it_is_given():
+    # tokens 8..15 never occur in "training": their embeddings stay zero, as an unused byte's
+    # would stay near its initialisation, and the circuit cannot tell their copies apart
+    model = induction_circuit()
+    with torch.no_grad():
+        model.transformer.wte.weight[8:] = 0.0
+    windows = torch.tensor([[3, 1, 4, 1, 5, 2, 6, 5, 3, 5], [0, 7, 2, 7, 1, 0, 3, 6, 4, 2]])
+    drawn = random_tokens(16, 4, 6, pool=windows)
+    assert set(drawn.flatten().tolist()) <= set(range(8))
+    assert all(len(set(row.tolist())) == 6 for row in drawn)  # no repeats within a row
+
+    whole = induction_score(model, half=8)
+    from_text = measure(model, "induction", windows).view(2, 1)
+    assert from_text[1, 0] > 0.9  # half shrinks to the 8 ids in the text
+    assert from_text[1, 0] > whole[1, 0] + 0.2  # the unseen tokens drag the score down
+    assert torch.equal(from_text, induction_score(model, half=50, pool=windows))
+    assert measure(model, "prev_token", windows)[0] > 0.99
 
 
 def test_text_metrics_by_hand():

@@ -97,9 +97,15 @@ def show_series(cfg: Config, extras: dict[str, str]) -> None:
         f"{len(snapshots)} snapshots in {out_dir / 'checkpoints'}: steps "
         f"{', '.join(str(s.step) for s in snapshots)}"
     )
-    windows = None
-    if any(METRICS[m].reads_text for m in names):
+    try:  # the text metrics read it; the random-token metrics draw their tokens from it
         windows = text_windows(snapshots[-1], count)
+    except MyGPT2Error as e:
+        if any(METRICS[m].reads_text for m in names):
+            raise
+        windows = None
+        print(f"note: random tokens come from the whole vocabulary: {e}")
+    if windows is not None and not all(METRICS[m].reads_text for m in names):
+        print(f"random tokens are drawn from the {len(windows.unique())} token ids in the text")
     results: dict[str, list[torch.Tensor]] = {m: [] for m in names}
     for snap in snapshots:
         model = load_snapshot(snap)

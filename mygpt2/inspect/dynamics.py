@@ -12,6 +12,8 @@ Definitions (as in Olsson et al., "In-context learning and induction heads", 202
   1/(i+1) over the queries: near 0.01 for half = 50, near 0.04 for half = 16.
 - prev_token: a head's mean attention from each token to the one just before it, on random
   tokens.
+  Both draw their random tokens from the tokens of the run's text when `measure` has it (a
+  token never seen in training would hide what the heads do; see `measure`).
 - icl: how much better the model predicts token 500 of a text than token 50; negative when
   context helps. It needs T of at least 500 (`ContextTooShortError` otherwise).
 `METRICS` names them for `mygpt2 inspect series`, with `val_loss` (the mean loss on text).
@@ -37,40 +39,54 @@ class ContextTooShortError(MyGPT2Error):
     """A metric needs more context than the model's T."""
 
 
-def random_tokens(vocab_size: int, batch: int, length: int, seed: int = 0) -> torch.Tensor:
-    """(batch, length) random token ids, each row without repeats when the vocabulary allows
-    (a repeat inside the first half would give an induction head two earlier occurrences)."""
+def random_tokens(
+    vocab_size: int, batch: int, length: int, seed: int = 0, pool: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(batch, length) random token ids, drawn from `pool` (ids) or else the whole vocabulary,
+    each row without repeats when there are enough ids (a repeat inside the first half would
+    give an induction head two earlier occurrences)."""
     g = torch.Generator().manual_seed(seed)
-    if vocab_size >= length:
-        return torch.stack([torch.randperm(vocab_size, generator=g)[:length] for _ in range(batch)])
-    return torch.randint(0, vocab_size, (batch, length), generator=g)
+    ids = torch.arange(vocab_size) if pool is None else pool.flatten().unique()
+    if len(ids) >= length:
+        return torch.stack(
+            [ids[torch.randperm(len(ids), generator=g)[:length]] for _ in range(batch)]
+        )
+    return ids[torch.randint(0, len(ids), (batch, length), generator=g)]
 
 
-def induction_score(model: GPT, half: int = 50, batch: int = 8, seed: int = 0) -> torch.Tensor:
+def induction_score(
+    model: GPT, half: int = 50, batch: int = 8, seed: int = 0, pool: torch.Tensor | None = None
+) -> torch.Tensor:
     """(n_layers, n_heads): each head's mean attention from the second copy of a repeated
     random sequence to the token after the earlier occurrence (1: a perfect induction head).
-    `half` shrinks to T // 2 on a shorter context."""
+    The tokens come from `pool` when given (see `measure`). `half` shrinks to T // 2 on a
+    shorter context, and to the number of ids in `pool`."""
     half = min(half, model.config.T // 2)
+    if pool is not None:
+        half = min(half, len(pool.unique()))
     if half < 2:
         raise ContextTooShortError(
             f"induction needs T of at least 4; this model's T is {model.config.T}."
         )
-    first = random_tokens(model.config.vocab_size, batch, half, seed)
+    first = random_tokens(model.config.vocab_size, batch, half, seed, pool)
     patterns = attention(model, torch.cat([first, first], dim=1))  # (L, B, H, 2h, 2h)
     queries = torch.arange(half, 2 * half)
     keys = queries - half + 1  # the token after the query's earlier occurrence
     return patterns[..., queries, keys].mean(dim=(1, 3))
 
 
-def prev_token_score(model: GPT, length: int = 64, batch: int = 8, seed: int = 0) -> torch.Tensor:
+def prev_token_score(
+    model: GPT, length: int = 64, batch: int = 8, seed: int = 0, pool: torch.Tensor | None = None
+) -> torch.Tensor:
     """(n_layers, n_heads): each head's mean attention from a token to the one before it, on
-    random tokens (`length` shrinks to T)."""
+    random tokens (from `pool` when given; `length` shrinks to T)."""
     length = min(length, model.config.T)
     if length < 2:
         raise ContextTooShortError(
             f"prev_token needs T of at least 2; this model's T is {model.config.T}."
         )
-    patterns = attention(model, random_tokens(model.config.vocab_size, batch, length, seed))
+    tokens = random_tokens(model.config.vocab_size, batch, length, seed, pool)
+    patterns = attention(model, tokens)
     queries = torch.arange(1, length)
     return patterns[..., queries, queries - 1].mean(dim=(1, 3))
 
@@ -166,7 +182,13 @@ METRICS: dict[str, Metric] = {
 
 
 def measure(model: GPT, name: str, windows: torch.Tensor | None = None) -> torch.Tensor:
-    """Metric `name` of `model` as a flat tensor, one value per label of `METRICS[name]`."""
+    """Metric `name` of `model` as a flat tensor, one value per label of `METRICS[name]`.
+
+    The random-token metrics (induction, prev_token) draw their tokens from those in
+    `windows` when given. A token the run never saw keeps its initial embedding, so its
+    copies look alike to the model: with a byte-level vocabulary, where most of the 256
+    bytes never occur in text, random bytes hide an induction head that copies text well.
+    """
     if name not in METRICS:
         raise MyGPT2Error(f"unknown metric '{name}'; choose from {', '.join(METRICS)}.")
     metric = METRICS[name]
@@ -174,4 +196,4 @@ def measure(model: GPT, name: str, windows: torch.Tensor | None = None) -> torch
         if windows is None:
             raise MyGPT2Error(f"metric '{name}' needs windows of text.")
         return metric.measure(model, windows).flatten()
-    return metric.measure(model).flatten()
+    return metric.measure(model, pool=windows).flatten()
