@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from mygpt2.runtime import native_bf16_flag
+from mygpt2.runtime import PACKED_BF16_FLAGS, native_bf16_flag
 
 
 def can_pack(weight: torch.Tensor) -> bool:
@@ -27,7 +27,7 @@ def can_pack(weight: torch.Tensor) -> bool:
         weight.device.type == "cpu"
         and weight.dtype == torch.bfloat16
         and torch.backends.mkldnn.is_available()
-        and native_bf16_flag() in ("avx512_bf16", "amx_bf16")
+        and native_bf16_flag() in PACKED_BF16_FLAGS
     )
 
 

@@ -95,6 +95,10 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+# CPU flags under which oneDNN has packed bf16 matmul kernels (mygpt2.packing)
+PACKED_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
 def native_bf16_flag() -> str | None:
     """The CPU feature that runs bf16 matmuls natively (avx512_bf16, amx_bf16, Arm bf16), or
     None: without one, PyTorch emulates bf16 and it is far slower than float32."""
@@ -107,12 +111,19 @@ def native_bf16_flag() -> str | None:
 
 def choose_dtype(name: str, device: torch.device, generation: bool = False) -> DtypeChoice:
     """Resolve the compute dtype and say why; `auto`: bf16 on capable GPUs and (with
-    `CPU_AUTO_BF16`) on CPUs with native bf16, fp16 on other GPUs and on MPS, else float32. With `generation`
-    (weights for one token at a time) `auto` is float32 on every CPU: PyTorch's bf16
-    vector-matrix products on a CPU repack the weights at every call and come out slower
-    than float32's (docs/BENCHMARKS.md, Generation)."""
+    `CPU_AUTO_BF16`) on CPUs with native bf16, fp16 on other GPUs and on MPS, else float32.
+
+    With `generation` (weights for one token at a time) `auto` on a CPU is bf16 where oneDNN
+    has packed bf16 kernels (`PACKED_BF16_FLAGS`, see `mygpt2.packing`): about 2x float32's
+    tokens/s. Elsewhere it is float32: a plain bf16 vector-matrix product repacks the weights
+    at every call and comes out slower than float32's (docs/BENCHMARKS.md, Generation)."""
     if name == "auto" and generation and device.type == "cpu":
-        return DtypeChoice(torch.float32, "auto: one-token steps on a CPU are faster in fp32")
+        flag = native_bf16_flag()
+        if flag in PACKED_BF16_FLAGS:
+            return DtypeChoice(
+                torch.bfloat16, f"auto: this CPU has native bf16 ({flag}); packed bf16 weights"
+            )
+        return DtypeChoice(torch.float32, "auto: one-token steps on this CPU are faster in fp32")
     if name == "auto":
         if device.type == "cuda":
             if torch.cuda.is_bf16_supported():

@@ -27,16 +27,20 @@ from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import atomic_write
 from mygpt2.generate import check_sampling, generate_stream
 from mygpt2.model import GPT
-from mygpt2.runtime import pick_device, pick_dtype
+from mygpt2.runtime import DtypeChoice, choose_dtype, pick_device
 from mygpt2.tokenizer import RegexTokenizer
+
+
+def weights_dtype(cfg: Config) -> DtypeChoice:
+    """The dtype the weights are sampled in, and why (commands print it)."""
+    return choose_dtype(cfg.run.dtype, pick_device(cfg.run.device), generation=True)
 
 
 def load_model(cfg: Config) -> tuple[GPT, RegexTokenizer]:
     """The model (on `device`, in `dtype`, eval mode) and tokenizer to sample from."""
     model, tok = load_model_and_tokenizer(cfg)
     device = pick_device(cfg.run.device)
-    dtype = pick_dtype(cfg.run.dtype, device, generation=True)
-    return model.to(device=device, dtype=dtype).eval(), tok
+    return model.to(device=device, dtype=weights_dtype(cfg).dtype).eval(), tok
 
 
 def encode_start(tok: RegexTokenizer, text: str, allow_special: bool) -> list[int]:

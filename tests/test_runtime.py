@@ -62,11 +62,17 @@ def test_until_the_loss_check_holds_auto_names_the_flag_and_stays_float32(monkey
     assert "native bf16 (avx512_bf16): --dtype bfloat16" in choice.reason
 
 
-def test_auto_keeps_float32_weights_for_generation_on_a_cpu(monkeypatch):
-    monkeypatch.setenv("MYGPT2_CPU_FLAGS", "avx512f avx512_bf16 amx_bf16")
-    choice = choose_dtype("auto", torch.device("cpu"), generation=True)
+def test_auto_generates_in_bf16_only_where_weights_can_be_packed(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("MYGPT2_CPU_FLAGS", "avx512f avx512_bf16")
+    choice = choose_dtype("auto", cpu, generation=True)
+    assert choice.dtype == torch.bfloat16 and "packed bf16 weights" in choice.reason
+    monkeypatch.setenv("MYGPT2_CPU_FLAGS", "fp asimd bf16")  # Arm: no packed oneDNN kernels
+    choice = choose_dtype("auto", cpu, generation=True)
     assert choice.dtype == torch.float32 and "one-token steps" in choice.reason
-    assert pick_dtype("bfloat16", torch.device("cpu"), generation=True) == torch.bfloat16
+    monkeypatch.setenv("MYGPT2_CPU_FLAGS", "avx2")
+    assert pick_dtype("auto", cpu, generation=True) == torch.float32
+    assert pick_dtype("bfloat16", cpu, generation=True) == torch.bfloat16
 
 
 def test_cpu_flags_are_read_from_proc_cpuinfo(monkeypatch):

@@ -39,10 +39,11 @@ def cli(argv: list[str]) -> None:
         return
     # torch is imported only now: --help and usage errors answer at once
     from mygpt2.generate import check_sampling
-    from mygpt2.sample import sample
+    from mygpt2.sample import sample, weights_dtype
 
     s = args.config.sample
     check_sampling(s.temperature, s.top_k or None, s.top_p)  # before loading any weights
+    print(f"mygpt2 sample: weights in {weights_dtype(args.config)}", file=sys.stderr)
     if s.prompt:
         interactive(args.config)
         return

@@ -65,7 +65,7 @@ def cli(argv: list[str]) -> None:
             "(starlette and uvicorn)."
         ) from None
     from mygpt2.checkpoint import checkpoint_path
-    from mygpt2.sample import load_model
+    from mygpt2.sample import load_model, weights_dtype
     from mygpt2.serve.app import bind, create_app, is_loopback, make_server
     from mygpt2.serve.completions import Limits
     from mygpt2.serve.engine import Engine
@@ -99,6 +99,7 @@ def cli(argv: list[str]) -> None:
     params = model.num_params() / 1e6
     print(
         f"mygpt2 serve: {name}, {params:.1f}M parameters, T={model.config.T}, tokenizer {tok.name}"
+        f", weights in {weights_dtype(cfg)}"
     )
     print(f"  playground  {url}/")
     print(
