@@ -257,11 +257,25 @@ def test_compile_runs_on_cpu(corpus, tmp_path, monkeypatch):
         return real_compile(model, *args, **kwargs)
 
     monkeypatch.setattr(torch, "compile", spy)
-    eager = train(tiny_config(corpus, tmp_path / "eager", max_steps=2))
-    result = train(tiny_config(corpus, tmp_path / "compiled", max_steps=2, compile="true"))
+    # health statistics too: their hook points must fire inside the compiled forward
+    eager = train(tiny_config(corpus, tmp_path / "eager", max_steps=2, health_interval=1))
+    result = train(
+        tiny_config(corpus, tmp_path / "compiled", max_steps=2, compile="true", health_interval=1)
+    )
     assert compiled == ["GPT"]  # only the run that asked for it, on the model itself
     # the compiled model computes the same function (up to float reassociation)
     assert result["train_loss"] == pytest.approx(eager["train_loss"], abs=1e-4)
+    health = [[r for r in run["history"] if r["kind"] == "health"] for run in (eager, result)]
+    assert [r["step"] for r in health[1]] == [r["step"] for r in health[0]] == [1, 2]
+    for want, got in zip(*health, strict=True):
+        for layer in ("L0", "L1"):
+            for key in ("grad_norm", "attn_rms", "mlp_rms", "resid_rms"):
+                assert got["layers"][layer][key] == pytest.approx(
+                    want["layers"][layer][key], rel=1e-3
+                ), (layer, key)
+            assert got["layers"][layer]["attn_entropy"] == pytest.approx(
+                want["layers"][layer]["attn_entropy"], rel=1e-3
+            )
     ckpt = load_checkpoint(tmp_path / "compiled" / "checkpoint.pt")
     assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])  # the plain module saved
 
