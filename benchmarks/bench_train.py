@@ -19,6 +19,7 @@ speeds up the reference too).
     python benchmarks/bench_train.py                 # both shapes, fp32 and bf16 autocast
     python benchmarks/bench_train.py --shapes small  # just the small shape
     python benchmarks/bench_train.py --loss-check    # fp32 vs bf16 val loss on Tiny Shakespeare
+    python benchmarks/bench_train.py --loss-check --loss-tokenizer bytes --loss-steps 600
     python benchmarks/bench_train.py --threads 1     # one thread (a machine shared with others)
 """
 
@@ -136,42 +137,54 @@ def bench_shape(name: str, shape: dict, steps: int, warmup: int, compiled: bool)
     return lines
 
 
-def loss_check(steps: int, shakespeare: Path, tiktoken_file: Path, out: Path) -> list[str]:
-    """Train the same small model on Tiny Shakespeare in fp32 and bf16; compare val loss."""
+def loss_check(
+    steps: int, seeds: int, tokenizer: str, shakespeare: Path, tiktoken_file: Path, out: Path
+) -> list[str]:
+    """Train the same small model on Tiny Shakespeare in fp32 and bf16 autocast from `seeds`
+    seeds each; compare the mean validation losses against each other and the seeds' spread."""
     from mygpt2.commands.args import load_config
     from mygpt2.train import train
 
+    if tokenizer == "gpt2":
+        tok_args = ["--use_tiktoken=true", f"--tiktoken_file={tiktoken_file}"]
+    else:
+        tok_args = ["--tokenizer_path=bytes"]
+    results: dict[str, list[float]] = {"float32": [], "bfloat16": []}
     lines = []
-    results = {}
-    for dtype in ("float32", "bfloat16"):
-        args = [
-            f"--data={shakespeare}",
-            "--use_tiktoken=true",
-            f"--tiktoken_file={tiktoken_file}",
-            f"--cache_dir={out / 'cache'}",
-            f"--out_dir={out / dtype}",
-            "--n_layers=4",
-            "--n_heads=4",
-            "--n_emb=128",
-            "--T=128",
-            "--batch_size=16",
-            "--macro_batch_size=16",
-            f"--max_steps={steps}",
-            f"--eval_interval={steps}",
-            "--eval_batches=40",
-            "--lr=2e-3",
-            "--min_lr=2e-4",
-            "--device=cpu",
-            f"--dtype={dtype}",
-            "--seed=0",
-        ]
-        t0 = time.perf_counter()
-        result = train(load_config(args))
-        results[dtype] = (result["val_loss"], time.perf_counter() - t0)
-    for dtype, (val, secs) in results.items():
-        lines.append(f"  {dtype:<10} val loss after {steps} steps: {val:.4f}  ({secs:.0f}s)")
-    diff = abs(results["float32"][0] - results["bfloat16"][0])
-    lines.append(f"  |difference| = {diff:.4f} (goal: within 0.02)")
+    for seed in range(seeds):
+        for dtype in results:
+            args = [
+                f"--data={shakespeare}",
+                *tok_args,
+                f"--cache_dir={out / 'cache'}",
+                f"--out_dir={out / f'{dtype}-{seed}'}",
+                "--n_layers=4",
+                "--n_heads=4",
+                "--n_emb=128",
+                "--T=128",
+                "--batch_size=16",
+                "--macro_batch_size=16",
+                f"--max_steps={steps}",
+                f"--eval_interval={steps}",
+                "--eval_batches=40",
+                "--lr=2e-3",
+                "--min_lr=2e-4",
+                "--device=cpu",
+                f"--dtype={dtype}",
+                f"--seed={seed}",
+            ]
+            t0 = time.perf_counter()
+            val = train(load_config(args))["val_loss"]
+            results[dtype].append(val)
+            line = f"  seed {seed} {dtype:<9} val loss after {steps} steps: {val:.4f}"
+            lines.append(f"{line}  ({time.perf_counter() - t0:.0f}s)")
+            print(lines[-1], flush=True)
+    means = {d: statistics.mean(v) for d, v in results.items()}
+    for dtype, vals in results.items():
+        spread = max(vals) - min(vals)
+        lines.append(f"  {dtype:<9} mean {means[dtype]:.4f}, seeds' spread {spread:.4f}")
+    diff = means["bfloat16"] - means["float32"]
+    lines.append(f"  bf16 - fp32 (means of {seeds} seeds) = {diff:+.4f} (goal: within 0.02)")
     return lines
 
 
@@ -184,6 +197,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's default")
     parser.add_argument("--loss-check", action="store_true")
     parser.add_argument("--loss-steps", type=int, default=300)
+    parser.add_argument("--loss-seeds", type=int, default=3)
+    parser.add_argument("--loss-tokenizer", choices=["gpt2", "bytes"], default="gpt2")
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     parser.add_argument("--shakespeare", type=Path, default=shared / "tinyshakespeare.txt")
     parser.add_argument("--tiktoken-file", type=Path, default=shared / "gpt2.tiktoken")
@@ -202,7 +217,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             print(
                 "\n".join(
-                    loss_check(args.loss_steps, args.shakespeare, args.tiktoken_file, Path(tmp))
+                    loss_check(
+                        args.loss_steps,
+                        args.loss_seeds,
+                        args.loss_tokenizer,
+                        args.shakespeare,
+                        args.tiktoken_file,
+                        Path(tmp),
+                    )
                 )
             )
         return
