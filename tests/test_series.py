@@ -147,9 +147,30 @@ def test_inspect_series_measures_every_snapshot_and_skips_what_t_cannot_hold(
     assert "note: skipping icl: icl compares the loss at token 500" in printed
     assert "this model's T is 32" in printed
     assert "3 snapshots" in printed and "val_loss:" in printed and "induction:" in printed
+    assert "random tokens are drawn from the " in printed  # the text's tokens, not all 320
     for name in ("val_loss", "induction"):
         assert (out / f"series_{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "series_icl.png").exists()
+
+
+def test_without_the_runs_text_random_tokens_come_from_the_whole_vocabulary(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    train(tiny_config(corpus, out, max_steps=2, eval_interval=2, keep_checkpoints="log"))
+    capsys.readouterr()
+
+    def gone(*args, **kwargs):
+        raise MyGPT2Error("the tokenizer 'tok.json' is gone")
+
+    monkeypatch.setattr("mygpt2.series.text_windows", gone)
+    argv = ["inspect", "series", "--out_dir", str(out), "--metric", "induction"]
+    assert main(argv) in (0, None)
+    printed = capsys.readouterr().out
+    assert "note: random tokens come from the whole vocabulary: the tokenizer" in printed
+    assert (out / "series_induction.png").is_file()
+    assert main([*argv[:-1], "val_loss"]) == 2  # a text metric cannot do without it
+    assert "the tokenizer 'tok.json' is gone" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- metrics
