@@ -12,7 +12,8 @@ Design choices:
   do, not (out, in) as `nn.Linear`: generating one token multiplies a single row by each matrix,
   and CPU BLAS streams a matrix faster with the output axis contiguous (see `Linear`).
 - Attention goes through `F.scaled_dot_product_attention`, which picks flash / memory-efficient
-  kernels on GPUs and a fused kernel on CPUs.
+  kernels on GPUs and a fused kernel on CPUs; bf16 training on a CPU writes it out instead
+  (`fused_is_slow`: the fused kernel's backward is the slow part there).
 - A `KVCache` lets generation run a prompt once (prefill) and then one token per step. It also
   handles a batch of prompts of different lengths: shorter prompts are left-padded, the padding
   is masked out of attention, and each row's positions start at 0 at its first real token.
@@ -37,6 +38,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from mygpt2.attention import attention_written_out, fused_is_slow
 from mygpt2.config import ModelConfig, check_variants
 from mygpt2.hooks import (
     ActivationCache,
@@ -138,8 +140,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, t, self.n_heads, hs)  # (B, t, nh, hs)
         k = k.view(B, t, self.n_heads, hs)  # (B, t, nh, hs)
         v = v.view(B, t, self.n_heads, hs)  # (B, t, nh, hs)
+        at = f"blocks.{layer}.attn."
         if hooks is not None:
-            at = f"blocks.{layer}.attn."
             q, k, v = hooks(at + "hook_q", q), hooks(at + "hook_k", k), hooks(at + "hook_v", v)
         if self.q_norm is not None:  # gains in q's dtype (autocast keeps them float32), and
             # v's dtype out: CUDA autocast runs rms_norm in float32, SDPA wants one dtype
@@ -159,7 +161,8 @@ class CausalSelfAttention(nn.Module):
                 is_causal = False
                 if t > 1:
                     mask = cache.causal_mask(t, x.device)
-        if hooks is not None and hooks.wants(at + "hook_attn_scores", at + "hook_pattern"):
+        hooked = hooks is not None and hooks.wants(at + "hook_attn_scores", at + "hook_pattern")
+        if hooked or fused_is_slow(q, k):
             p = self.dropout if self.training else 0.0
             y = attention_written_out(q, k, v, mask, is_causal, p, hooks, at)
         else:
@@ -175,33 +178,6 @@ class CausalSelfAttention(nn.Module):
             y = hooks(at + "hook_z", y.transpose(1, 2)).transpose(1, 2)
         y = y.transpose(1, 2).contiguous().view(B, t, C)
         return self.resid_dropout(self.c_proj(y))
-
-
-def attention_written_out(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor | None,
-    is_causal: bool,
-    dropout_p: float,
-    hooks: Hooks,
-    at: str,
-) -> torch.Tensor:
-    """What `F.scaled_dot_product_attention` computes, step by step, for hooks on the attention
-    scores (divided by sqrt(hs), masked entries -inf) and the pattern; equal to it within 1e-6."""
-    scores = (q @ k.transpose(-2, -1)).div_(math.sqrt(q.size(-1)))  # (B, nh, t, S)
-    if is_causal:  # no cache: t == S
-        mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
-    if mask is not None:  # in place: the scores of long texts are large
-        scores = scores.masked_fill_(~mask, float("-inf"))
-    scores = hooks(at + "hook_attn_scores", scores)
-    pattern = scores.softmax(dim=-1)
-    if mask is not None:  # a left-padding query sees no key: zeros, as SDPA gives, not NaN
-        pattern = pattern.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
-    pattern = hooks(at + "hook_pattern", pattern)  # (B, nh, t, S)
-    if dropout_p > 0:
-        pattern = F.dropout(pattern, dropout_p)
-    return pattern @ v  # (B, nh, t, hs)
 
 
 def layer_norm(

@@ -29,6 +29,7 @@ LAYERS = {
         "data",
         "loss",
         "hooks",
+        "attention",
         "packing",
         "model",
         "health",

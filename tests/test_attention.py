@@ -1,0 +1,82 @@
+"""The written-out attention (mygpt2.attention): equal to SDPA in float32, taken for bf16
+training on CPUs only while its scores stay small, and training through it in bf16 gives the
+gradients SDPA's path gives, both near float32's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from models import prompt_ids, tiny_gpt
+from torch.nn import functional as F
+
+import mygpt2.model
+from mygpt2.attention import WRITTEN_OUT_MAX_SCORES, attention_written_out, fused_is_slow
+
+
+def _qkv(B=2, nh=3, t=7, hs=8, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, nh, t, hs, generator=g).to(dtype) for _ in range(3)]
+
+
+def test_written_out_equals_sdpa_in_float32():
+    q, k, v = _qkv()
+    ours = attention_written_out(q, k, v, None, True, 0.0, None, "")
+    torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    # a boolean mask with a fully hidden row (a left-padding query): zeros, as SDPA gives
+    mask = torch.ones(2, 1, 7, 7, dtype=torch.bool).tril()
+    mask[1, :, :, :2] = False
+    mask[1, :, 0] = False
+    ours = attention_written_out(q, k, v, mask, False, 0.0, None, "")
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).nan_to_num(0.0)
+    assert torch.equal(ours[1, :, 0], torch.zeros_like(ours[1, :, 0]))
+    torch.testing.assert_close(ours, want)
+
+
+def test_the_written_out_path_is_for_bf16_training_on_a_cpu_with_small_scores():
+    q, k, _ = _qkv(dtype=torch.bfloat16)
+    assert fused_is_slow(q, k)
+    assert not fused_is_slow(q.float(), k.float())  # float32: SDPA's kernel is fine
+    with torch.no_grad():
+        assert not fused_is_slow(q, k)  # no backward, nothing slow to avoid
+    side = int((WRITTEN_OUT_MAX_SCORES // 2) ** 0.5) + 1  # B = 2, nh = 1: just over the cap
+    big_q = torch.empty(2, 1, side, 1, dtype=torch.bfloat16)
+    assert not fused_is_slow(big_q, big_q)
+    assert fused_is_slow(big_q[:, :, : side // 2], big_q)
+
+
+def _bf16_grads(model, idx):
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(idx, targets=idx, return_logits=False)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_bf16_training_through_it_matches_sdpa_and_float32(monkeypatch):
+    model = tiny_gpt(seed=4, n_emb=64, n_heads=4, T=32, vocab_size=97).train()
+    idx = torch.tensor([prompt_ids(97, 32, seed=s) for s in range(4)])
+
+    model.zero_grad()
+    _, loss32 = model(idx, targets=idx, return_logits=False)
+    loss32.backward()
+    fp32 = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    sdpa_calls = []
+    real_sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        F,
+        "scaled_dot_product_attention",
+        lambda *a, **k: sdpa_calls.append(1) or real_sdpa(*a, **k),
+    )
+    loss_w, written = _bf16_grads(model, idx)
+    assert sdpa_calls == []  # every layer took the written-out path
+    monkeypatch.setattr(mygpt2.model, "fused_is_slow", lambda q, k: False)
+    loss_s, fused = _bf16_grads(model, idx)
+    assert len(sdpa_calls) == 2  # and now SDPA, once per layer
+
+    assert loss_w == pytest.approx(loss32.item(), rel=1e-2)
+    assert loss_w == pytest.approx(loss_s, rel=1e-2)
+    for name, want in fp32.items():
+        scale = want.norm()
+        assert (written[name] - want).norm() < 0.05 * scale, name
+        assert (written[name] - fused[name]).norm() < 0.05 * scale, name
