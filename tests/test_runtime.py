@@ -47,14 +47,13 @@ def test_cpu_device_and_dtypes(monkeypatch):
     ],
 )
 def test_auto_is_bf16_exactly_on_cpus_with_native_bf16(monkeypatch, flags, dtype, why):
-    monkeypatch.setattr("mygpt2.runtime.CPU_AUTO_BF16", True)
     monkeypatch.setenv("MYGPT2_CPU_FLAGS", flags)
     choice = choose_dtype("auto", torch.device("cpu"))
     assert choice.dtype == dtype and why in choice.reason
     assert str(choice).startswith(str(dtype).removeprefix("torch.") + " (auto: ")
 
 
-def test_until_the_loss_check_holds_auto_names_the_flag_and_stays_float32(monkeypatch):
+def test_with_cpu_auto_bf16_off_auto_names_the_flag_and_stays_float32(monkeypatch):
     monkeypatch.setattr("mygpt2.runtime.CPU_AUTO_BF16", False)
     monkeypatch.setenv("MYGPT2_CPU_FLAGS", "avx2 avx512f avx512_bf16")
     choice = choose_dtype("auto", torch.device("cpu"))
