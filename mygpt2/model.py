@@ -72,8 +72,9 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return packed_linear(x, self.packed, self.bias)
+        packed = self.packed  # read once: a generation in another thread may unset it
+        if packed is not None:
+            return packed_linear(x, packed, self.bias)
         rows = x.reshape(-1, x.size(-1))
         y = rows @ self.weight if self.bias is None else torch.addmm(self.bias, rows, self.weight)
         return y.view(*x.shape[:-1], -1)
