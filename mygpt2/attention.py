@@ -37,6 +37,31 @@ def fused_is_slow(q: torch.Tensor, k: torch.Tensor) -> bool:
     )
 
 
+def attention_pattern(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = True,
+    hooks: Hooks | None = None,
+    at: str = "",
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs)) of queries and keys (B, nh, t, hs) and (B, nh, S, hs), with
+    `mask` (True: may attend) or the causal mask hiding keys: (B, nh, t, S) in q's dtype, the
+    softmax taken in float32. A query that sees no key (left padding) gets zeros, as SDPA
+    gives, not NaN. The model's written-out attention and the health probe both call this."""
+    scores = (q @ k.transpose(-2, -1)).div_(math.sqrt(q.size(-1)))  # (B, nh, t, S)
+    if is_causal and mask is None:  # no cache: t == S
+        mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
+    if mask is not None:  # in place: the scores of long texts are large
+        scores = scores.masked_fill_(~mask, float("-inf"))
+    if hooks is not None:
+        scores = hooks(at + "hook_attn_scores", scores)
+    pattern = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+    if mask is not None:
+        pattern = pattern.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+    return pattern
+
+
 def attention_written_out(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -50,16 +75,7 @@ def attention_written_out(
     """What `F.scaled_dot_product_attention` computes, step by step: for hooks on the attention
     scores (divided by sqrt(hs), masked entries -inf) and the pattern, and for bf16 training on
     CPUs (`fused_is_slow`). Equal to SDPA within 1e-6 in float32; the softmax runs in float32."""
-    scores = (q @ k.transpose(-2, -1)).div_(math.sqrt(q.size(-1)))  # (B, nh, t, S)
-    if is_causal:  # no cache: t == S
-        mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
-    if mask is not None:  # in place: the scores of long texts are large
-        scores = scores.masked_fill_(~mask, float("-inf"))
-    if hooks is not None:
-        scores = hooks(at + "hook_attn_scores", scores)
-    pattern = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
-    if mask is not None:  # a left-padding query sees no key: zeros, as SDPA gives, not NaN
-        pattern = pattern.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+    pattern = attention_pattern(q, k, mask, is_causal, hooks, at).to(v.dtype)
     if hooks is not None:
         pattern = hooks(at + "hook_pattern", pattern)  # (B, nh, t, S)
     if dropout_p > 0:

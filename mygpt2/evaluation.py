@@ -20,8 +20,8 @@ Definitions (docs/EVAL.md has the worked arithmetic):
   byte-level BPE are exactly the text's UTF-8 bytes (also when `max_tokens` cuts the text).
 
 Design choices:
-- `final_hidden` runs the network up to its final LayerNorm, and the output head is applied
-  to the scored positions only, in chunks of rows, each turned into log-probabilities while it
+- The model's own trunk (`GPT.hidden`) runs the network up to its final norm, and its own
+  head (`GPT.head`, softcap included) is applied to the scored positions only, in chunks of rows, each turned into log-probabilities while it
   is at hand: nothing of size (tokens, vocab) is ever kept, and with `stride < T` the head
   does `stride / T` of the work `GPT.forward` would (benchmarks/bench_eval.py).
 - The log-softmax is over the tokenizer's vocabulary only: a `pad_vocab` model's padding ids
@@ -93,31 +93,17 @@ def sliding_windows(predictions: int, T: int, stride: int) -> list[Window]:
 # ----------------------------------------------------------------------------- scoring
 
 
-def final_hidden(model: GPT, idx: torch.Tensor) -> torch.Tensor:
-    """The output of the final LayerNorm (B, t, n_emb) for `idx` (B, t), positions from 0.
-
-    `GPT.forward` without a cache goes on to the logits of every position; evaluation needs
-    them at the scored positions only, so it stops here (no hooks run on this path)."""
-    if idx.shape[1] > model.config.T:
-        raise MyGPT2Error(f"{idx.shape[1]} tokens do not fit the context length {model.config.T}.")
-    tr = model.transformer
-    pos = torch.arange(idx.shape[1], device=idx.device)
-    x = tr.drop(tr.wte(idx) + tr.wpe(pos))  # (B, t, n_emb)
-    for i, block in enumerate(tr.h):
-        x = block(x, None, i)
-    return tr.ln_f(x)
-
-
 def token_nll(model: GPT, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """-log p(target) for each row of `hidden` (N, n_emb), over the real vocabulary, computed
-    a chunk of rows at a time; float32 (float64 for a float64 model)."""
-    weight = model.lm_head.weight[: model.config.vocab_size]  # (vocab, n_emb)
-    rows = max(64, 2**25 // weight.shape[0])  # a chunk's logits: at most 128 MB in float32
+    """-log p(target) for each row of `hidden` (N, n_emb), the model's final hidden states,
+    through the model's own head (`GPT.head`: softcap included) over the real vocabulary, a
+    chunk of rows at a time; float32 (float64 for a float64 model)."""
+    V = model.config.vocab_size
+    rows = max(64, 2**25 // model.padded_vocab_size)  # a chunk's logits: at most 128 MB
     out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     if hidden.dtype == torch.float64:
         out = out.double()
     for s in range(0, hidden.shape[0], rows):
-        logits = hidden[s : s + rows] @ weight.t()  # (rows, vocab), autocast dtype if any
+        logits = model.head(hidden[s : s + rows])[:, :V]  # (rows, vocab), autocast dtype if any
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         picked = logits.gather(1, targets[s : s + rows, None]).squeeze(1)
@@ -138,7 +124,11 @@ def row_nll(
     """Summed nats of the `scored` (B, t) targets of each row of `idx` (B, t): (B,) float64."""
     device = idx.device
     with autocast(device, dtype):
-        hidden = final_hidden(model, idx)[scored]  # (N, n_emb), row-major order
+        if idx.shape[1] > model.config.T:
+            raise MyGPT2Error(
+                f"{idx.shape[1]} tokens do not fit the context length {model.config.T}."
+            )
+        hidden = model.hidden(idx)[scored]  # (N, n_emb), row-major order
         nll = token_nll(model, hidden, targets[scored])
     row = scored.nonzero()[:, 0]
     sums = torch.zeros(idx.shape[0], dtype=torch.float64, device=device)

@@ -12,10 +12,11 @@ Every `health_interval` steps the training loop hands one optimizer step to a `H
 Design choices:
 - No second forward. The activations come from the model's hook points (`mygpt2.hooks`) on
   the step's last micro-batch, reduced to a few numbers inside the hook. The attention
-  pattern is rebuilt from that forward's queries and keys as attention uses them (`hook_q`
-  and `hook_k`, normalised under qk_norm; `hook_rot_q` and `hook_rot_k` with rope), without
-  gradients, a few rows at a time, so the step itself keeps its fused attention kernel and
-  never holds a (B, heads, T, T) tensor for backward.
+  pattern is rebuilt from that forward's queries and keys as attention multiplies them (the
+  last of `hook_q`, `q_norm.hook_out`, `hook_rot_q` a model has, and the same for keys) by
+  the model's own `attention.attention_pattern`, without gradients, a few rows at a time, so
+  the step itself keeps its fused attention kernel and never holds a (B, heads, T, T)
+  tensor for backward.
 - The gradients are the ones already there after backward (divided by the loss scale under
   float16), read before clipping; the weights are copied before the optimizer step, on
   health steps only. With `health_interval` 0 no probe exists: no hooks, no copies.
@@ -34,6 +35,7 @@ from typing import Any
 
 import torch
 
+from mygpt2.attention import attention_pattern
 from mygpt2.hooks import installed
 
 # activation points the probe watches in every block (queries and keys: see `_qk_points`)
@@ -57,12 +59,8 @@ def rms(x: torch.Tensor) -> float:
 
 def causal_pattern(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """(B, H, T, T) causal attention of queries and keys shaped (B, T, H, hs), as the hook
-    points show them: softmax(q k^T / sqrt(hs)) with the future masked out."""
-    q, k = q.float().transpose(1, 2), k.float().transpose(1, 2)  # (B, H, T, hs)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
-    T = scores.size(-1)
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    points show them, through the model's own `attention_pattern` (in float32)."""
+    return attention_pattern(q.float().transpose(1, 2), k.float().transpose(1, 2))
 
 
 def attention_entropy(pattern: torch.Tensor) -> torch.Tensor:
@@ -130,7 +128,7 @@ class HealthProbe:
         if point == self.q_point:
             self._q = x.detach()  # the keys come next, in the same line of the forward
         elif point == self.k_point and self._q is not None:
-            q, k = self._normed(int(layer), self._q, x.detach())
+            q, k = self._q, x.detach()
             entropy, first = [], []
             for i in range(0, x.size(0), PATTERN_ROWS):
                 pattern = causal_pattern(q[i : i + PATTERN_ROWS], k[i : i + PATTERN_ROWS])
@@ -148,15 +146,6 @@ class HealthProbe:
             stats["mlp_rms"] = rms(x)
         elif point == "hook_resid_post":
             stats["resid_rms"] = rms(x)
-
-    def _normed(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # qk_norm without rope normalises after the last point that shows queries and keys
-        attn = self.model.transformer.h[layer].attn
-        if self.q_point == "attn.hook_rot_q" or getattr(attn, "q_norm", None) is None:
-            return q, k
-        return attn.q_norm(q.float()), attn.k_norm(k.float())
 
     @torch.no_grad()
     def before_update(self, scale: float = 1.0) -> None:
@@ -213,10 +202,13 @@ class HealthProbe:
 
 
 def _qk_points(model: torch.nn.Module) -> tuple[str, str]:
-    """Where a model's queries and keys are last seen before attention: after the rotation
-    with rotary position embeddings (which come after qk_norm), else at hook_q and hook_k."""
+    """Where a model's queries and keys are last seen before attention multiplies them: after
+    the rotation with rotary position embeddings (which comes after qk_norm), after qk_norm,
+    else at hook_q and hook_k."""
     if getattr(model.config, "pos_emb", "learned") == "rope":
         return "attn.hook_rot_q", "attn.hook_rot_k"
+    if getattr(model.config, "qk_norm", False):
+        return "attn.q_norm.hook_out", "attn.k_norm.hook_out"
     return "attn.hook_q", "attn.hook_k"
 
 

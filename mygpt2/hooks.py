@@ -73,17 +73,23 @@ FINAL_HOOKS = (
 HookFn = Callable[..., "torch.Tensor | None"]  # fn(activation, name) or fn(activation, name, pos)
 
 
-def hook_names(n_layers: int, pos_emb: str = "learned", mlp: str = "gelu") -> list[str]:
+def hook_names(
+    n_layers: int, pos_emb: str = "learned", mlp: str = "gelu", qk_norm: bool = False
+) -> list[str]:
     """Every hook point of a model with `n_layers` blocks, in the order a forward reaches them.
 
     Architecture variants change the list as they do in TransformerLens: no `hook_pos_embed`
-    without learned position embeddings; with rope, `attn.hook_rot_q` / `attn.hook_rot_k` (after
-    the rotation; `hook_q` / `hook_k` are before it); with swiglu, `mlp.hook_pre_linear` (the
-    ungated half; `hook_pre` is the gate's input)."""
+    without learned position embeddings; with qk_norm, `attn.q_norm.hook_out` /
+    `attn.k_norm.hook_out` (each head's queries and keys after their RMSNorm); with rope,
+    `attn.hook_rot_q` / `attn.hook_rot_k` (after the rotation; `hook_q` / `hook_k` are before
+    it); with swiglu, `mlp.hook_pre_linear` (the ungated half; `hook_pre` is the gate's input).
+    The last of these that a model has holds the queries and keys attention multiplies."""
     block = list(BLOCK_HOOKS)
+    at = block.index("attn.hook_v") + 1
     if pos_emb == "rope":
-        at = block.index("attn.hook_v") + 1
         block[at:at] = ["attn.hook_rot_q", "attn.hook_rot_k"]
+    if qk_norm:
+        block[at:at] = ["attn.q_norm.hook_out", "attn.k_norm.hook_out"]
     if mlp == "swiglu":
         at = block.index("mlp.hook_pre") + 1
         block[at:at] = ["mlp.hook_pre_linear"]

@@ -149,6 +149,8 @@ class CausalSelfAttention(nn.Module):
             qn, kn = self.q_norm, self.k_norm
             q = F.rms_norm(q, (hs,), qn.weight.to(q.dtype), qn.eps).to(v.dtype)
             k = F.rms_norm(k, (hs,), kn.weight.to(k.dtype), kn.eps).to(v.dtype)
+            if hooks is not None:
+                q, k = hooks(at + "q_norm.hook_out", q), hooks(at + "k_norm.hook_out", k)
         if rope is not None:  # the cache keeps rotated keys: each stays at its own position
             q, k = rotate(q, *rope), rotate(k, *rope)
             if hooks is not None:
@@ -386,6 +388,36 @@ class GPT(nn.Module):
         With a `cache`, `idx` continues the cached tokens and only the last position's logits
         are computed (that is all generation needs).
         """
+        x = self.hidden(idx, cache)
+        hooks = self.active_hooks
+        fused = hooks is None or not hooks.wants("hook_logits")  # a hook on the logits needs them
+        fused = fused and not self.config.logit_softcap  # the fused loss knows no softcap
+        if targets is not None and not return_logits and torch.is_grad_enabled() and fused:
+            h = x.reshape(-1, x.size(-1))
+            # big chunks keep the matmuls efficient; 2**25 floats (128 MB) bound the memory
+            chunk_rows = max(64, 2**25 // self.padded_vocab_size)
+            loss = linear_cross_entropy(
+                h, self.lm_head.weight, targets.reshape(-1), chunk_rows, reduction
+            )
+            return None, loss
+        logits = self.head(x, cache.head if cache is not None else None)  # (B, t, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)).float(),
+                targets.reshape(-1),
+                ignore_index=-100,
+                reduction=reduction,
+            )
+        return logits, loss
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The trunk: embeddings, positions, every block and the final norm, (B, t, n_emb) for
+        `idx` (B, t). With a `cache`, `idx` continues the cached tokens and only the last
+        position comes back (that is all generation needs).
+
+        Every tool that needs the network's output goes through here and `head`, so each
+        architecture knob (positions, norms, MLPs, qk_norm, softcap) reaches them all."""
         t = idx.shape[1]
         start = cache.length if cache is not None else 0
         if start + t > self.config.T:
@@ -421,43 +453,32 @@ class GPT(nn.Module):
             if hooks is not None:
                 hooks.positions = hooks.positions[-1:]
         if hooks is None:
-            x = self.transformer.ln_f(x)
+            return self.transformer.ln_f(x)
+        return hooks("ln_final.hook_out", layer_norm(self.transformer.ln_f, x, hooks, "ln_final"))
+
+    def head(self, h: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (..., padded vocab) of final hidden states `h`: the output head, then the
+        softcap (`cap * tanh(logits / cap)`) if the model has one, then `hook_logits`.
+
+        `weight` is generation's copy of the head ((n_emb, vocab) or packed for oneDNN,
+        `mygpt2.generate`); by default the model's own `lm_head`."""
+        if weight is None:
+            logits = self.lm_head(h)
         else:
-            x = hooks("ln_final.hook_out", layer_norm(self.transformer.ln_f, x, hooks, "ln_final"))
-        fused = hooks is None or not hooks.wants("hook_logits")  # a hook on the logits needs them
+            logits = packed_linear(h, weight, None) if weight.is_mkldnn else h @ weight
         cap = self.config.logit_softcap
-        fused = fused and not cap  # the fused loss knows no softcap: take the plain path
-        if targets is not None and not return_logits and torch.is_grad_enabled() and fused:
-            h = x.reshape(-1, x.size(-1))
-            # big chunks keep the matmuls efficient; 2**25 floats (128 MB) bound the memory
-            chunk_rows = max(64, 2**25 // self.padded_vocab_size)
-            loss = linear_cross_entropy(
-                h, self.lm_head.weight, targets.reshape(-1), chunk_rows, reduction
-            )
-            return None, loss
-        head = cache.head if cache is not None else None
-        if head is None:
-            logits = self.lm_head(x)  # (B, t, vocab)
-        else:
-            logits = packed_linear(x, head, None) if head.is_mkldnn else x @ head
-        if cap:  # bounded logits, smooth: cap * tanh(logits / cap)
+        if cap:  # bounded logits, smooth
             logits = torch.tanh(logits / cap) * cap
+        hooks = self.active_hooks
         if hooks is not None:
             logits = hooks("hook_logits", logits)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.view(-1, logits.size(-1)).float(),
-                targets.reshape(-1),
-                ignore_index=-100,
-                reduction=reduction,
-            )
-        return logits, loss
+        return logits
 
     # ----------------------------------------------------------------------------- hooks
     def hook_names(self) -> list[str]:
         """Every hook point (TransformerLens's names), in the order a forward reaches them."""
-        return hook_names(self.config.n_layers, self.config.pos_emb, self.config.mlp)
+        cfg = self.config
+        return hook_names(cfg.n_layers, cfg.pos_emb, cfg.mlp, cfg.qk_norm)
 
     def hooks(self, fwd_hooks=()) -> contextlib.AbstractContextManager:
         """`with model.hooks(fwd_hooks=[(name_or_glob, fn), ...]):` runs the body, generation
