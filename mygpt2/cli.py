@@ -5,11 +5,19 @@ dispatches and turns a `MyGPT2Error` into a one-line message and its exit status
 and input, 1 for a fault while working), so users never see a traceback. A command may return
 its own status (`train`: 130/143 when a signal stopped it after saving); an interrupt that
 escapes is 130, or the status it carries (143 for SIGTERM).
+
+When the reader of the output goes away (`mygpt2 train --help | head`), the command stops
+quietly with 141 (128 + SIGPIPE, what the shell reports for `yes | head`): Python ignores
+SIGPIPE, so the write raises `BrokenPipeError`, and that becomes the status. Only a closed
+stdout or stderr counts; a broken pipe anywhere else is still a bug to see.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import select
 import sys
 import warnings
 
@@ -64,12 +72,42 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"mygpt2: warning: {message}", file=sys.stderr, flush=True)
 
 
+CLOSED_PIPE = 141  # 128 + SIGPIPE
+
+
+def _output_closed() -> bool:
+    """Whether the reader of stdout or stderr has gone (a pipe's write end then polls POLLERR)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            poll = select.poll()
+            poll.register(stream.fileno(), select.POLLOUT)
+            if any(events & select.POLLERR for _, events in poll.poll(0)):
+                return True
+        except (AttributeError, OSError, ValueError):  # no real file (captured), or no poll
+            continue
+    return False
+
+
+def _stop_writing() -> int:
+    """Point stdout at /dev/null, so the flush at exit cannot raise again; the status."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return CLOSED_PIPE
+
+
 def run(command: str, argv: list[str]) -> int:
     """Run one subcommand, printing user errors without a traceback. Returns the exit code."""
     module_name, _ = COMMANDS[command]
     warnings.showwarning = _show_warning  # library warnings read as one line, no source path
     try:
         status = importlib.import_module(module_name).cli(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
+    except BrokenPipeError:
+        if not _output_closed():
+            raise
+        return _stop_writing()
     except MyGPT2Error as e:
         print(f"mygpt2 {command}: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -83,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mygpt2` console script."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage())
+        try:
+            print(usage(), flush=True)
+        except BrokenPipeError:
+            return _stop_writing()
         return 0
     if argv[0] not in COMMANDS:
         print(f"mygpt2: unknown command '{argv[0]}'.\n\n{usage()}", file=sys.stderr)
