@@ -24,15 +24,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from mygpt2.config import Config
 from mygpt2.corpus import open_corpus
 from mygpt2.evaluation import TextStream, read_stream, score_stream, token_byte_lengths
 from mygpt2.loss import IGNORE_INDEX
 from mygpt2.model import GPT
+from mygpt2.runtime import all_reduce
 from mygpt2.tasks import Task, read_task, score_task
 from mygpt2.tokenizer import RegexTokenizer
+
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -46,11 +48,19 @@ class RunEvals:
     stride: int = 0
     tasks: list[Task] = dataclasses.field(default_factory=list)
     val_counts: tuple[int, int] | None = None  # (targets, bytes) of the validation batches
+    device: torch.device = CPU  # the run's: where counts are summed over ranks
 
 
-def prepare_evals(cfg: Config, tok: RegexTokenizer, *, read_sources: bool = True) -> RunEvals:
+def prepare_evals(
+    cfg: Config,
+    tok: RegexTokenizer,
+    *,
+    read_sources: bool = True,
+    device: torch.device = CPU,
+) -> RunEvals:
     """Read `eval_data` and `eval_tasks` (when `read_sources`, i.e. on rank 0) within their
-    budget; a missing or malformed source fails here, before training starts."""
+    budget; a missing or malformed source fails here, before training starts. `device` is
+    the run's (collectives take tensors there)."""
     t = cfg.train
     batch = t.val_batch_size or t.batch_size
     evals = RunEvals(
@@ -58,6 +68,7 @@ def prepare_evals(cfg: Config, tok: RegexTokenizer, *, read_sources: bool = True
         token_bytes=torch.from_numpy(token_byte_lengths(tok)),
         batch_size=batch,
         stride=t.eval_stride or cfg.model.T,
+        device=device,
     )
     if not read_sources:
         return evals
@@ -81,10 +92,9 @@ def validation_bpb(
             valid = y[y != IGNORE_INDEX]
             targets += valid.numel()
             nbytes += int(evals.token_bytes[valid].sum())
-        if distributed:
-            counts = torch.tensor([targets, nbytes], dtype=torch.float64)
-            dist.all_reduce(counts)
-            targets, nbytes = (int(c) for c in counts.tolist())
+        if distributed:  # on the run's device: NCCL sums no CPU tensor
+            counts = torch.tensor([targets, nbytes], dtype=torch.int64, device=evals.device)
+            targets, nbytes = all_reduce(counts, evals.device).tolist()
         evals.val_counts = (targets, nbytes)
     targets, nbytes = evals.val_counts
     return val_loss * targets / math.log(2) / nbytes if nbytes else math.nan

@@ -120,7 +120,7 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
     if not dist_info.is_main:
         train_tokens, val_tokens, meta = ensure_prepared(cfg, tok)
     data_source = data_record(cfg, meta)
-    evals = prepare_evals(cfg, tok, read_sources=dist_info.is_main)
+    evals = prepare_evals(cfg, tok, read_sources=dist_info.is_main, device=device)
     data_changes = check_data(saved_data, data_source, cfg, ckpt_path)
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)

@@ -16,6 +16,13 @@
 - `Distributed` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and starts the
   process group: NCCL on CUDA, gloo on CPU. Only rank 0 prints, logs, plots and saves
   (`Distributed.is_main`); the training loop's printing goes through `metrics.Reporter`.
+- Collectives go through `all_reduce`, `all_gather_object` and `barrier` here, nowhere else.
+  `all_reduce` takes the run's device and refuses a tensor on another device type: NCCL
+  reduces CUDA tensors only, so a CPU tensor fails there ("No backend type associated with
+  device type cpu") at the first collective of a multi-GPU run, while the gloo runs that the
+  tests can afford on a CPU accept it. Checked on every call, process group or not, a
+  misplaced tensor fails in every single-process test whose device is not the CPU, and in a
+  unit test that names a CUDA device without having one.
 - `peak_flops` knows the dense bf16/fp32 peaks of common GPUs, for MFU; on a CPU it measures
   the matmul rate once, since no table can know it.
 """
@@ -35,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from mygpt2.errors import MyGPT2Error
+from mygpt2.errors import MyGPT2Error, RunError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -209,11 +216,55 @@ class Distributed:
 
     def barrier(self) -> None:
         if self.enabled:
-            dist.barrier()
+            barrier()
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- collectives
+
+REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+
+
+def _joined() -> bool:
+    """Whether this process is in a process group of more than one."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def check_collective(tensor: torch.Tensor, device: torch.device) -> None:
+    """Refuse a tensor that is not on the run's device type (see the module's docstring)."""
+    if tensor.device.type != torch.device(device).type:
+        raise RunError(
+            f"a collective was given a tensor on {tensor.device.type}, but this run's "
+            f"processes communicate on {torch.device(device).type}: every tensor summed over "
+            "processes must be on the run's device (a bug in mygpt2; please report it)."
+        )
+
+
+def all_reduce(tensor: torch.Tensor, device: torch.device, op: str = "sum") -> torch.Tensor:
+    """`tensor` reduced over all processes in place (`op`: sum or max) and returned; alone,
+    returned as it is. It must be on the run's `device` (checked either way)."""
+    check_collective(tensor, device)
+    if _joined():
+        dist.all_reduce(tensor, op=REDUCE_OPS[op])
+    return tensor
+
+
+def all_gather_object(obj: object) -> list[object]:
+    """Every process's `obj` (picklable), in rank order; `[obj]` alone."""
+    if not _joined():
+        return [obj]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier() -> None:
+    """Wait until every process gets here (nothing to wait for alone)."""
+    if _joined():
+        dist.barrier()
 
 
 # Dense peak FLOP/s (bf16/fp16 tensor cores, without sparsity) of GPUs people train on.

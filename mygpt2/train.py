@@ -51,14 +51,16 @@ from torch.nn.parallel import DistributedDataParallel
 from mygpt2.checkpoint import rng_state, save_checkpoint
 from mygpt2.config import Config
 from mygpt2.errors import RunError
+from mygpt2.evaluation import batches_nll
 from mygpt2.guard import CheckpointClock, StopSignals, guarded, resume_command
 from mygpt2.health import HealthProbe
 from mygpt2.loss import IGNORE_INDEX
 from mygpt2.metrics import Reporter
+from mygpt2.model import GPT
 from mygpt2.optim import get_lr
 from mygpt2.run_evals import score_extras, validation_bpb
 from mygpt2.run_setup import Run, setup
-from mygpt2.runtime import Distributed, autocast
+from mygpt2.runtime import Distributed, all_gather_object, all_reduce, autocast
 from mygpt2.series import SnapshotWriter, snapshot_due
 
 # ----------------------------------------------------------------------------- the loop
@@ -203,7 +205,7 @@ def train_step(
     # counted before any forward pass: every micro-batch's share of the step depends on it
     count = torch.stack([(y != IGNORE_INDEX).sum() for _, y in batches]).sum().to(device)
     if world > 1:
-        dist.all_reduce(count)
+        all_reduce(count, device)
     # DDP averages gradients over processes: each one's sum counts `world` times to undo that
     weight = world / count.clamp(min=1).to(torch.float32)
     loss_sum = torch.zeros((), device=device)
@@ -219,7 +221,7 @@ def train_step(
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         loss_sum += loss.detach().float()
     if world > 1:
-        dist.all_reduce(loss_sum)
+        all_reduce(loss_sum, device)
     loss_value = (loss_sum / count.clamp(min=1)).item()
     if not math.isfinite(loss_value):  # every process sees the same value: all stop together
         raise NonFiniteLossError(loss_value)
@@ -247,25 +249,13 @@ def train_step(
     )
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Any, *, dtype: torch.dtype = torch.float32) -> float:
-    """Mean loss per valid target over `batches` of (x, y), and over all processes under DDP."""
-    world = _ddp_world(model)
-    device = next(model.parameters()).device
-    model.eval()
-    total = torch.zeros((), device=device)
-    count = torch.zeros((), dtype=torch.int64, device=device)
-    for x, y in batches:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, dtype):
-            _, loss = model(x, y, reduction="sum")
-        total += loss.float()
-        count += (y != IGNORE_INDEX).sum()
-    if world > 1:
-        dist.all_reduce(total)
-        dist.all_reduce(count)
-    model.train()
-    return (total / count.clamp(min=1)).item()
+def evaluate(model: GPT, batches: Any, *, dtype: torch.dtype = torch.float32) -> float:
+    """Mean loss per valid target over `batches` of (x, y) (`evaluation.batches_nll`), over
+    all processes under DDP. `model` is the raw GPT, not a DDP or compiled one."""
+    nats, count = batches_nll(model, batches, dtype)
+    all_reduce(nats, nats.device)
+    all_reduce(count, count.device)
+    return (nats / count.clamp(min=1)).item()
 
 
 # ----------------------------------------------------------------------------- the run
@@ -330,7 +320,7 @@ def report_step(run: Run, result: StepResult, lr: float, seconds: float) -> None
 
 def evaluate_run(run: Run) -> None:
     """Validation loss now: remembered, logged, plotted; the best so far kept."""
-    run.val_loss = evaluate(run.model, run.val_loader, dtype=run.dtype)
+    run.val_loss = evaluate(run.raw_model, run.val_loader, dtype=run.dtype)
     run.best_val = min(run.best_val, run.val_loss)
     row = {
         "kind": "eval",
@@ -355,8 +345,7 @@ def stop_requested(signals: StopSignals, clock: CheckpointClock, run: Run) -> tu
     flags = [signals.signum, int(clock.due())]
     if run.dist.enabled:
         agreed = torch.tensor(flags, device=run.device)
-        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
-        flags = agreed.tolist()
+        flags = all_reduce(agreed, run.device, "max").tolist()
     return int(flags[0]), bool(flags[1])
 
 
@@ -364,9 +353,7 @@ def save(run: Run) -> None:
     """Checkpoint everything an exact resume needs (rank 0 writes; all ranks give their RNG)."""
     rngs: Any = rng_state()
     if run.dist.enabled:  # every rank's RNG, so dropout resumes exactly on each
-        gathered = [None] * run.dist.world_size
-        dist.all_gather_object(gathered, rngs)
-        rngs = gathered
+        rngs = all_gather_object(rngs)
     if not run.dist.is_main:
         return
     save_checkpoint(
