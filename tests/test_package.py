@@ -36,6 +36,7 @@ LAYERS = {
         "generate",
         "hf",
         "inspect",
+        "sae",
     ],
     "runs": [
         "checkpoint",
@@ -52,6 +53,7 @@ LAYERS = {
         "evaluation",
         "tasks",
         "serve",
+        "sae_train",
     ],
     "commands": ["commands", "cli", "__init__"],
 }
