@@ -12,6 +12,11 @@ Optimizers (`--optimizer`):
 Two optimizers under one step are one `Optimizers` object, which `train_step`, the grad scaler
 and checkpoints use as they use one torch optimizer.
 
+`torch.optim.Muon` arrived in torch 2.9, and the package allows older torch: it is looked up
+only when `--optimizer muon` asks for it (`muon_class`), so an AdamW or SGD run trains and
+resumes on any torch, and a Muon request on an older one is refused before any work, naming
+the version it needs.
+
 The schedule (`--schedule`) follows a linear warmup over `warmup_ratio * max_steps` steps:
 `cosine` (the original myGPT2 `_get_cos_lr`) or `linear` from `lr` to `min_lr` at
 `max_steps`; `wsd` (warmup-stable-decay) holds `lr`, then falls linearly to `min_lr` over the
@@ -56,6 +61,22 @@ def get_lr(step: int, cfg: Config) -> float:
 
 # ----------------------------------------------------------------------------- the optimizers
 
+MUON_TORCH = "2.9"  # the first torch release with torch.optim.Muon
+
+
+def muon_class() -> type[torch.optim.Optimizer] | None:
+    """torch's Muon, or None on a torch without it."""
+    return getattr(torch.optim, "Muon", None)
+
+
+def check_optimizer(name: str) -> None:
+    """Refuse an optimizer this torch does not have (Muon before torch 2.9)."""
+    if name == "muon" and muon_class() is None:
+        raise MyGPT2Error(
+            f"--optimizer muon needs torch {MUON_TORCH} or later (torch.optim.Muon); this is "
+            f"torch {torch.__version__}. Upgrade torch, or use --optimizer adamw."
+        )
+
 
 class Optimizers:
     """Several torch optimizers stepped as one (Muon for the hidden matrices, AdamW for the
@@ -98,12 +119,13 @@ def make_optimizer(
     """The optimizer `cfg.train.optimizer` names, its groups set up as the module docstring says."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     t = cfg.train
+    check_optimizer(t.optimizer)
     if t.optimizer == "muon":
         hidden = [p for n, p in named if is_hidden_matrix(n, p)]
         rest = [p for n, p in named if not is_hidden_matrix(n, p)]
         shapes = list(dict.fromkeys(tuple(p.shape) for p in hidden))  # one group per shape
         muon_groups = [[p for p in hidden if tuple(p.shape) == s] for s in shapes]
-        muon = torch.optim.Muon(
+        muon = muon_class()(
             [{"params": ps, **settings("muon", ps, cfg)} for ps in muon_groups], lr=t.muon_lr
         )
         return Optimizers(muon, _adamw(rest, cfg, device))
@@ -152,7 +174,8 @@ def settings(kind: str, params: list[torch.Tensor], cfg: Config) -> dict[str, An
 
 
 def _kind(opt: torch.optim.Optimizer) -> str:
-    if isinstance(opt, torch.optim.Muon):
+    muon = muon_class()
+    if muon is not None and isinstance(opt, muon):
         return "muon"
     return "sgd" if isinstance(opt, torch.optim.SGD) else "adamw"
 

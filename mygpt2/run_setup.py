@@ -25,7 +25,7 @@ from mygpt2.guard import check_data, data_record, resolve_input_paths
 from mygpt2.hf import from_pretrained
 from mygpt2.metrics import MetricsLog, Reporter
 from mygpt2.model import GPT
-from mygpt2.optim import make_optimizer, restore_optimizer
+from mygpt2.optim import check_optimizer, make_optimizer, restore_optimizer
 from mygpt2.prepare import ensure_prepared
 from mygpt2.run_evals import RunEvals, prepare_evals
 from mygpt2.runtime import (
@@ -98,6 +98,7 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
     dtype_choice = choose_dtype(cfg.run.dtype, device)  # the banner says which and why
     dtype = dtype_choice.dtype
     accum_steps(t.batch_size, t.macro_batch_size, dist_info.world_size)  # fail before slow work
+    check_optimizer(t.optimizer)  # Muon needs a newer torch than the package does
     resolve_input_paths(cfg)  # absolute: the checkpoint finds its inputs from any directory
     saved_data = ckpt.get("data_source") if ckpt is not None else None
     if saved_data:  # before any slow work: the data this run was trained on?

@@ -341,3 +341,28 @@ def test_resume_refuses_another_optimizer_and_takes_a_given_muon_lr(corpus, tmp_
     square = [g for g in muon_groups if g["lr_scale"] == pytest.approx(0.05 / 3e-3)]
     assert len(square) == 1  # the attention's c_proj (32 x 32): no shape factor
     assert square[0]["lr"] == pytest.approx(0.05 / 3e-3 * get_lr(3, cfg))  # the last step's
+
+
+def test_a_torch_without_muon_resumes_adamw_and_refuses_muon_naming_the_version(
+    corpus, tmp_path, monkeypatch, capsys
+):
+    """torch.optim.Muon arrived in torch 2.9; the package allows older torch. On one without
+    it, an AdamW run starts and resumes as ever, and a Muon request is one line, up front."""
+    train(tiny_config(corpus, tmp_path / "a", max_steps=4, stop_at=2))
+    monkeypatch.delattr(torch.optim, "Muon")
+    resumed = train(tiny_config(corpus, tmp_path / "a", max_steps=4, resume="true"))
+    assert resumed["step"] == 4
+    cfg = tiny_config(corpus, tmp_path / "b", max_steps=4, optimizer="muon")
+    capsys.readouterr()
+    with pytest.raises(MyGPT2Error) as caught:
+        train(cfg)
+    message = str(caught.value)
+    assert "--optimizer muon needs torch 2.9 or later" in message
+    assert f"this is torch {torch.__version__}" in message and "\n" not in message
+    assert "[model]" not in capsys.readouterr().out  # refused before the config is printed
+    with pytest.raises(MyGPT2Error, match=r"needs torch 2\.9"):
+        make_optimizer(
+            GPT(ModelConfig(n_layers=1, n_heads=1, n_emb=8, T=8, vocab_size=16)),
+            cfg,
+            torch.device("cpu"),
+        )
