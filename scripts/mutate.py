@@ -43,6 +43,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+import mutants_tools  # scripts/mutants_tools.py: python puts this script's folder on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = REPO / ".venv" / "bin" / "python"
 IGNORE = shutil.ignore_patterns(
@@ -786,6 +788,12 @@ MUTANTS_BY_MODULE: dict[str, list[Mutant]] = {
         ),
     ],
 }
+
+
+# the other modules (issue 22): rows of (file, original, replacement, description)
+TESTS.update(mutants_tools.TESTS)
+for _module, _rows in mutants_tools.ROWS.items():
+    MUTANTS_BY_MODULE[_module] = [Mutant(_module, *row) for row in _rows]
 
 
 def all_mutants() -> list[tuple[str, Mutant]]:
