@@ -93,6 +93,7 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
         # the checkpoint's config, with what this command line sets on top
         ckpt = load_checkpoint(ckpt_path)
         cfg = resume_config(ckpt, cfg, ckpt_path)
+        check_layout(ckpt.get("data") or {}, cfg, ckpt_path)
     t = cfg.train
     device = pick_device(cfg.run.device, dist_info.local_rank)
     dtype_choice = choose_dtype(cfg.run.dtype, device)  # the banner says which and why
@@ -199,6 +200,21 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
     if ckpt is not None:  # last, so nothing above can draw from the restored generators
         set_rng_state(ckpt["rng"][dist_info.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
     return run
+
+
+def check_layout(saved: dict[str, Any], cfg: Config, path: Path) -> None:
+    """Refuse a resume with another `macro_batch_size`: the checkpoint's step count, token
+    counts and data position are all counted in its macro batches, and the loader cannot map
+    a position onto a different one without skipping or repeating data. (batch_size and the
+    number of processes may change: the loader recounts its position at a step's edge.)"""
+    old, new = saved.get("macro_batch_size"), cfg.train.macro_batch_size
+    if old is not None and old != new:
+        raise MyGPT2Error(
+            f"cannot resume '{path}' with macro_batch_size {new}: it was trained with {old}, "
+            f"and its steps, token counts and data position count macro batches of {old} "
+            f"sequences. Resume with --macro_batch_size {old} (or leave the flag out), or "
+            "start a new run in another --out_dir."
+        )
 
 
 def build_model(cfg: Config, vocab_size: int) -> GPT:

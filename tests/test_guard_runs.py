@@ -1,0 +1,33 @@
+"""Run safety in whole runs: a resume that would change the data layout is refused, a crash in
+the run's own tools after a step keeps that step (checkpoint and resume line), and the resume
+line and lock come from the command line the command received, never from `sys.argv`."""
+
+from __future__ import annotations
+
+import pytest
+from test_train import make_corpus, run_main, tiny_args
+
+from mygpt2.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shakespeare_path) -> dict[str, str]:
+    return make_corpus(tmp_path_factory.mktemp("corpus"), shakespeare_path)
+
+
+def test_resume_with_another_macro_batch_size_is_refused_naming_both(corpus, tmp_path, capsys):
+    args = tiny_args(corpus, tmp_path, max_steps=6, eval_interval=3)  # macro batch 8
+    assert run_main(["train", *args, "--stop_at=2"]) == 0
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert run_main(["train", *args, "--resume", "--macro_batch_size=16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1  # one line, no traceback
+    assert "with macro_batch_size 16: it was trained with 8" in err
+    assert "Resume with --macro_batch_size 8 (or leave the flag out)" in err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    # the same layout resumes, and the token count goes on in steps of 8 x 32 tokens
+    assert run_main(["train", *args, "--resume", "--macro_batch_size=8"]) == 0
+    rows = load_checkpoint(tmp_path / "checkpoint.pt")["metrics"]
+    tokens = [r["tokens"] for r in rows if r["kind"] == "train"]
+    assert tokens == [step * 8 * 32 for step in range(1, 7)]
