@@ -13,6 +13,10 @@ Design choices:
   module does not schedule.
 - Flags are parsed by the command layer; here a point is its name, its command-line flags
   and its validated config.
+- A flag whose one value is itself a comma-separated list (`LIST_FLAGS`: `--eval_tasks
+  a.jsonl,b.jsonl`, two files in every run) is never cut into points at its commas; its points
+  are separated by `;` instead (`--eval_tasks 'a.jsonl;a.jsonl,b.jsonl'`: one run with `a`,
+  one with both), so each keeps its list whole.
 """
 
 from __future__ import annotations
@@ -28,19 +32,25 @@ from mygpt2.config import Config
 from mygpt2.errors import MyGPT2Error
 from mygpt2.train import train
 
+# train flags whose value is a comma-separated list: their sweep points are split at `;`
+LIST_FLAGS = ("eval_tasks",)
+
 
 def split_axes(values: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """Flags with comma-separated values are the grid's axes; the others are fixed."""
+    """Flags with comma-separated values (`;` for `LIST_FLAGS`) are the grid's axes; the
+    others are fixed."""
     axes, fixed = {}, {}
     for key, value in values.items():
-        if "," not in value:
+        sep = ";" if key in LIST_FLAGS else ","
+        if sep not in value:
             fixed[key] = value
             continue
-        parts = [v.strip() for v in value.split(",")]
+        parts = [v.strip() for v in value.split(sep)]
         if any(not p for p in parts):
+            example = "'A;B,C'" if sep == ";" else "A,B,C"
             raise MyGPT2Error(
                 f"sweep flag --{key} has an empty value in {value!r}: each value between "
-                f"commas is one run (--{key} A,B,C)."
+                f"{'semicolons' if sep == ';' else 'commas'} is one run (--{key} {example})."
             )
         repeated = sorted({p for p in parts if parts.count(p) > 1})
         if repeated:

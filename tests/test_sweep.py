@@ -3,8 +3,10 @@ input, and a sweep that stops and continues: interrupted runs resume, finished o
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
+from pathlib import Path
 
 import pytest
 from test_train import make_corpus, tiny_args
@@ -12,8 +14,9 @@ from test_train import make_corpus, tiny_args
 from mygpt2.checkpoint import load_checkpoint
 from mygpt2.cli import main
 from mygpt2.commands.args import load_config
+from mygpt2.config import Config
 from mygpt2.errors import MyGPT2Error
-from mygpt2.sweep import grid, point_name, split_axes
+from mygpt2.sweep import LIST_FLAGS, grid, point_name, split_axes
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +116,38 @@ def test_a_signal_stops_the_sweep_with_its_status(corpus, tmp_path, capsys, monk
     assert main(["sweep", *tiny_args(corpus, out, lr="3e-3,1e-2")]) == 130
     assert len(calls) == 1
     assert "sweep stopped during lr=3e-3; run the same command again" in capsys.readouterr().out
+
+
+def test_a_list_valued_flag_stays_whole_in_every_run(tmp_path, capsys):
+    """`--eval_tasks a.jsonl,b.jsonl` is two files in each run, not one run per file."""
+    out = tmp_path / "grid"
+    argv = ["sweep", "--lr", "1e-3,3e-3", "--eval_tasks", "a.jsonl,b.jsonl", "--dry_run"]
+    assert main([*argv, f"--out_dir={out}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    configs = [load_config(shlex.split(line)[2:]) for line in lines]
+    assert [c.train.eval_tasks for c in configs] == ["a.jsonl,b.jsonl"] * 2
+    assert [c.train.lr for c in configs] == [1e-3, 3e-3]
+    assert configs[0].run.out_dir == str(out / "lr=1e-3")
+
+
+def test_a_list_valued_flag_is_swept_at_semicolons():
+    axes, fixed = split_axes({"eval_tasks": "a.jsonl;a.jsonl,b.jsonl", "lr": "1e-3"})
+    assert fixed == {"lr": "1e-3"}
+    assert grid(axes) == [{"eval_tasks": "a.jsonl"}, {"eval_tasks": "a.jsonl,b.jsonl"}]
+    with pytest.raises(MyGPT2Error, match=r"empty value in 'a.jsonl;'.*between semicolons"):
+        split_axes({"eval_tasks": "a.jsonl;"})
+    # any other flag still splits at commas (a ';' there is its value, checked by train)
+    assert split_axes({"lr": "1e-3,3e-3"})[0] == {"lr": ["1e-3", "3e-3"]}
+
+
+def test_every_flag_the_library_splits_at_commas_is_a_list_flag():
+    """A new list-valued setting must join LIST_FLAGS, or a sweep would cut it into runs."""
+    package = Path(__file__).resolve().parents[1] / "mygpt2"
+    fields = {name for section in Config().to_dict().values() for name in section}
+    split = set()
+    for path in package.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        split |= set(re.findall(r"\.(\w+)\.split\(\s*[\"'],[\"']", text)) & fields
+    assert split == {"eval_tasks"}  # the scan finds run_evals' split of the task paths
+    assert split <= set(LIST_FLAGS)

@@ -23,7 +23,9 @@ for a scheduler that spreads them over machines: docs/EXPERIMENTS.md). Example:
 
   mygpt2 sweep --lr 1e-3,3e-3,1e-2 --optimizer adamw,muon --max_steps 500 --out_dir sweep1
 
-Boolean flags take their values with '=': --compile=true,false.""",
+Boolean flags take their values with '=': --compile=true,false. A flag whose value is itself
+a list keeps its commas in every run (--eval_tasks a.jsonl,b.jsonl: both files in each run);
+to sweep it, separate its runs' values with ';' (quoted: --eval_tasks 'a.jsonl;a.jsonl,b.jsonl').""",
     sections=dict(TRAIN.sections),
     extra={
         "dry_run": "print each run's mygpt2 train command; train nothing",
