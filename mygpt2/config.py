@@ -31,6 +31,7 @@ from typing import Any
 
 from mygpt2.errors import MyGPT2Error
 from mygpt2.presets import PRESETS
+from mygpt2.sampling_settings import check_sampling
 
 
 def option(default: Any, help: str, unit: str = "") -> Any:
@@ -492,6 +493,7 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise MyGPT2Error(message)
+    check_sampling(s.temperature, s.top_k, s.top_p)  # the one check generate and serve use
     check_variants(m)
 
 

@@ -9,6 +9,9 @@ absolute position embeddings, so when the window slides every position shifts an
 keys/values are no longer valid: once the cache is full it is rebuilt from the window at each
 step. The result is exactly what a cache-free model that crops its input to the last `T` tokens
 computes (tested), at the price of a full forward pass per token beyond `T`.
+
+The settings are checked by `mygpt2.sampling_settings.check_sampling`, the one check that the
+config and the server use too: top_k 0 or None and top_p 1.0 or None are off.
 """
 
 from __future__ import annotations
@@ -22,16 +25,7 @@ import torch
 from mygpt2.errors import MyGPT2Error
 from mygpt2.model import GPT, KVCache, Linear
 from mygpt2.packing import can_pack, pack_weight
-
-
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Reject out-of-range sampling settings with a clear message."""
-    if temperature < 0:
-        raise MyGPT2Error(f"temperature must be 0 (greedy) or positive, got {temperature}.")
-    if top_k is not None and top_k <= 0:
-        raise MyGPT2Error(f"top_k must be a positive number of tokens (or None), got {top_k}.")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise MyGPT2Error(f"top_p must be in (0, 1], got {top_p}.")
+from mygpt2.sampling_settings import check_sampling as check_sampling  # the one check
 
 
 def sample_next(
@@ -124,7 +118,8 @@ def generate_stream(
     left with a warning.
     """
     cfg = model.config
-    check_sampling(temperature, top_k, top_p)
+    settings = check_sampling(temperature, top_k, top_p, cfg.vocab_size)
+    temperature, top_k, top_p = settings.temperature, settings.top_k, settings.top_p
     if max_new_tokens < 0:
         raise MyGPT2Error(f"max_new_tokens must be 0 or more, got {max_new_tokens}.")
     rows = _as_rows(prompts)

@@ -25,9 +25,10 @@ from mygpt2.checkpoint import load_model_and_tokenizer
 from mygpt2.config import Config
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import atomic_write
-from mygpt2.generate import check_sampling, generate_stream
+from mygpt2.generate import generate_stream
 from mygpt2.model import GPT
 from mygpt2.runtime import DtypeChoice, choose_dtype, pick_device
+from mygpt2.sampling_settings import check_sampling
 from mygpt2.tokenizer import RegexTokenizer
 
 
@@ -69,7 +70,7 @@ def stream_text(
         prompt_ids,
         s.max_new_tokens,
         temperature=s.temperature,
-        top_k=s.top_k or None,
+        top_k=s.top_k,  # 0 is off: generate_stream's check says so, for every caller
         top_p=s.top_p,
         seed=seed,
         stop_tokens=[tok.eot_id],
@@ -120,7 +121,7 @@ def sample(cfg: Config, write: Callable[[str], None] = lambda piece: None) -> Sa
     `write` as it is decoded (a header line opens each sample), and save them all to
     out_dir/generated.txt."""
     s = cfg.sample
-    check_sampling(s.temperature, s.top_k or None, s.top_p)
+    check_sampling(s.temperature, s.top_k, s.top_p)  # before loading any weights
     start = read_start(s.start)
     model, tok = load_model(cfg)
     prompt_ids = encode_start(tok, start, s.allow_special)

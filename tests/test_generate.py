@@ -247,7 +247,6 @@ def test_padded_vocab_is_never_sampled():
 @pytest.mark.parametrize(
     ("kw", "words"),
     [
-        (dict(top_k=0), "top_k"),
         (dict(top_k=-3), "top_k"),
         (dict(top_p=0.0), "top_p"),
         (dict(top_p=1.5), "top_p"),

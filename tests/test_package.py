@@ -18,7 +18,7 @@ REPO = PACKAGE.parent
 
 # Lower layers never import higher ones. Same-layer imports are fine (no circles, checked below).
 LAYERS = {
-    "base": ["errors", "fileio", "lock", "presets", "config", "runtime"],
+    "base": ["errors", "fileio", "lock", "presets", "config", "runtime", "sampling_settings"],
     "domain": [
         "bpe",
         "tokenizer_files",

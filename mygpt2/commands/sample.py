@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from mygpt2.commands.args import ALL, Command, read_args
 from mygpt2.errors import MyGPT2Error
+from mygpt2.sampling_settings import check_sampling
 
 if TYPE_CHECKING:
     from mygpt2.config import Config
@@ -37,12 +38,11 @@ def cli(argv: list[str]) -> None:
     args = read_args(argv, COMMAND)
     if args is None:
         return
-    # torch is imported only now: --help and usage errors answer at once
-    from mygpt2.generate import check_sampling
+    # torch is imported only now: --help and usage errors (sampling settings included, checked
+    # by config.validate) answer at once
     from mygpt2.sample import sample, weights_dtype
 
     s = args.config.sample
-    check_sampling(s.temperature, s.top_k or None, s.top_p)  # before loading any weights
     print(f"mygpt2 sample: weights in {weights_dtype(args.config)}", file=sys.stderr)
     if s.prompt:
         interactive(args.config)
@@ -63,7 +63,7 @@ def write_stdout(piece: str) -> None:
 
 HELP = """commands:
   /temp X    temperature (0 = greedy)      /topk N   top-k (0 = off)
-  /topp X    nucleus probability (0, 1]    /len N    tokens to generate
+  /topp X    nucleus, (0, 1]; 1 = off      /len N    tokens to generate
   /seed N    random seed                   /show     current settings
   /help      this text                     /quit     leave (or Ctrl-D)
 Ctrl-C stops the current generation."""
@@ -81,7 +81,6 @@ def interactive(cfg: Config, input_fn: Callable[[str], str] = input) -> None:
     """Read a prompt, stream the continuation, repeat; settings change with /commands."""
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
-    from mygpt2.generate import check_sampling
     from mygpt2.sample import encode_start, load_model, stream_text
 
     model, tok = load_model(cfg)
@@ -121,7 +120,7 @@ def interactive(cfg: Config, input_fn: Callable[[str], str] = input) -> None:
                     old = getattr(target, name)
                     setattr(target, name, value)
                     try:
-                        check_sampling(s.temperature, s.top_k or None, s.top_p)
+                        check_sampling(s.temperature, s.top_k, s.top_p)
                         if s.max_new_tokens < 0:
                             raise MyGPT2Error("length must be 0 or more.")
                     except MyGPT2Error:

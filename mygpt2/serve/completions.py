@@ -16,9 +16,10 @@ Choices made:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from mygpt2.sampling_settings import SamplingError, check_sampling
 
 # OpenAI's completions fields, each with the neutral value a request may give when this server
 # does not implement it (None: implemented, any value that checks out is fine).
@@ -106,21 +107,6 @@ def _integer(body: dict, name: str, default: int | None, low: int, high: int) ->
     return value
 
 
-def _number(
-    body: dict, name: str, default: float, low: float, high: float, low_open: bool
-) -> float:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _bad(name, f"expected a number, got {json_type(value)}.", "invalid_type")
-    too_low = value <= low if low_open else value < low
-    if not math.isfinite(value) or too_low or value > high:
-        side = "(" if low_open else "["
-        raise _bad(name, f"{value} is out of range; it must be in {side}{low}, {high}].")
-    return float(value)
-
-
 def _flag(body: dict, name: str) -> bool:
     value = body.get(name)
     if value is None:
@@ -184,6 +170,18 @@ def parse_prompts(value: Any, vocab_size: int, eot_id: int | None) -> list[str |
     return prompts
 
 
+def sampling_fields(body: dict, vocab_size: int) -> tuple[float, float, int | None]:
+    """`temperature`, `top_p`, `top_k` through the one check that `generate` and the config use
+    (0 is greedy; top_k 0 and top_p 1 are off); its error becomes the 400 naming the field."""
+    given = [body.get(name) for name in ("temperature", "top_k", "top_p")]
+    temperature, top_k, top_p = (1.0 if given[0] is None else given[0]), given[1], given[2]
+    try:
+        s = check_sampling(temperature, top_k, top_p, vocab_size)
+    except SamplingError as e:
+        raise _bad(e.param, str(e), e.code) from None
+    return s.temperature, 1.0 if s.top_p is None else s.top_p, s.top_k
+
+
 def parse_stop(value: Any, limits: Limits) -> list[str]:
     """`stop`: null, a string, or a list of strings, within the limits."""
     if value is None:
@@ -229,9 +227,7 @@ def parse_completion(
         raise _bad("user", "expected a string.", "invalid_type")
     req = CompletionRequest(prompts=parse_prompts(body.get("prompt"), vocab_size, eot_id))
     req.max_tokens = _integer(body, "max_tokens", 16, 0, limits.max_tokens)
-    req.temperature = _number(body, "temperature", 1.0, 0.0, 100.0, low_open=False)
-    req.top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
-    req.top_k = _integer(body, "top_k", None, 1, 10**9)
+    req.temperature, req.top_p, req.top_k = sampling_fields(body, vocab_size)
     req.n = _integer(body, "n", 1, 1, limits.max_choices)
     if len(req.prompts) * req.n > limits.max_choices:
         raise _bad(
