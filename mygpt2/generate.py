@@ -10,6 +10,15 @@ keys/values are no longer valid: once the cache is full it is rebuilt from the w
 step. The result is exactly what a cache-free model that crops its input to the last `T` tokens
 computes (tested), at the price of a full forward pass per token beyond `T`.
 
+Steering (`steer=[(sae, feature, alpha), ...]`) adds `alpha * sae.W_dec[feature]` to the
+activation at `sae.cfg.hook_name`, at every position (the prompt's too), through the model's
+hook points: under the KV cache each step's new position is steered as it is computed, and the
+cached keys and values of earlier positions already were, so cached and cache-free generation
+agree (tested). Nothing here imports `mygpt2.sae`: any object with `cfg.hook_name`, `cfg.d_in`,
+`cfg.d_sae` and `W_dec` (d_sae, d_in) steers. Entries are checked before the first token: the
+feature id against `d_sae`, the hook against the model's names, and `d_in` against the width
+the model's own forward gives that hook (a one-token forward stopped at the hook).
+
 The settings are checked by `mygpt2.sampling_settings.check_sampling`, the one check that the
 config and the server use too: top_k 0 or None and top_p 1.0 or None are off.
 """
@@ -17,12 +26,15 @@ config and the server use too: top_k 0 or None and top_p 1.0 or None are off.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
 from mygpt2.errors import MyGPT2Error
+from mygpt2.hooks import resolve_names
 from mygpt2.model import GPT, KVCache, Linear
 from mygpt2.packing import can_pack, pack_weight
 from mygpt2.sampling_settings import check_sampling as check_sampling  # the one check
@@ -99,6 +111,97 @@ def new_cache(model: GPT, pad: torch.Tensor, stack: contextlib.ExitStack) -> KVC
     return cache
 
 
+# ------------------------------------------------------------------------------ steering
+# hooks whose activation is no vector per position (B, t, ...): nothing to add a direction to
+UNSTEERABLE = ("hook_attn_scores", "hook_pattern")
+
+
+class _SeenError(Exception):
+    """Stops a forward at the hook it was looking for."""
+
+
+def hook_shape(model: GPT, name: str) -> tuple[int, ...]:
+    """The shape of one position's activation at hook `name` (`(n_emb,)` for the residual
+    stream, `(n_heads, d_head)` for `attn.hook_z`), read from the model's own forward on one
+    token, stopped there."""
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def look(x: torch.Tensor, name: str) -> None:
+        seen["shape"] = tuple(x.shape[2:])
+        raise _SeenError
+
+    one = torch.zeros(1, 1, dtype=torch.long, device=model.transformer.wte.weight.device)
+    with torch.inference_mode(), model.hooks([(name, look)]), contextlib.suppress(_SeenError):
+        model(one)
+    return seen["shape"]
+
+
+def _adder(direction: torch.Tensor) -> Callable[[torch.Tensor, str], torch.Tensor]:
+    """A hook adding `direction` at every position, cast once to each dtype and device."""
+    cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def steer(x: torch.Tensor, name: str) -> torch.Tensor:
+        key = (x.dtype, x.device)
+        if key not in cast:
+            cast[key] = direction.to(device=x.device, dtype=x.dtype)
+        return x + cast[key]
+
+    return steer
+
+
+def _steer_entry(entry: Any) -> tuple[Any, int, float]:
+    if not (isinstance(entry, (tuple, list)) and len(entry) == 3):
+        got = f"{len(entry)} items" if isinstance(entry, (tuple, list)) else type(entry).__name__
+        raise MyGPT2Error(f"steer takes (sae, feature, alpha) triples; got {got}.")
+    sae, feature, alpha = entry
+    cfg = getattr(sae, "cfg", None)
+    if cfg is None or not hasattr(sae, "W_dec"):
+        raise MyGPT2Error(
+            f"steer: {type(sae).__name__} is no SAE (load one with mygpt2.sae.load(DIR))."
+        )
+    if isinstance(feature, bool) or not isinstance(feature, int):
+        raise MyGPT2Error(f"steer: a feature is a whole number, got {feature!r}.")
+    if not 0 <= feature < cfg.d_sae:
+        raise MyGPT2Error(
+            f"steer: feature {feature} is out of range; the SAE at '{cfg.hook_name}' has "
+            f"{cfg.d_sae} features, 0 to {cfg.d_sae - 1}."
+        )
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise MyGPT2Error(f"steer: alpha is a finite number, got {alpha!r}.")
+    return sae, feature, float(alpha)
+
+
+def steering_hooks(model: GPT, steer: Sequence[Any]) -> list[tuple[str, Any]]:
+    """Forward hooks adding `alpha * sae.W_dec[feature]` at each entry's hook (entries on one
+    hook summed into one vector), after checking every entry against `model`."""
+    directions: dict[str, torch.Tensor] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for entry in steer:
+        sae, feature, alpha = _steer_entry(entry)
+        name, d_in = sae.cfg.hook_name, sae.cfg.d_in
+        where = f"cannot steer with the SAE of '{name}' (d_in {d_in})"
+        try:
+            resolve_names(name, model.config.n_layers, model.hook_names())
+        except MyGPT2Error as e:
+            raise MyGPT2Error(f"{where}: {e}") from None
+        if name not in model.hook_names() or name.endswith(UNSTEERABLE):
+            raise MyGPT2Error(
+                f"{where}: steering adds a vector at each position, so the hook must be one "
+                "hook point that holds a vector per position (not a glob, scores or pattern)."
+            )
+        if name not in shapes:
+            shapes[name] = hook_shape(model, name)
+        width = math.prod(shapes[name])
+        if width != d_in:
+            raise MyGPT2Error(
+                f"{where}: this model's '{name}' is {width} wide, not {d_in}; the SAE was "
+                "trained on another model or hook."
+            )
+        vector = sae.W_dec[feature].detach().float() * alpha
+        directions[name] = directions[name] + vector if name in directions else vector
+    return [(name, _adder(v.reshape(shapes[name]))) for name, v in directions.items()]
+
+
 @torch.inference_mode()
 def generate_stream(
     model: GPT,
@@ -110,12 +213,15 @@ def generate_stream(
     seed: int | None = None,
     stop_tokens: Sequence[int] = (),
     use_cache: bool = True,
+    steer: Sequence[tuple[Any, int, float]] = (),
 ) -> Iterator[torch.Tensor]:
     """Yield a (B,) tensor of next-token ids per step, as soon as they are sampled.
 
     A row that produced a stop token yields -1 from then on; the stream ends when every row
     has stopped or after `max_new_tokens` steps. Prompts longer than `T` are cropped from the
-    left with a warning.
+    left with a warning. `steer`: (sae, feature, alpha) entries, each adding
+    `alpha * sae.W_dec[feature]` at the SAE's hook while generating (the hooks stay installed
+    until the stream ends or is closed).
     """
     cfg = model.config
     settings = check_sampling(temperature, top_k, top_p, cfg.vocab_size)
@@ -154,10 +260,13 @@ def generate_stream(
         generator.manual_seed(seed)
     stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
+    steering = steering_hooks(model, steer) if steer else []
 
     with contextlib.ExitStack() as stack:
         stack.callback(model.train, model.training)  # back to the caller's mode at the end
         model.eval()
+        if steering:
+            stack.enter_context(model.hooks(steering))
         cache = new_cache(model, pad, stack) if use_cache else None
         logits, _ = model(tokens, cache=cache)
         for _ in range(max_new_tokens):

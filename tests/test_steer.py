@@ -1,0 +1,155 @@
+"""Steering (`steer=` on mygpt2.generate): adding alpha * W_dec[f] at an SAE's hook while
+sampling. The references are written out here: the activation the model sees is the plain one
+plus alpha * W_dec[f] (read back from the model's own cache), and a steered cached generation
+is compared at every step with a full recompute that runs the whole sequence through the model
+with a hand-written adding hook (no cache, no mygpt2 steering code).
+
+The SAE is a stand-in with random weights, shaped like `mygpt2.sae`'s (cfg.hook_name, cfg.d_in,
+cfg.d_sae, W_dec (d_sae, d_in)): steering reads nothing else."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from models import prompt_ids, tiny_gpt
+
+from mygpt2.errors import MyGPT2Error
+from mygpt2.generate import generate, generate_stream, hook_shape, steering_hooks
+
+
+def stand_in(hook: str, d_in: int, d_sae: int = 12, seed: int = 0) -> SimpleNamespace:
+    """An object with the parts of an SAE that steering reads."""
+    g = torch.Generator().manual_seed(seed)
+    W_dec = torch.randn(d_sae, d_in, generator=g)
+    W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
+    cfg = SimpleNamespace(hook_name=hook, d_in=d_in, d_sae=d_sae)
+    return SimpleNamespace(cfg=cfg, W_dec=torch.nn.Parameter(W_dec))
+
+
+def test_the_hook_sees_the_activation_plus_alpha_times_the_decoder_row():
+    model = tiny_gpt(seed=1)
+    hook = "blocks.0.hook_resid_post"
+    sae = stand_in(hook, 32)
+    ids = prompt_ids(61, 9)
+    _, plain = model.run_with_cache(ids, names=hook)
+    # two entries on one hook add up; the steered value is what flows on (and what a cache sees)
+    with model.hooks(steering_hooks(model, [(sae, 3, 2.5), (sae, 7, -1.0)])):
+        _, steered = model.run_with_cache(ids, names=hook)
+    expected = plain[hook] + 2.5 * sae.W_dec[3].detach() - 1.0 * sae.W_dec[7].detach()
+    torch.testing.assert_close(steered[hook], expected, rtol=0, atol=1e-6)
+
+
+def test_alpha_zero_is_plain_generation_token_for_token():
+    model = tiny_gpt(seed=2, T=16)
+    sae = stand_in("blocks.1.hook_resid_mid", 32)
+    prompts = [prompt_ids(61, 5, seed=1), prompt_ids(61, 3, seed=2)]  # left-padded batch
+    for kw in ({"temperature": 0}, {"temperature": 1.0, "seed": 4, "top_k": 20}):
+        plain = generate(model, prompts, 30, **kw)  # past T: the window slides
+        assert generate(model, prompts, 30, steer=[(sae, 5, 0.0)], **kw) == plain
+    assert len(set(plain[0])) > 10  # seeded draws vary: every step's distribution counts
+
+
+def steered_reference(model, prompt, hook, direction, steps):
+    """Greedy tokens and each step's next-token logits, recomputing the whole (cropped to T)
+    sequence every step with a hook that adds `direction`."""
+    seq, tokens, logits = list(prompt), [], []
+    add = [(hook, lambda x, name: x + direction.to(x.dtype).reshape(x.shape[2:]))]
+    for _ in range(steps):
+        with torch.no_grad():
+            last = model.run_with_hooks(seq[-model.config.T :], fwd_hooks=add)[0, -1]
+        last = last[: model.config.vocab_size]
+        logits.append(last)
+        tokens.append(int(last.argmax()))
+        seq.append(tokens[-1])
+    return tokens, logits
+
+
+@pytest.mark.parametrize(
+    ("overrides", "hook", "d_in"),
+    [
+        ({}, "blocks.0.hook_resid_post", 32),
+        ({}, "blocks.1.attn.hook_z", 32),  # (n_heads, d_head) per position
+        ({}, "blocks.0.mlp.hook_post", 128),
+        ({"pos_emb": "rope", "norm": "rmsnorm"}, "blocks.1.hook_resid_pre", 32),
+    ],
+)
+def test_steered_cached_generation_equals_a_steered_full_recompute(overrides, hook, d_in):
+    model = tiny_gpt(seed=3, T=16, **overrides)
+    sae = stand_in(hook, d_in, seed=5)
+    prompt = prompt_ids(61, 6, seed=3)
+    alpha, feature, steps = 6.0, 4, 20  # 6 + 20 > T: the cache is rebuilt as the window slides
+    seen: list[torch.Tensor] = []
+    keep = model.register_forward_hook(lambda m, a, out: seen.append(out[0][0, -1].clone()))
+    try:
+        stream = generate_stream(model, prompt, steps, temperature=0, steer=[(sae, feature, alpha)])
+        got = [int(t[0]) for t in stream]
+    finally:
+        keep.remove()
+    want, want_logits = steered_reference(
+        model, prompt, hook, alpha * sae.W_dec[feature].detach(), steps
+    )
+    assert got == want
+    plain = generate(model, prompt, steps, temperature=0)[0]
+    assert got != plain  # the steering changed the text, so the comparison means something
+    assert len(seen) >= steps
+    for step in range(steps):  # the distribution each token was drawn from, step by step
+        torch.testing.assert_close(
+            seen[step][: model.config.vocab_size], want_logits[step], rtol=1e-4, atol=1e-4
+        )
+    # the hooks are gone when the stream ends
+    assert model.active_hooks is None
+
+
+def test_a_strong_feature_at_the_last_layer_makes_its_own_top_token():
+    # alpha large: the final norm sees (almost) only the direction, so every greedy token is the
+    # one the head gives the direction itself
+    model = tiny_gpt(seed=4)
+    sae = stand_in("blocks.1.hook_resid_post", 32, seed=9)
+    d = sae.W_dec[2].detach()
+    with torch.no_grad():
+        top = int(model.lm_head(model.transformer.ln_f(1e4 * d))[:61].argmax())
+    out = generate(model, prompt_ids(61, 4), 8, temperature=0, steer=[(sae, 2, 1e4)])
+    assert out == [[top] * 8]
+
+
+def test_hook_shape_is_what_the_forward_gives():
+    model = tiny_gpt(seed=0)
+    assert hook_shape(model, "blocks.0.hook_resid_pre") == (32,)
+    assert hook_shape(model, "blocks.1.attn.hook_z") == (2, 16)
+    assert hook_shape(model, "blocks.1.mlp.hook_pre") == (128,)
+    assert model.active_hooks is None
+
+
+def test_bad_steering_is_a_one_line_error():
+    model = tiny_gpt(seed=0)
+    sae = stand_in("blocks.0.hook_resid_post", 32, d_sae=12)
+    cases = [
+        (
+            [(sae, 12, 1.0)],
+            "feature 12 is out of range; the SAE at 'blocks.0.hook_resid_post' has 12",
+        ),
+        ([(sae, -1, 1.0)], "feature -1 is out of range"),
+        ([(sae, 1.5, 1.0)], "a feature is a whole number"),
+        ([(sae, 1, float("nan"))], "alpha is a finite number"),
+        ([(sae, 1)], "(sae, feature, alpha) triples"),
+        ([("dir", 1, 1.0)], "is no SAE"),
+        (
+            [(stand_in("blocks.5.hook_resid_post", 32), 0, 1.0)],
+            "'blocks.5.hook_resid_post' (d_in 32): no hook point 'blocks.5.hook_resid_post': "
+            "the model has 2 layers",
+        ),
+        (
+            [(stand_in("blocks.0.hook_resid_post", 64), 0, 1.0)],
+            "'blocks.0.hook_resid_post' (d_in 64): this model's 'blocks.0.hook_resid_post' is "
+            "32 wide, not 64",
+        ),
+        ([(stand_in("blocks.0.attn.hook_pattern", 32), 0, 1.0)], "a vector per position"),
+        ([(stand_in("blocks.*.hook_resid_post", 32), 0, 1.0)], "not a glob"),
+    ]
+    for steer, message in cases:
+        with pytest.raises(MyGPT2Error) as err:
+            list(generate_stream(model, [1, 2], 3, steer=steer))
+        assert message in str(err.value) and "\n" not in str(err.value)
+        assert model.active_hooks is None
