@@ -10,6 +10,9 @@ keys/values are no longer valid: once the cache is full it is rebuilt from the w
 step. The result is exactly what a cache-free model that crops its input to the last `T` tokens
 computes (tested), at the price of a full forward pass per token beyond `T`.
 
+The settings are checked by `mygpt2.sampling_settings.check_sampling`, the one check that the
+config and the server use too: top_k 0 or None and top_p 1.0 or None are off.
+
 Steering (`steer=[(sae, feature, alpha), ...]`) adds `alpha * sae.W_dec[feature]` to the
 activation at `sae.cfg.hook_name`, at every position (the prompt's too), through the model's
 hook points: under the KV cache each step's new position is steered as it is computed, and the
@@ -18,9 +21,6 @@ agree (tested). Nothing here imports `mygpt2.sae`: any object with `cfg.hook_nam
 `cfg.d_sae` and `W_dec` (d_sae, d_in) steers. Entries are checked before the first token: the
 feature id against `d_sae`, the hook against the model's names, and `d_in` against the width
 the model's own forward gives that hook (a one-token forward stopped at the hook).
-
-The settings are checked by `mygpt2.sampling_settings.check_sampling`, the one check that the
-config and the server use too: top_k 0 or None and top_p 1.0 or None are off.
 """
 
 from __future__ import annotations
