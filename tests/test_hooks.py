@@ -425,3 +425,63 @@ def test_other_bad_input():
     _, cache = model.run_with_cache([1, 2, 3], names="hook_embed", grad=True)
     with pytest.raises(MyGPT2Error, match="no gradient at 'hook_embed' yet"):
         cache.grad("hook_embed")
+
+
+# ------------------------------------------------------------- defaults and boundaries (#22)
+
+
+def test_pos_reaches_keyword_only_and_callable_object_hooks():
+    """`pos` is given to any hook with a parameter of that name: positional, keyword-only, or
+    a callable object's `__call__` (found through its signature)."""
+    model = tiny_gpt()
+    seen = {}
+
+    def keyword_only(x, name, *, pos):
+        seen["keyword_only"] = pos
+
+    class Watcher:
+        def __call__(self, x, name, pos):
+            seen["object"] = pos
+
+    model.run_with_hooks(
+        prompt_ids(61, 5), [("hook_embed", keyword_only), ("hook_embed", Watcher())]
+    )
+    assert seen == {"keyword_only": range(0, 5), "object": range(0, 5)}
+
+
+def test_hook_names_of_the_variants_by_hand():
+    """Rotary and qk_norm points come after hook_v, qk_norm's first (the rotation is applied to
+    normalised queries and keys); swiglu's ungated half after hook_pre; no hook_pos_embed
+    without learned position embeddings."""
+    block = [
+        "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized",
+        "attn.hook_q", "attn.hook_k", "attn.hook_v",
+        "attn.q_norm.hook_out", "attn.k_norm.hook_out", "attn.hook_rot_q", "attn.hook_rot_k",
+        "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_attn_out",
+        "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized",
+        "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post", "hook_mlp_out", "hook_resid_post",
+    ]  # fmt: skip
+    final = ["ln_final.hook_scale", "ln_final.hook_normalized", "ln_final.hook_out", "hook_logits"]
+    got = hook_names(1, pos_emb="rope", mlp="swiglu", qk_norm=True)
+    assert got == ["hook_embed", *[f"blocks.0.{s}" for s in block], *final]
+    for pos_emb in ("rope", "none"):
+        assert hook_names(1, pos_emb=pos_emb)[:2] == ["hook_embed", "blocks.0.hook_resid_pre"]
+    assert hook_names(1)[:2] == ["hook_embed", "hook_pos_embed"]
+    assert len(hook_names(3)) == 2 + 3 * 17 + 4
+
+
+def test_context_length_vocabulary_and_layer_boundaries():
+    model = tiny_gpt()  # T = 24, vocabulary 61, 2 layers
+    logits, cache = model.run_with_cache(prompt_ids(61, 24), names="hook_embed")
+    assert logits.shape == (1, 24, 61) and cache["hook_embed"].shape == (1, 24, 32)
+    with pytest.raises(MyGPT2Error, match=r"25 tokens are more than .* T=24"):
+        model.run_with_hooks(prompt_ids(61, 25))
+    assert model.run_with_hooks([0, 60]).shape == (1, 2, 61)  # the first and last ids
+    with pytest.raises(MyGPT2Error, match=r"token id -1 is outside"):
+        model.run_with_hooks([0, -1])
+    # one past the last layer names the layers, as a far one does
+    with pytest.raises(MyGPT2Error, match=r"the model has 2 layers, blocks.0 to blocks.1"):
+        model.run_with_cache([1, 2], names="blocks.2.hook_resid_post")
+    assert list(model.run_with_cache([1, 2], names="blocks.1.hook_resid_post")[1]) == [
+        "blocks.1.hook_resid_post"
+    ]
