@@ -17,10 +17,11 @@ Steering (`steer=[(sae, feature, alpha), ...]`) adds `alpha * sae.W_dec[feature]
 activation at `sae.cfg.hook_name`, at every position (the prompt's too), through the model's
 hook points: under the KV cache each step's new position is steered as it is computed, and the
 cached keys and values of earlier positions already were, so cached and cache-free generation
-agree (tested). Nothing here imports `mygpt2.sae`: any object with `cfg.hook_name`, `cfg.d_in`,
-`cfg.d_sae` and `W_dec` (d_sae, d_in) steers. Entries are checked before the first token: the
-feature id against `d_sae`, the hook against the model's names, and `d_in` against the width
-the model's own forward gives that hook (a one-token forward stopped at the hook).
+agree (tested). Any object with `cfg.hook_name`, `cfg.d_in`, `cfg.d_sae` and `W_dec`
+(d_sae, d_in) steers. Entries are checked before the first token: the feature id against
+`d_sae`, then the hook and `d_in` against the model by `mygpt2.sae.check_fits` (the width the
+model's own forward gives that hook). At a hook with heads the direction is read as
+(n_heads, head_size), as the SAE reads the activation.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from typing import Any
 import torch
 
 from mygpt2.errors import MyGPT2Error
-from mygpt2.hooks import resolve_names
 from mygpt2.model import GPT, KVCache, Linear
 from mygpt2.packing import can_pack, pack_weight
 from mygpt2.sampling_settings import check_sampling as check_sampling  # the one check
@@ -112,38 +112,15 @@ def new_cache(model: GPT, pad: torch.Tensor, stack: contextlib.ExitStack) -> KVC
 
 
 # ------------------------------------------------------------------------------ steering
-# hooks whose activation is no vector per position (B, t, ...): nothing to add a direction to
-UNSTEERABLE = ("hook_attn_scores", "hook_pattern")
-
-
-class _SeenError(Exception):
-    """Stops a forward at the hook it was looking for."""
-
-
-def hook_shape(model: GPT, name: str) -> tuple[int, ...]:
-    """The shape of one position's activation at hook `name` (`(n_emb,)` for the residual
-    stream, `(n_heads, d_head)` for `attn.hook_z`), read from the model's own forward on one
-    token, stopped there."""
-    seen: dict[str, tuple[int, ...]] = {}
-
-    def look(x: torch.Tensor, name: str) -> None:
-        seen["shape"] = tuple(x.shape[2:])
-        raise _SeenError
-
-    one = torch.zeros(1, 1, dtype=torch.long, device=model.transformer.wte.weight.device)
-    with torch.inference_mode(), model.hooks([(name, look)]), contextlib.suppress(_SeenError):
-        model(one)
-    return seen["shape"]
-
-
 def _adder(direction: torch.Tensor) -> Callable[[torch.Tensor, str], torch.Tensor]:
-    """A hook adding `direction` at every position, cast once to each dtype and device."""
+    """A hook adding `direction` (d_in,) at every position, shaped like one position of the
+    activation ((n_heads, head_size) at hook_z) and cast once to each dtype and device."""
     cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
     def steer(x: torch.Tensor, name: str) -> torch.Tensor:
         key = (x.dtype, x.device)
         if key not in cast:
-            cast[key] = direction.to(device=x.device, dtype=x.dtype)
+            cast[key] = direction.to(device=x.device, dtype=x.dtype).reshape(x.shape[2:])
         return x + cast[key]
 
     return steer
@@ -174,32 +151,17 @@ def _steer_entry(entry: Any) -> tuple[Any, int, float]:
 def steering_hooks(model: GPT, steer: Sequence[Any]) -> list[tuple[str, Any]]:
     """Forward hooks adding `alpha * sae.W_dec[feature]` at each entry's hook (entries on one
     hook summed into one vector), after checking every entry against `model`."""
+    from mygpt2.sae.splice import check_fits  # the one fit check: hook name and d_in
+
     directions: dict[str, torch.Tensor] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
     for entry in steer:
         sae, feature, alpha = _steer_entry(entry)
-        name, d_in = sae.cfg.hook_name, sae.cfg.d_in
-        where = f"cannot steer with the SAE of '{name}' (d_in {d_in})"
-        try:
-            resolve_names(name, model.config.n_layers, model.hook_names())
-        except MyGPT2Error as e:
-            raise MyGPT2Error(f"{where}: {e}") from None
-        if name not in model.hook_names() or name.endswith(UNSTEERABLE):
-            raise MyGPT2Error(
-                f"{where}: steering adds a vector at each position, so the hook must be one "
-                "hook point that holds a vector per position (not a glob, scores or pattern)."
-            )
-        if name not in shapes:
-            shapes[name] = hook_shape(model, name)
-        width = math.prod(shapes[name])
-        if width != d_in:
-            raise MyGPT2Error(
-                f"{where}: this model's '{name}' is {width} wide, not {d_in}; the SAE was "
-                "trained on another model or hook."
-            )
+        name = sae.cfg.hook_name
+        if name not in directions:
+            check_fits(model, sae)
         vector = sae.W_dec[feature].detach().float() * alpha
         directions[name] = directions[name] + vector if name in directions else vector
-    return [(name, _adder(v.reshape(shapes[name]))) for name, v in directions.items()]
+    return [(name, _adder(v)) for name, v in directions.items()]
 
 
 @torch.inference_mode()

@@ -16,7 +16,7 @@ import torch
 from models import prompt_ids, tiny_gpt
 
 from mygpt2.errors import MyGPT2Error
-from mygpt2.generate import generate, generate_stream, hook_shape, steering_hooks
+from mygpt2.generate import generate, generate_stream, steering_hooks
 
 
 def stand_in(hook: str, d_in: int, d_sae: int = 12, seed: int = 0) -> SimpleNamespace:
@@ -81,7 +81,12 @@ def test_steered_cached_generation_equals_a_steered_full_recompute(overrides, ho
     prompt = prompt_ids(61, 6, seed=3)
     alpha, feature, steps = 6.0, 4, 20  # 6 + 20 > T: the cache is rebuilt as the window slides
     seen: list[torch.Tensor] = []
-    keep = model.register_forward_hook(lambda m, a, out: seen.append(out[0][0, -1].clone()))
+
+    def keep_logits(module, args, kwargs, out):  # generation's forwards (the fit check has none)
+        if kwargs.get("cache") is not None:
+            seen.append(out[0][0, -1].clone())
+
+    keep = model.register_forward_hook(keep_logits, with_kwargs=True)
     try:
         stream = generate_stream(model, prompt, steps, temperature=0, steer=[(sae, feature, alpha)])
         got = [int(t[0]) for t in stream]
@@ -93,7 +98,7 @@ def test_steered_cached_generation_equals_a_steered_full_recompute(overrides, ho
     assert got == want
     plain = generate(model, prompt, steps, temperature=0)[0]
     assert got != plain  # the steering changed the text, so the comparison means something
-    assert len(seen) >= steps
+    assert len(seen) == steps + 1  # the prefill, then a forward per token but the last
     for step in range(steps):  # the distribution each token was drawn from, step by step
         torch.testing.assert_close(
             seen[step][: model.config.vocab_size], want_logits[step], rtol=1e-4, atol=1e-4
@@ -114,14 +119,6 @@ def test_a_strong_feature_at_the_last_layer_makes_its_own_top_token():
     assert out == [[top] * 8]
 
 
-def test_hook_shape_is_what_the_forward_gives():
-    model = tiny_gpt(seed=0)
-    assert hook_shape(model, "blocks.0.hook_resid_pre") == (32,)
-    assert hook_shape(model, "blocks.1.attn.hook_z") == (2, 16)
-    assert hook_shape(model, "blocks.1.mlp.hook_pre") == (128,)
-    assert model.active_hooks is None
-
-
 def test_bad_steering_is_a_one_line_error():
     model = tiny_gpt(seed=0)
     sae = stand_in("blocks.0.hook_resid_post", 32, d_sae=12)
@@ -137,16 +134,15 @@ def test_bad_steering_is_a_one_line_error():
         ([("dir", 1, 1.0)], "is no SAE"),
         (
             [(stand_in("blocks.5.hook_resid_post", 32), 0, 1.0)],
-            "'blocks.5.hook_resid_post' (d_in 32): no hook point 'blocks.5.hook_resid_post': "
-            "the model has 2 layers",
+            "the SAE reads 'blocks.5.hook_resid_post', which this 2-layer model lacks",
         ),
         (
             [(stand_in("blocks.0.hook_resid_post", 64), 0, 1.0)],
-            "'blocks.0.hook_resid_post' (d_in 64): this model's 'blocks.0.hook_resid_post' is "
-            "32 wide, not 64",
+            "the SAE reads blocks.0.hook_resid_post with d_in=64 values per token, but this "
+            "model's blocks.0.hook_resid_post holds 32",
         ),
-        ([(stand_in("blocks.0.attn.hook_pattern", 32), 0, 1.0)], "a vector per position"),
-        ([(stand_in("blocks.*.hook_resid_post", 32), 0, 1.0)], "not a glob"),
+        ([(stand_in("blocks.0.attn.hook_pattern", 32), 0, 1.0)], "not one vector per token"),
+        ([(stand_in("blocks.*.hook_resid_post", 32), 0, 1.0)], "not the glob"),
     ]
     for steer, message in cases:
         with pytest.raises(MyGPT2Error) as err:
