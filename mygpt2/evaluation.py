@@ -37,13 +37,14 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from mygpt2.corpus import Corpus
 from mygpt2.errors import MyGPT2Error
+from mygpt2.loss import IGNORE_INDEX
 from mygpt2.model import GPT
 from mygpt2.runtime import autocast
 from mygpt2.tokenizer import RegexTokenizer
@@ -133,6 +134,29 @@ def row_nll(
     row = scored.nonzero()[:, 0]
     sums = torch.zeros(idx.shape[0], dtype=torch.float64, device=device)
     return sums.index_add_(0, row, nll.double())
+
+
+def batches_nll(
+    model: GPT, batches: Any, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed nats (float64) and count (int64) of the valid targets (not -100) of `batches` of
+    (x, y) on the model's device: the one validation loss of training, `inspect series` and
+    the run-time evaluations (the mean is nats / count, also summed over processes)."""
+    device = next(model.parameters()).device
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.int64, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for x, y in batches:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                scored = y != IGNORE_INDEX
+                nats += row_nll(model, x, y.clamp(min=0), scored, dtype).sum()
+                count += scored.sum()
+    finally:
+        model.train(was_training)
+    return nats, count
 
 
 # ----------------------------------------------------------------------------- text

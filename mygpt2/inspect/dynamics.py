@@ -29,6 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from mygpt2.errors import MyGPT2Error
+from mygpt2.evaluation import batches_nll
 from mygpt2.inspect.analyses import attention, evaluating, unembed
 from mygpt2.model import GPT
 
@@ -102,15 +103,12 @@ def _check_windows(model: GPT, windows: torch.Tensor) -> None:
 
 def val_loss(model: GPT, windows: torch.Tensor, batch: int = 8) -> torch.Tensor:
     """(1,): the mean loss (nats per token) of predicting each token of `windows` (B, t + 1)
-    from the ones before it, within its window."""
+    from the ones before it, within its window: training's validation loss
+    (`evaluation.batches_nll`)."""
     _check_windows(model, windows)
-    total, count = torch.zeros(()), 0
-    with evaluating(model):
-        for rows in windows.split(batch):
-            _, loss = model(rows[:, :-1], rows[:, 1:], reduction="sum")
-            total += loss.float().cpu()
-            count += rows[:, 1:].numel()
-    return (total / count).reshape(1)
+    batches = [(rows[:, :-1], rows[:, 1:]) for rows in windows.split(batch)]
+    nats, count = batches_nll(model, batches)
+    return (nats / count).float().cpu().reshape(1)
 
 
 def lens_loss(model: GPT, windows: torch.Tensor, batch: int = 4) -> torch.Tensor:
