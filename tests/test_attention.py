@@ -80,3 +80,47 @@ def test_bf16_training_through_it_matches_sdpa_and_float32(monkeypatch):
         scale = want.norm()
         assert (written[name] - want).norm() < 0.05 * scale, name
         assert (written[name] - fused[name]).norm() < 0.05 * scale, name
+
+
+# ------------------------------------------------------------- defaults and boundaries (#22)
+
+
+def test_the_cap_counts_queries_times_keys_and_includes_its_bound():
+    side = 4096  # 4096 x 4096 = 2**24 = WRITTEN_OUT_MAX_SCORES, batch 1, one head
+    assert side * side == WRITTEN_OUT_MAX_SCORES
+    q = torch.empty(1, 1, side, 1, dtype=torch.bfloat16)
+    assert fused_is_slow(q, q)  # exactly at the cap: still written out
+    longer = torch.empty(1, 1, side + 1, 1, dtype=torch.bfloat16)
+    assert not fused_is_slow(q, longer)  # one key more (a cached one): over it
+    assert not fused_is_slow(longer, q)
+
+
+def test_dropout_drops_the_given_fraction_of_the_pattern():
+    """With v the identity, the output is the pattern itself: dropout p zeroes a fraction p of
+    its entries and scales the rest by 1 / (1 - p)."""
+    torch.manual_seed(0)
+    B, nh, S = 4, 2, 64
+    q = k = torch.zeros(B, nh, S, 8)  # uniform attention over all S keys (no mask)
+    v = torch.eye(S).expand(B, nh, S, S)
+    out = attention_written_out(q, k, v, None, False, 0.25, None, "")
+    dropped = (out == 0).float().mean().item()
+    assert abs(dropped - 0.25) < 0.02
+    kept = out[out != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / S / 0.75))
+    assert torch.equal(
+        attention_written_out(q, k, v, None, False, 0.0, None, ""), out.new_full(out.shape, 1 / S)
+    )
+
+
+def test_a_hook_replacing_the_pattern_changes_what_attention_mixes():
+    """Each query attending only to itself: hook_z is then hook_v."""
+    model = tiny_gpt(seed=1)
+
+    def own(pattern, name):
+        return torch.eye(pattern.size(-1)).expand_as(pattern).contiguous()
+
+    with model.hooks([("blocks.0.attn.hook_pattern", own)]):
+        _, cache = model.run_with_cache(
+            prompt_ids(61, 7), names=["blocks.0.attn.hook_v", "blocks.0.attn.hook_z"]
+        )
+    torch.testing.assert_close(cache["blocks.0.attn.hook_z"], cache["blocks.0.attn.hook_v"])

@@ -140,3 +140,20 @@ def test_the_fused_loss_backward_runs_once():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="handed over once"):
         loss.backward()
+
+
+def test_a_mean_over_no_valid_target_is_zero_not_nan():
+    """`mean` divides by the valid targets, at least 1: every target ignored gives loss 0 and
+    zero gradients (F.cross_entropy's mean would be NaN)."""
+    from mygpt2.loss import linear_cross_entropy
+
+    h = torch.randn(6, 8, requires_grad=True)
+    w = torch.randn(30, 8, requires_grad=True)
+    y = torch.full((6,), -100)
+    loss = linear_cross_entropy(h, w, y, 4, "mean")
+    assert loss.item() == 0.0
+    gh, gw = torch.autograd.grad(loss, (h, w))
+    assert torch.equal(gh, torch.zeros_like(h)) and torch.equal(gw, torch.zeros_like(w))
+    y[4] = 7  # one valid target: its own -log softmax
+    loss = linear_cross_entropy(h, w, y, 4, "mean")
+    torch.testing.assert_close(loss, -torch.log_softmax(h[4] @ w.t(), -1)[7])
