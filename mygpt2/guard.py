@@ -12,7 +12,10 @@
 - Bounded loss on a hard kill: `CheckpointClock` makes the loop save at least every
   `checkpoint_minutes` of wall time (it also saves at every evaluation).
 - Honest endings: `resume_command` is the command line that continues a stopped run (the
-  same flags with `--resume`, without `--overwrite`, `--stop_at` and `--break_lock`).
+  same flags with `--resume`, without `--overwrite`, `--stop_at` and `--break_lock`). It is
+  built from the flags and program the command layer passes down (`train(cfg, argv,
+  program)`); nothing here reads `sys.argv`, so a run started from Python, a test or another
+  command says what was really asked of it.
 - Resume knows its inputs: `resolve_input_paths` makes the input paths absolute, and a
   checkpoint records its data (`data_record`), so `--resume` works from any working
   directory and `check_data` refuses a changed corpus unless `--allow_data_change`.
@@ -24,7 +27,6 @@ import contextlib
 import os
 import shlex
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +34,7 @@ from typing import Any
 
 from mygpt2.config import FALSE_WORDS, TRUE_WORDS, Config, field_type, wants_gpt2_tokenizer
 from mygpt2.errors import MyGPT2Error, UsageError
-from mygpt2.lock import DirectoryLock, command_line
+from mygpt2.lock import DirectoryLock
 from mygpt2.runtime import StopRequest
 
 # what a training run writes with atomic_write (their temporary files are `.NAME.*.tmp`)
@@ -117,15 +119,15 @@ def remove_leftovers(out_dir: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def guarded(cfg: Config, is_main: bool, say: Any) -> Iterator[StopSignals]:
+def guarded(cfg: Config, is_main: bool, say: Any, command: str) -> Iterator[StopSignals]:
     """The safe frame of a training run: checks the request, takes out_dir's lock (rank 0),
     refuses to overwrite a run, and turns signals into `StopSignals`; all undone on exit.
-    `say` prints a note (the Reporter's)."""
+    `say` prints a note (the Reporter's); `command` is what the lock file says the run is."""
     check_request(cfg)
     with StopSignals() as signals:
         lock = None
         if is_main:
-            lock = DirectoryLock(cfg.run.out_dir, command_line(), break_lock=cfg.run.break_lock)
+            lock = DirectoryLock(cfg.run.out_dir, command, break_lock=cfg.run.break_lock)
         try:
             if lock is not None:
                 lock.acquire()
@@ -158,20 +160,6 @@ class CheckpointClock:
 # ----------------------------------------------------------------------------- how a run ends
 
 
-def launcher(subcommand: str) -> str:
-    """How this process was started, up to its flags: `mygpt2 train`, `python run_train.py`,
-    or `torchrun --nproc_per_node=N run_train.py`."""
-    argv0 = sys.argv[0] if sys.argv else ""
-    script = argv0.endswith(".py") and Path(argv0).name not in ("cli.py", "__main__.py")
-    program = shlex.quote(argv0) if script else f"mygpt2 {subcommand}"
-    if "LOCAL_WORLD_SIZE" not in os.environ:  # not started by torchrun
-        return f"python {program}" if script else program
-    local, world = int(os.environ["LOCAL_WORLD_SIZE"]), int(os.environ.get("WORLD_SIZE", 1))
-    nodes = "" if world == local else f" --nnodes={world // local} [your rendezvous flags]"
-    target = program if script else f"-m mygpt2.cli {subcommand}"
-    return f"torchrun --nproc_per_node={local}{nodes} {target}"
-
-
 # flags of one invocation that a resume line must not repeat (`--resume` is added once)
 NOT_REPEATED = ("resume", "overwrite", "stop_at", "break_lock")
 
@@ -195,6 +183,13 @@ def without_flags(argv: list[str], names: tuple[str, ...]) -> list[str]:
                 i += 1
         i += 1
     return out
+
+
+def run_command(argv: list[str] | None, program: str) -> str:
+    """The run's command line as the lock file records it (the Python API has none)."""
+    if argv is None:
+        return "mygpt2.train() called from Python"
+    return f"{program} {shlex.join(argv)}".strip()
 
 
 def resume_command(cfg: Config, argv: list[str] | None, program: str, **replace: Any) -> str:

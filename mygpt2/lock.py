@@ -1,7 +1,8 @@
 """One writer per output directory: an exclusive lock file.
 
 A run takes `out_dir/.lock` before it writes anything there; the file holds the holder's
-host, pid, start time and command as JSON. It is created with `O_CREAT | O_EXCL`, so of two
+host, pid, start time and command as JSON (the command line as the caller gives it: the
+library never reads `sys.argv`). It is created with `O_CREAT | O_EXCL`, so of two
 runs starting at once exactly one gets it. The second stops before any work, naming the
 holder. A lock left behind by a process that no longer exists on this host (a `kill -9`, an
 OOM kill) is taken over with a note; one from another host cannot be checked from here, so
@@ -14,7 +15,6 @@ import contextlib
 import json
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -140,8 +140,3 @@ class DirectoryLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def command_line() -> str:
-    """How this process was started, for the lock file and messages."""
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])

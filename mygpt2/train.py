@@ -52,7 +52,7 @@ from mygpt2.checkpoint import rng_state, save_checkpoint
 from mygpt2.config import Config
 from mygpt2.errors import RunError
 from mygpt2.evaluation import batches_nll
-from mygpt2.guard import CheckpointClock, StopSignals, guarded, resume_command
+from mygpt2.guard import CheckpointClock, StopSignals, guarded, resume_command, run_command
 from mygpt2.health import HealthProbe
 from mygpt2.loss import IGNORE_INDEX
 from mygpt2.metrics import Reporter
@@ -75,7 +75,8 @@ def train(
     dist_info = Distributed.from_env(cfg.run.device)
     reporter = Reporter(enabled=dist_info.is_main)
     try:
-        with guarded(cfg, dist_info.is_main, reporter.say) as signals:
+        command = run_command(argv, program)  # for the lock file; never from sys.argv
+        with guarded(cfg, dist_info.is_main, reporter.say, command) as signals:
             run = setup(cfg, dist_info, reporter)
             t, first = run.cfg.train, run.step
             batches = iter(run.train_loader)

@@ -127,9 +127,7 @@ def test_two_gloo_processes_reduce_through_the_helper(tmp_path):
 
 
 def test_no_collective_is_called_outside_the_helper():
-    # every all_reduce/broadcast/gather/barrier goes through mygpt2.runtime's helpers; the
-    # one exception left is train.evaluate, owned by the move of validation loss into the
-    # evaluation module (which is to call runtime.all_reduce)
+    # every all_reduce/broadcast/gather/barrier goes through mygpt2.runtime's helpers
     names = {
         "all_reduce",
         "all_gather",
@@ -157,6 +155,6 @@ def test_no_collective_is_called_outside_the_helper():
                     and target.value.id == "dist"
                 ):
                     calls.append((path.relative_to(PACKAGE).as_posix(), func.name))
-    outside = {c for c in calls if c[0] != "runtime.py"} - {("train.py", "evaluate")}
+    outside = {c for c in calls if c[0] != "runtime.py"}
     assert not outside
     assert ("runtime.py", "all_reduce") in calls  # the scan sees the helper's own call

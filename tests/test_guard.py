@@ -4,14 +4,18 @@ runs that use them are in test_train.py and test_faults.py)."""
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 
 from mygpt2 import guard
 from mygpt2.commands.args import load_config
+from mygpt2.commands.train import launcher
 from mygpt2.errors import MyGPT2Error, UsageError
 from mygpt2.guard import (
     CheckpointClock,
@@ -20,12 +24,14 @@ from mygpt2.guard import (
     check_data,
     check_request,
     data_identity,
-    launcher,
+    guarded,
     refuse_overwrite,
     remove_leftovers,
     resume_command,
+    run_command,
     without_flags,
 )
+from mygpt2.lock import LOCK_NAME
 
 
 def test_without_flags_drops_each_spelling_and_its_value():
@@ -77,20 +83,49 @@ def test_the_resume_line_undoes_what_a_config_file_set(tmp_path):
     assert line == f"mygpt2 train --config={toml} --stop_at=0 --overwrite=false --resume"
 
 
-def test_launcher(monkeypatch):
-    for name in ("LOCAL_WORLD_SIZE", "WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(guard.sys, "argv", ["/usr/bin/mygpt2", "train"])
-    assert launcher("train") == "mygpt2 train"
-    monkeypatch.setattr(guard.sys, "argv", ["my dir/run_train.py"])
-    assert launcher("train") == "python 'my dir/run_train.py'"
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    assert launcher("train") == "torchrun --nproc_per_node=4 'my dir/run_train.py'"
-    monkeypatch.setenv("WORLD_SIZE", "8")
-    assert launcher("train").startswith("torchrun --nproc_per_node=4 --nnodes=2 ")
-    monkeypatch.setattr(guard.sys, "argv", ["/x/mygpt2/cli.py", "demo"])
-    assert launcher("demo").endswith(" -m mygpt2.cli demo")
+def test_launcher():
+    alone: dict[str, str] = {}
+    assert launcher("train", "/usr/bin/mygpt2", alone) == "mygpt2 train"
+    assert launcher("train", "my dir/run_train.py", alone) == "python 'my dir/run_train.py'"
+    torchrun = {"LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "4"}
+    assert (
+        launcher("train", "my dir/run_train.py", torchrun)
+        == "torchrun --nproc_per_node=4 'my dir/run_train.py'"
+    )
+    nodes = {"LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "8"}
+    assert launcher("train", "run_train.py", nodes).startswith(
+        "torchrun --nproc_per_node=4 --nnodes=2 "
+    )
+    assert launcher("demo", "/x/mygpt2/cli.py", torchrun).endswith(" -m mygpt2.cli demo")
+
+
+def test_the_library_never_reads_sys_argv():
+    """Only the command line (cli.py, commands/) reads sys.argv; the library is told."""
+    package = Path(guard.__file__).parent
+    readers = [
+        path.relative_to(package).as_posix()
+        for path in package.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Attribute)
+        and node.attr == "argv"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "sys"
+    ]
+    library = [r for r in readers if r != "cli.py" and not r.startswith("commands/")]
+    assert library == []
+    assert "cli.py" in readers  # the scan sees the one place that does read it
+
+
+def test_the_lock_records_the_command_it_is_given(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["pytest", "--not-this"])
+    cfg = load_config([f"--out_dir={tmp_path}"])
+    command = run_command(["--out_dir", str(tmp_path), "--lr", "1e-3"], "mygpt2 train")
+    assert command == f"mygpt2 train --out_dir {tmp_path} --lr 1e-3"
+    with guarded(cfg, True, print, command):
+        info = json.loads((tmp_path / LOCK_NAME).read_text(encoding="utf-8"))
+        assert info["command"] == command
+    assert not (tmp_path / LOCK_NAME).exists()
+    assert run_command(None, "ignored") == "mygpt2.train() called from Python"
 
 
 def test_the_checkpoint_clock(monkeypatch):

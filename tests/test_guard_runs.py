@@ -4,6 +4,9 @@ line and lock come from the command line the command received, never from `sys.a
 
 from __future__ import annotations
 
+import shlex
+import sys
+
 import pytest
 from test_train import make_corpus, run_main, tiny_args
 
@@ -31,3 +34,18 @@ def test_resume_with_another_macro_batch_size_is_refused_naming_both(corpus, tmp
     rows = load_checkpoint(tmp_path / "checkpoint.pt")["metrics"]
     tokens = [r["tokens"] for r in rows if r["kind"] == "train"]
     assert tokens == [step * 8 * 32 for step in range(1, 7)]
+
+
+def test_the_resume_line_is_built_from_the_argv_the_command_received(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    # sys.argv says something else: the library must not look at it
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/mygpt2", "train", "--not-these-flags"])
+    args = tiny_args(corpus, tmp_path, max_steps=4, eval_interval=2)
+    assert run_main(["train", *args, "--stop_at=2"]) == 0
+    out = capsys.readouterr().out
+    line = out.split("resume with: ")[1].strip()
+    assert line == shlex.join(["mygpt2", "train", *args, "--resume"])
+    assert "--not-these-flags" not in out
+    assert run_main(["train", *shlex.split(line)[2:]]) == 0  # and it works
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4

@@ -93,3 +93,20 @@ def test_of_two_processes_starting_at_once_exactly_one_holds_the_lock(tmp_path):
     ]
     outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
     assert outs == ["got it", "refused"]
+
+
+def test_a_live_holder_owned_by_another_user_is_held(tmp_path, monkeypatch):
+    """os.kill(pid, 0) on another user's process raises PermissionError: it is alive, and
+    its lock is not taken over."""
+    write_lock(tmp_path, host=socket.gethostname(), pid=4242, started=1.0, command="theirs")
+    calls = []
+
+    def kill(pid, sig):
+        calls.append((pid, sig))
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", kill)
+    with pytest.raises(MyGPT2Error, match=r"in use by another run \(pid 4242 on .*theirs"):
+        DirectoryLock(tmp_path, "mine").acquire()
+    assert calls == [(4242, 0)]  # asked whether it exists, sent nothing
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["command"] == "theirs"

@@ -18,6 +18,7 @@ training run's: a run already there is never replaced unless --overwrite is give
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -80,7 +81,8 @@ def cli(argv: list[str]) -> int:
     validate(cfg)
 
     from mygpt2.commands.tokenizer import train_tokenizer
-    from mygpt2.guard import check_request, exit_code, launcher, refuse_overwrite
+    from mygpt2.commands.train import launcher
+    from mygpt2.guard import check_request, exit_code, refuse_overwrite
     from mygpt2.sample import sample
     from mygpt2.train import train
 
@@ -96,7 +98,7 @@ def cli(argv: list[str]) -> int:
         train_tokenizer(cfg)
     cfg.given.pop("vocab_size")  # the model takes the tokenizer's size, whatever it reached
     print("[2/3] training the model (data is tokenized on first use)")
-    summary = train(cfg, argv, launcher("demo"))
+    summary = train(cfg, argv, launcher("demo", sys.argv[0] if sys.argv else ""))
     if summary["signal"]:  # stopped by SIGINT/SIGTERM: saved, and the resume line printed
         return exit_code(summary)
     print("[3/3] sampling")
