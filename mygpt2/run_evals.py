@@ -116,7 +116,8 @@ def score_extras(evals: RunEvals, model: GPT, dtype: torch.dtype) -> dict[str, A
         result = score_task(model, evals.tokenizer, task, batch_size=evals.batch_size, dtype=dtype)
         row |= {
             f"acc/{task.name}": result.acc,
-            f"acc_norm/{task.name}": result.acc_norm,
+            f"acc_norm/{task.name}": result.acc_norm,  # per character, as lm-eval's
+            f"acc_per_token/{task.name}": result.acc_per_token,  # as llm.c's HellaSwag
             f"n/{task.name}": result.n,
         }
     return row

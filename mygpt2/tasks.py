@@ -2,7 +2,7 @@
 
     task = read_task("hellaswag_val.jsonl")
     score = score_task(model, tok, task)
-    score.acc, score.acc_norm, score.n, score.acc_interval()
+    score.acc, score.acc_norm, score.acc_per_token, score.n
 
 Formats, one JSON object a line (blank lines skipped):
 - HellaSwag, as in its released files: `ctx` (or `ctx_a` and `ctx_b`, joined with a space),
@@ -11,10 +11,18 @@ Formats, one JSON object a line (blank lines skipped):
 
 Scoring is completion style, as nanoGPT's and llm.c's HellaSwag scripts do it: the context's
 tokens, then the tokens of `" " + ending` (encoded on its own), and the log-probability of each
-ending token given everything before it. `acc` picks the ending with the highest sum of its
-tokens' log-probabilities, `acc_norm` the highest mean (per token: the length-normalised
-score of llm.c, not lm-evaluation-harness's per byte). Ties go to the first ending. The 95%
-intervals are Wilson score intervals, which stay inside [0, 1] for small counts.
+ending token given everything before it. Three ways to pick an ending from those sums:
+
+- `acc`: the highest sum;
+- `acc_norm`: the highest sum divided by the ending's length in characters, `len(ending)`
+  without the space in front: lm-evaluation-harness's `acc_norm` (its `completion_len` is
+  the length of the choice string, and the delimiter is added to the request, not to it);
+- `acc_per_token`: the highest mean per ending token (the space's token included, as the
+  ending is encoded): what llm.c's and build-nanogpt's HellaSwag scripts call `acc_norm`.
+
+One name for each: the same name meaning two things made figures look comparable that were
+not. Ties go to the first ending, as `numpy.argmax` breaks them in lm-evaluation-harness. The
+95% intervals are Wilson score intervals, which stay inside [0, 1] for small counts.
 
 A context whose tokens and an ending's do not fit `T + 1` (the model sees `T` inputs) loses
 tokens from its left; `TaskScore.truncated` counts the items this happened to. An ending longer
@@ -178,7 +186,8 @@ class TaskScore:
     name: str
     n: int
     correct: int
-    correct_norm: int
+    correct_norm: int  # per character (lm-evaluation-harness)
+    correct_per_token: int  # per token (llm.c)
     truncated: int  # items whose context lost tokens on the left to fit T
     seconds: float
     predictions: list[dict[str, Any]] = field(default_factory=list, repr=False)
@@ -189,16 +198,24 @@ class TaskScore:
 
     @property
     def acc_norm(self) -> float:
+        """Right answers picked per character of the ending, as lm-evaluation-harness."""
         return self.correct_norm / self.n
+
+    @property
+    def acc_per_token(self) -> float:
+        """Right answers picked per token of the ending, as llm.c's HellaSwag."""
+        return self.correct_per_token / self.n
 
     def as_dict(self) -> dict[str, Any]:
         """The figures as plain JSON values (predictions left out)."""
         return {
             "acc": self.acc,
             "acc_norm": self.acc_norm,
+            "acc_per_token": self.acc_per_token,
             "n": self.n,
             "acc_interval": list(wilson_interval(self.correct, self.n)),
             "acc_norm_interval": list(wilson_interval(self.correct_norm, self.n)),
+            "acc_per_token_interval": list(wilson_interval(self.correct_per_token, self.n)),
             "truncated": self.truncated,
             "seconds": self.seconds,
         }
@@ -283,18 +300,20 @@ def _count(
     truncated: set[int],
     seconds: float,
 ) -> TaskScore:
-    correct = correct_norm = 0
+    correct = correct_norm = correct_per_token = 0
     predictions, r = [], 0
     for i, item in enumerate(task.items):
         k = len(item.endings)
         sums = [-nll[r + j] for j in range(k)]
-        lengths = [rows[r + j][1] for j in range(k)]
-        means = [s / n for s, n in zip(sums, lengths, strict=True)]
+        tokens = [rows[r + j][1] for j in range(k)]
+        chars = [len(ending) for ending in item.endings]  # parse_item refuses empty endings
+        per_char = [s / n for s, n in zip(sums, chars, strict=True)]
+        per_token = [s / n for s, n in zip(sums, tokens, strict=True)]
         r += k
-        pred = max(range(k), key=lambda j: (sums[j], -j))
-        pred_norm = max(range(k), key=lambda j: (means[j], -j))
+        pred, pred_norm, pred_per_token = (first_best(v) for v in (sums, per_char, per_token))
         correct += pred == item.label
         correct_norm += pred_norm == item.label
+        correct_per_token += pred_per_token == item.label
         predictions.append(
             {
                 "task": task.name,
@@ -302,11 +321,21 @@ def _count(
                 "label": item.label,
                 "pred": pred,
                 "pred_norm": pred_norm,
+                "pred_per_token": pred_per_token,
                 "logprob_sum": sums,
-                "logprob_mean": means,
-                "ending_tokens": lengths,
+                "logprob_per_char": per_char,
+                "logprob_per_token": per_token,
+                "ending_chars": chars,
+                "ending_tokens": tokens,
                 "truncated": i in truncated,
             }
         )
     n = len(task.items)
-    return TaskScore(task.name, n, correct, correct_norm, len(truncated), seconds, predictions)
+    return TaskScore(
+        task.name, n, correct, correct_norm, correct_per_token, len(truncated), seconds, predictions
+    )
+
+
+def first_best(scores: list[float]) -> int:
+    """The index of the highest score; the first of equal ones (as `numpy.argmax`)."""
+    return max(range(len(scores)), key=lambda j: (scores[j], -j))

@@ -231,22 +231,31 @@ def test_multiple_choice_scores_equal_hf(hf_dir, hf_ref, gpt2_tok, tmp_path):
     assert task.items[1].context == "A woman is outside with a bucket and a dog. the dog"
     model = from_pretrained(str(hf_dir))
     score = score_task(model, gpt2_tok, task, batch_size=1)
-    right = right_norm = 0
+    right = right_norm = right_per_token = 0
     for item, pred in zip(task.items, score.predictions, strict=True):
         ctx = gpt2_tok.encode_ordinary(item.context)
-        sums, means = [], []
+        sums, means, per_char = [], [], []
         for ending in item.endings:
             end = gpt2_tok.encode_ordinary(" " + ending)
             logp = hf_logprobs(hf_ref, ctx + end)[-len(end) :]
             sums.append(logp.sum().item())
             means.append(logp.mean().item())
+            per_char.append(logp.sum().item() / len(ending))  # lm-eval: len(choice)
         assert pred["logprob_sum"] == pytest.approx(sums, abs=1e-4)
-        assert pred["logprob_mean"] == pytest.approx(means, abs=1e-4)
+        assert pred["logprob_per_token"] == pytest.approx(means, abs=1e-4)
+        assert pred["logprob_per_char"] == pytest.approx(per_char, abs=1e-4)
         assert pred["pred"] == max(range(len(sums)), key=sums.__getitem__)
-        assert pred["pred_norm"] == max(range(len(means)), key=means.__getitem__)
+        assert pred["pred_norm"] == max(range(len(per_char)), key=per_char.__getitem__)
+        assert pred["pred_per_token"] == max(range(len(means)), key=means.__getitem__)
         right += pred["pred"] == item.label
         right_norm += pred["pred_norm"] == item.label
-    assert (score.n, score.acc, score.acc_norm) == (4, right / 4, right_norm / 4)
+        right_per_token += pred["pred_per_token"] == item.label
+    assert (score.n, score.acc, score.acc_norm, score.acc_per_token) == (
+        4,
+        right / 4,
+        right_norm / 4,
+        right_per_token / 4,
+    )
     assert score.truncated == 0
 
 
@@ -328,7 +337,8 @@ def test_two_models_with_different_tokenizers_side_by_side(
     for m in report["models"]:
         assert {"loss", "perplexity", "bits_per_byte", "tokens", "bytes"} <= set(m)
         assert m["bytes"] == len(DOCS[1].encode("utf-8"))
-        assert set(m["tasks"]["mc"]) >= {"acc", "acc_norm", "n"} and m["tasks"]["mc"]["n"] == 3
+        assert set(m["tasks"]["mc"]) >= {"acc", "acc_norm", "acc_per_token", "n"}
+        assert m["tasks"]["mc"]["n"] == 3
     assert report["models"][0]["tokens"] != report["models"][1]["tokens"]
     assert "different tokenizers" in report["notes"][0] and "bits per byte" in report["notes"][0]
     table = captured.err

@@ -81,6 +81,7 @@ def test_training_logs_bits_per_byte_eval_data_and_tasks(corpus, tmp_path, shake
     result = score_task(model, tok, read_task(task))
     assert last["acc/mini"] == pytest.approx(result.acc)
     assert last["acc_norm/mini"] == pytest.approx(result.acc_norm)
+    assert last["acc_per_token/mini"] == pytest.approx(result.acc_per_token)
     assert last["n/mini"] == 3
 
     # val_bpb: the validation batches' targets and their bytes, counted here from the text

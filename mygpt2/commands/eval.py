@@ -320,6 +320,12 @@ def result_notes(rows: list[dict[str, Any]]) -> list[str]:
             "token counts count different tokens and do not compare; bits per byte does (each "
             "divides its nats by the same text's UTF-8 bytes)."
         )
+    if any(r.get("tasks") for r in rows):
+        notes.append(
+            "acc_norm divides each ending's log-probability by its characters, as "
+            "lm-evaluation-harness's acc_norm; acc_per_token by its tokens, as llm.c's HellaSwag "
+            "(docs/EVAL.md)."
+        )
     for r in rows:
         if r.get("text_truncated"):
             notes.append(f"{r['name']}: --max_tokens scored the first {r['tokens']:,} tokens only.")
@@ -340,7 +346,7 @@ def table(rows: list[dict[str, Any]], task_names: list[str]) -> str:
         header += ["loss", "perplexity", "bits/byte", "tokens/byte"]
     for name in task_names:
         n = rows[0]["tasks"][name]["n"] if rows else 0
-        header += [f"{name} acc (n={n})", f"{name} acc_norm"]
+        header += [f"{name} acc (n={n})", f"{name} acc_norm", f"{name} acc_per_token"]
     lines = [header]
     for r in rows:
         cells = [
@@ -358,7 +364,7 @@ def table(rows: list[dict[str, Any]], task_names: list[str]) -> str:
             ]
         for name in task_names:
             t = r["tasks"][name]
-            for key in ("acc", "acc_norm"):
+            for key in ("acc", "acc_norm", "acc_per_token"):
                 lo, hi = t[f"{key}_interval"]
                 cells.append(f"{t[key]:.4f} [{lo:.3f}, {hi:.3f}]")
         lines.append(cells)
