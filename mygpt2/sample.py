@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mygpt2.checkpoint import load_model_and_tokenizer
 from mygpt2.config import Config
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import atomic_write
-from mygpt2.generate import generate_stream
+from mygpt2.generate import generate_stream, steering_hooks
 from mygpt2.model import GPT
 from mygpt2.runtime import DtypeChoice, choose_dtype, pick_device
 from mygpt2.sampling_settings import check_sampling
@@ -59,9 +60,10 @@ def stream_text(
     cfg: Config,
     seed: int | None,
     write: Callable[[str], None],
+    steer: Sequence[Any] = (),
 ) -> tuple[str, int, float]:
     """Generate one continuation, passing text pieces to `write` as they are decoded.
-    Returns (text, number of tokens, seconds)."""
+    Returns (text, number of tokens, seconds). `steer`: as `generate_stream`'s."""
     s = cfg.sample
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pieces, n, t0 = [], 0, time.perf_counter()
@@ -74,6 +76,7 @@ def stream_text(
         top_p=s.top_p,
         seed=seed,
         stop_tokens=[tok.eot_id],
+        steer=steer,
     ):
         token = int(step[0])
         if token < 0 or token == tok.eot_id:
@@ -116,20 +119,24 @@ class Samples:
     path: Path
 
 
-def sample(cfg: Config, write: Callable[[str], None] = lambda piece: None) -> Samples:
+def sample(
+    cfg: Config, write: Callable[[str], None] = lambda piece: None, steer: Sequence[Any] = ()
+) -> Samples:
     """Generate `num_samples` continuations of the start text, passing each piece of text to
     `write` as it is decoded (a header line opens each sample), and save them all to
-    out_dir/generated.txt."""
+    out_dir/generated.txt. `steer`: (sae, feature, alpha) entries, as `generate_stream`'s."""
     s = cfg.sample
     check_sampling(s.temperature, s.top_k, s.top_p)  # before loading any weights
     start = read_start(s.start)
     model, tok = load_model(cfg)
+    if steer:
+        steering_hooks(model, steer)  # checked against the model before anything is written
     prompt_ids = encode_start(tok, start, s.allow_special)
     texts, total_tokens, total_time = [], 0, 0.0
     for i in range(s.num_samples):
         seed = cfg.run.seed + i
         write(f"--- sample {i + 1}/{s.num_samples} (seed {seed}) ---\n{start}")
-        text, n, dt = stream_text(model, tok, prompt_ids, cfg, seed, write)
+        text, n, dt = stream_text(model, tok, prompt_ids, cfg, seed, write, steer=steer)
         write("\n")
         texts.append(start + text)
         total_tokens += n

@@ -9,14 +9,21 @@ cfg.d_sae, W_dec (d_sae, d_in)): steering reads nothing else."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from models import prompt_ids, tiny_gpt
 
+from mygpt2.checkpoint import save_checkpoint
+from mygpt2.cli import main
+from mygpt2.commands.args import load_config
 from mygpt2.errors import MyGPT2Error
 from mygpt2.generate import generate, generate_stream, steering_hooks
+from mygpt2.sae import SAE, SAEConfig, load, save
+from mygpt2.sample import load_model
+from mygpt2.tokenizer import RegexTokenizer
 
 
 def stand_in(hook: str, d_in: int, d_sae: int = 12, seed: int = 0) -> SimpleNamespace:
@@ -149,3 +156,83 @@ def test_bad_steering_is_a_one_line_error():
             list(generate_stream(model, [1, 2], 3, steer=steer))
         assert message in str(err.value) and "\n" not in str(err.value)
         assert model.active_hooks is None
+
+
+# ---------------------------------------------------------------------- mygpt2 sample --steer
+def byte_run(root: Path) -> Path:
+    """A checkpoint of a tiny random model (weights scaled up so its choices vary) with a small
+    byte-level BPE tokenizer, as `mygpt2 sample` loads one."""
+    tok = RegexTokenizer()
+    tok.train("ROMEO: hello there, friend! world\n" * 30, vocab_size=270)
+    tok.save(root / "tokenizer.json")
+    shape = dict(n_layers=2, n_heads=2, n_emb=32, T=64, vocab_size=tok.vocab_size)
+    flags = [f"--{k}={v}" for k, v in shape.items()]
+    cfg = load_config([f"--tokenizer_path={root / 'tokenizer.json'}", *flags])
+    model = tiny_gpt(seed=5, **shape)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(6)
+    tokenizer = {"name": tok.name, "fingerprint": tok.fingerprint()}
+    state = {"model": model.state_dict(), "config": cfg.to_dict(), "tokenizer": tokenizer}
+    save_checkpoint(root / "checkpoint.pt", state)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> SimpleNamespace:
+    """A run to sample from and an SAE (random, mygpt2's format) at its blocks.1.hook_resid_mid."""
+    root = byte_run(tmp_path_factory.mktemp("steer"))
+    sae = SAE(SAEConfig(d_in=32, d_sae=16, k=4, hook_name="blocks.1.hook_resid_mid"))
+    save(sae, root / "sae")
+    model, tok = load_model(load_config([f"--out_dir={root}", "--device=cpu"]))
+    return SimpleNamespace(
+        root=root, sae_dir=root / "sae", sae=load(root / "sae"), model=model, tok=tok
+    )
+
+
+def sample_cli(run, capsys, *flags: str) -> tuple[int, str, str]:
+    argv = ["sample", f"--out_dir={run.root}", "--start=ROMEO:", "--temperature=0"]
+    code = main([*argv, "--max_new_tokens=24", "--device=cpu", *flags])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_sample_steer_flag_is_the_api_steer(run, capsys):
+    prompt = run.tok.encode_ordinary("ROMEO:")
+    code, plain, _ = sample_cli(run, capsys)
+    assert code == 0
+    code, zero, err = sample_cli(run, capsys, f"--steer={run.sae_dir}:3:0")
+    assert code == 0 and zero == plain  # alpha 0: the same text
+    assert "steering with feature 3 x 0 at blocks.1.hook_resid_mid" in err
+    # two features, the flag repeated (both spellings): what generate(steer=...) gives
+    steer = [(run.sae, 3, 8.0), (run.sae, 5, -4.0)]
+    want = generate(run.model, prompt, 24, temperature=0, steer=steer)[0]
+    code, steered, _ = sample_cli(
+        run, capsys, "--steer", f"{run.sae_dir}:3:8", f"--steer={run.sae_dir}:5:-4"
+    )
+    assert code == 0 and steered != plain
+    assert run.tok.decode(want) in steered
+    text = (run.root / "generated.txt").read_text(encoding="utf-8")
+    assert text == f"--- sample 1 ---\nROMEO:{run.tok.decode(want)}\n"
+
+
+def test_sample_steer_bad_input_is_one_line_and_exit_2(run, capsys, tmp_path):
+    misfit = tmp_path / "misfit"
+    save(SAE(SAEConfig(d_in=32, d_sae=8, k=2, hook_name="blocks.4.hook_resid_post")), misfit)
+    cases = [
+        (f"{run.sae_dir}:16:1.0", "feature 16 is out of range; the SAE in"),
+        (f"{run.sae_dir}:-1:1.0", "feature -1 is out of range"),
+        (f"{run.sae_dir}:x:1.0", "--steer takes DIR:FEATURE:ALPHA"),
+        (f"{run.sae_dir}:2:inf", "--steer takes DIR:FEATURE:ALPHA"),
+        ("3:1.0", "--steer takes DIR:FEATURE:ALPHA"),
+        (f"{tmp_path}:1:1.0", str(tmp_path)),  # not an SAE directory
+        (f"{misfit}:1:1.0", "the SAE reads 'blocks.4.hook_resid_post', which this 2-layer model"),
+    ]
+    for spec, message in cases:
+        code, out, err = sample_cli(run, capsys, f"--steer={spec}")
+        assert code == 2, spec
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and message in errors[0], err
+        assert "Traceback" not in err and "--- sample" not in out
+    assert sample_cli(run, capsys, "--steer")[0] == 2

@@ -3,17 +3,21 @@
 With `--prompt`: type a prompt, watch the continuation stream, change settings with
 `/temp 0.7`, `/topk 40`, `/topp 0.9`, `/len 200`, `/seed 1`; Ctrl-C stops a generation,
 Ctrl-D or `/quit` leaves.
+
+`--steer DIR:FEATURE:ALPHA` (repeatable) steers every generation with SAE features
+(`steer=` of `mygpt2.generate`); it is the one flag given more than once, so it is taken out
+of the command line before the usual parsing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from mygpt2.commands.args import ALL, Command, read_args
-from mygpt2.errors import MyGPT2Error
+from mygpt2.errors import MyGPT2Error, UsageError
 from mygpt2.sampling_settings import check_sampling
 
 if TYPE_CHECKING:
@@ -31,10 +35,67 @@ Continue a start text with a trained model (--out_dir or --checkpoint) or GPT-2 
         "tokenizer": ("use_tiktoken", "tokenizer_path", "tiktoken_file"),
         "sample": ALL,
     },
+    extra={
+        "steer": "DIR:FEATURE:ALPHA: add ALPHA times feature FEATURE's decoder direction of the "
+        "SAE in DIR at its hook point while sampling (repeatable; see docs/SAE.md)",
+    },
 )
 
 
+def take_steer(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The values of every `--steer` flag (it repeats; other flags do not), and the rest."""
+    specs, rest, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg.startswith("--steer="):
+            specs.append(arg.split("=", 1)[1])
+        elif arg == "--steer":
+            if i + 1 >= len(argv):
+                raise UsageError("flag '--steer' needs a value: DIR:FEATURE:ALPHA.")
+            specs.append(argv[i + 1])
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return specs, rest
+
+
+def read_steer(specs: list[str]) -> list[tuple[Any, int, float]]:
+    """(sae, feature, alpha) for each `DIR:FEATURE:ALPHA`, the SAE loaded and the feature id
+    checked against its size (the hook is checked against the model when sampling starts)."""
+    import math
+
+    from mygpt2.sae import load
+
+    steer = []
+    for spec in specs:
+        parts = spec.rsplit(":", 2)
+        try:
+            if len(parts) != 3 or not parts[0]:
+                raise ValueError
+            feature, alpha = int(parts[1]), float(parts[2])
+            if not math.isfinite(alpha):
+                raise ValueError
+        except ValueError:
+            raise UsageError(
+                f"--steer takes DIR:FEATURE:ALPHA (an SAE directory, a feature id, a finite "
+                f"number; e.g. sae-out:12:4.0), got {spec!r}."
+            ) from None
+        sae = load(parts[0])
+        if not 0 <= feature < sae.cfg.d_sae:
+            raise UsageError(
+                f"--steer {spec}: feature {feature} is out of range; the SAE in '{parts[0]}' has "
+                f"{sae.cfg.d_sae} features, 0 to {sae.cfg.d_sae - 1}."
+            )
+        steer.append((sae, feature, alpha))
+    return steer
+
+
 def cli(argv: list[str]) -> None:
+    specs, argv = take_steer(argv)
     args = read_args(argv, COMMAND)
     if args is None:
         return
@@ -43,11 +104,17 @@ def cli(argv: list[str]) -> None:
     from mygpt2.sample import sample, weights_dtype
 
     s = args.config.sample
+    steer = read_steer(specs)  # before the model: a bad directory or feature answers at once
     print(f"mygpt2 sample: weights in {weights_dtype(args.config)}", file=sys.stderr)
+    for sae, feature, alpha in steer:
+        print(
+            f"mygpt2 sample: steering with feature {feature} x {alpha:g} at {sae.cfg.hook_name}",
+            file=sys.stderr,
+        )
     if s.prompt:
-        interactive(args.config)
+        interactive(args.config, steer=steer)
         return
-    done = sample(args.config, write_stdout)
+    done = sample(args.config, write_stdout, steer=steer)
     rate = done.tokens / done.seconds if done.seconds > 0 else float("nan")
     print(
         f"\n{done.tokens} tokens in {done.seconds:.2f}s ({rate:,.1f} tokens/s); "
@@ -77,13 +144,19 @@ SETTINGS = {  # command -> (config field, type)
 }
 
 
-def interactive(cfg: Config, input_fn: Callable[[str], str] = input) -> None:
+def interactive(
+    cfg: Config, input_fn: Callable[[str], str] = input, steer: Sequence[Any] = ()
+) -> None:
     """Read a prompt, stream the continuation, repeat; settings change with /commands."""
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
     from mygpt2.sample import encode_start, load_model, stream_text
 
     model, tok = load_model(cfg)
+    if steer:
+        from mygpt2.generate import steering_hooks
+
+        steering_hooks(model, steer)  # the hooks checked against the model before the prompt
     s = cfg.sample
     print(
         f"mygpt2 interactive: {model.num_params() / 1e6:.1f}M parameters, tokenizer "
@@ -137,7 +210,9 @@ def interactive(cfg: Config, input_fn: Callable[[str], str] = input) -> None:
         try:
             prompt_ids = encode_start(tok, line, s.allow_special)
             write_stdout(line)
-            _, n, dt = stream_text(model, tok, prompt_ids, cfg, cfg.run.seed, write_stdout)
+            _, n, dt = stream_text(
+                model, tok, prompt_ids, cfg, cfg.run.seed, write_stdout, steer=steer
+            )
             print(f"\n[{n} tokens, {n / dt if dt > 0 else 0:,.1f} tokens/s]", flush=True)
         except KeyboardInterrupt:
             print("\n[stopped]", flush=True)
