@@ -256,3 +256,60 @@ def test_text_metrics_by_hand():
     expected = losses[:, 499].mean() - losses[:, 49].mean()  # tokens 500 and 50
     assert icl_score(long, text).item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
     assert math.isfinite(icl_score(long, text).item())
+
+
+# ------------------------------------------------------------- defaults and boundaries (#22)
+
+
+def test_a_non_finite_or_missing_loss_reads_back_as_none(tmp_path):
+    from mygpt2.config import Config
+    from mygpt2.series import read_snapshot, snapshot_path, write_snapshot
+
+    model = tiny_gpt()
+    cfg = Config()
+    cfg.model = model.config
+    info = {"config": cfg.to_dict(), "tokenizer": {}, "tokens": 96, "train_loss": 4.5}
+    for step, val in ((1, float("nan")), (2, float("inf")), (3, None), (4, 3.25)):
+        path = snapshot_path(tmp_path, step)
+        write_snapshot(path, model, {"step": step, "val_loss": val, **info})
+        snap = read_snapshot(path)
+        assert (snap.step, snap.tokens, snap.train_loss) == (step, 96, 4.5)
+        assert snap.val_loss == (3.25 if step == 4 else None)
+    assert path.name == "step_0000004.safetensors"
+    assert [s.step for s in list_snapshots(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_text_windows_by_hand(monkeypatch):
+    """Windows of T + 1 tokens, evenly spaced from the first token to the last; a split of
+    exactly T + 1 tokens is one window, a shorter one is refused, and so is a tokenizer other
+    than the series'."""
+    import numpy as np
+
+    import mygpt2.prepare
+    import mygpt2.tokenizer
+    from mygpt2.config import Config
+    from mygpt2.series import Snapshot, text_windows
+
+    class Tok:
+        def fingerprint(self):
+            return "f" * 64
+
+    val = {"tokens": np.arange(100, dtype=np.uint16)}
+    monkeypatch.setattr(mygpt2.tokenizer, "load_tokenizer", lambda cfg: Tok())
+    monkeypatch.setattr(
+        mygpt2.prepare, "ensure_prepared", lambda cfg, tok, progress: (None, val["tokens"], {})
+    )
+    cfg = Config()
+    cfg.model.T = 9
+    snap = Snapshot(None, 1, 0, None, None, cfg, {"name": "t", "fingerprint": "f" * 64})
+    windows = text_windows(snap, count=4)  # starts 0, 30, 60, 90: the last ends at token 99
+    assert windows.dtype == torch.int64
+    assert windows.tolist() == [list(range(s, s + 10)) for s in (0, 30, 60, 90)]
+    val["tokens"] = np.arange(10, dtype=np.uint16)
+    assert text_windows(snap, count=4).tolist() == [list(range(10))]
+    val["tokens"] = np.arange(9, dtype=np.uint16)
+    with pytest.raises(MyGPT2Error, match=r"9 tokens, fewer than one window of T \+ 1 = 10"):
+        text_windows(snap)
+    snap.tokenizer["fingerprint"] = "0" * 64
+    with pytest.raises(MyGPT2Error, match="now holds another"):
+        text_windows(snap)
