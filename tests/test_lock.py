@@ -110,3 +110,55 @@ def test_a_live_holder_owned_by_another_user_is_held(tmp_path, monkeypatch):
         DirectoryLock(tmp_path, "mine").acquire()
     assert calls == [(4242, 0)]  # asked whether it exists, sent nothing
     assert json.loads((tmp_path / LOCK_NAME).read_text())["command"] == "theirs"
+
+
+# ------------------------------------------------------------- defaults and boundaries (#22)
+
+
+def test_a_live_process_of_another_user_holds_its_lock(tmp_path, monkeypatch):
+    """os.kill(pid, 0) on another user's process raises PermissionError: it is alive."""
+
+    def not_yours(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", not_yours)
+    write_lock(tmp_path, host=socket.gethostname(), pid=4321, started=1.0, command="theirs")
+    with pytest.raises(MyGPT2Error, match=r"in use by another run \(pid 4321 .*theirs"):
+        DirectoryLock(tmp_path, "mine").acquire()
+
+
+def test_another_hosts_lock_is_kept_even_when_its_pid_is_free_here(tmp_path):
+    write_lock(tmp_path, host="elsewhere.example", pid=dead_pid(), started=1.0, command="far")
+    with pytest.raises(MyGPT2Error, match=r"another host .*--break_lock"):
+        DirectoryLock(tmp_path, "new").acquire()
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["command"] == "far"
+
+
+def test_release_leaves_a_lock_that_another_run_took_since(tmp_path):
+    lock = DirectoryLock(tmp_path, "first")
+    lock.acquire()
+    # another run broke it (--break_lock) and holds it now
+    write_lock(tmp_path, host=socket.gethostname(), pid=os.getpid() + 1, started=2.0, command="b")
+    lock.release()
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["command"] == "b"
+
+
+def test_a_holder_that_vanishes_between_our_checks_is_looked_at_again(tmp_path, monkeypatch):
+    write_lock(tmp_path, host=socket.gethostname(), pid=os.getpid(), started=1.0, command="old")
+    real = DirectoryLock._holder
+
+    def released_meanwhile(self):
+        (tmp_path / LOCK_NAME).unlink()  # the holder finished between create and read
+        return real(self)
+
+    monkeypatch.setattr(DirectoryLock, "_holder", released_meanwhile)
+    lock = DirectoryLock(tmp_path, "new")
+    lock.acquire()
+    assert lock.held and lock.notes == []
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["command"] == "new"
+
+
+def test_a_lock_file_without_a_pid_is_unreadable(tmp_path):
+    write_lock(tmp_path, host=socket.gethostname(), started=1.0, command="no pid")
+    with pytest.raises(MyGPT2Error, match="unreadable"):
+        DirectoryLock(tmp_path, "new").acquire()
