@@ -53,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "training runs side by side: curves, a table, config differences",
     ),
     "sweep": ("mygpt2.commands.sweep", "train a grid of settings one run after another, compared"),
+    "sae": (
+        "mygpt2.commands.sae",
+        "sparse autoencoders on a hook point: train, eval (SAELens's format)",
+    ),
     "serve": (
         "mygpt2.commands.serve",
         "a web playground and an OpenAI-compatible completions API for one model",

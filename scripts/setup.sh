@@ -19,3 +19,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install --quiet -e ".[dev]"
     echo "$want" > "$stamp"
 fi
+# SAELens for tests/test_sae_lens.py, beside .venv (it pins transformer-lens<4): see the script
+bash scripts/setup_saelens.sh
