@@ -1,4 +1,4 @@
-"""GPT-2 weights in and out: Hugging Face checkpoints and safetensors files.
+r"""GPT-2 weights in and out: Hugging Face checkpoints and safetensors files.
 
 Our parameter names and layouts are GPT-2's own (projections stored (in, out), as HF's `Conv1D`),
 so a Hugging Face `GPT2LMHeadModel` state dict maps onto ours key for key, tensor for tensor,
@@ -9,6 +9,18 @@ that is exactly a Llama -- rope + rmsnorm + swiglu, no qk_norm, no softcap, tied
 or not -- goes out as `LlamaForCausalLM` (q, k, v, gate and up split out of our fused matrices,
 transposed to (out, in)). Any other variant is refused with the knobs that stand in the way.
 
+With the tokenizer the model speaks, the export also holds `tokenizer.json` (our own file:
+the Hugging Face `tokenizers` schema already) and `tokenizer_config.json`, so that
+`AutoTokenizer.from_pretrained(EXPORT)` gives our ids. Two things make that true:
+- `tokenizer_config.json` names `PreTrainedTokenizerFast`. Without it, transformers 5 sees
+  model_type gpt2 and builds `GPT2Tokenizer`, which replaces the split regex with GPT-2's own;
+  for a tokenizer trained with another pattern (our default is GPT-4's) the ids differ.
+- the split regex is rewritten for Oniguruma, the regex engine of `tokenizers`: there a
+  possessive interval `X{1,3}+` means "(X{1,3}) one or more times", so GPT-4's
+  `\p{N}{1,3}+` would keep a run of digits whole. The atomic group `(?>X{1,3})` means in
+  both engines what the possessive interval means in ours (`onig_pattern`).
+`<|endoftext|>` is bos, eos (and in config.json bos/eos_token_id), as in GPT-2's files.
+
 Loading never runs code from a file: safetensors first, else `torch.load(weights_only=True)`.
 `transformers` is not needed to load or save; `huggingface_hub` is needed only to fetch hub
 names (`gpt2`, `gpt2-medium`, ...) when a local directory is not given.
@@ -18,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -27,6 +40,8 @@ from mygpt2.config import ModelConfig, non_gpt2_knobs
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import atomic_write, load_torch_file
 from mygpt2.model import GPT, Linear, mlp_width
+from mygpt2.tokenizer import RegexTokenizer
+from mygpt2.tokenizer_files import EOT
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # what our architecture assumes; a config.json that says otherwise is not a model we can run
@@ -268,17 +283,115 @@ def llama_config(cfg: ModelConfig) -> dict:
     }
 
 
-def save_pretrained(model: GPT, directory: str | os.PathLike) -> None:
+# a possessive interval quantifier: {n}+, {n,}+ or {n,m}+
+_POSSESSIVE_INTERVAL = re.compile(r"\{\d+(?:,\d*)?\}\+")
+# the opening of a group: (, (?:, (?i:, (?=, (?!, (?<=, (?<!, (?>, (?P<name>, (?<name>
+_GROUP_OPEN = re.compile(r"\((?:\?(?:[a-zA-Z-]*:|=|!|<=|<!|>|P?<\w+>))?")
+
+
+def _class_end(pattern: str, i: int) -> int:
+    """The index just past the character class that opens at pattern[i] ('[')."""
+    j = i + 1
+    j += pattern.startswith("^", j)
+    j += pattern.startswith("]", j)  # a ']' right after '[' or '[^' is a literal
+    while pattern[j] != "]":
+        j += 2 if pattern[j] == "\\" else 1
+    return j + 1
+
+
+def _escape_end(pattern: str, i: int) -> int:
+    """The index just past the escape that starts at pattern[i] ('\\'): \\p{L}, \\x{41}, \\s."""
+    if pattern[i + 1] in "pPxu" and pattern.startswith("{", i + 2):
+        return pattern.index("}", i) + 1
+    return i + 2
+
+
+def onig_pattern(pattern: str) -> str:
+    """`pattern` as Oniguruma (Hugging Face `tokenizers`) must read it to split text as
+    `regex`/tiktoken do: each possessive interval `X{n,m}+` becomes the atomic group
+    `(?>X{n,m})`. Examples: `\\p{N}{1,3}+` -> `(?>\\p{N}{1,3})`; `\\p{L}++` stays (Oniguruma
+    reads `++`, `*+` and `?+` as possessive already)."""
+    out: list[str] = []  # pieces of the rewritten pattern
+    opened: list[int] = []  # where in `out` each open group starts
+    atom: int | None = None  # where in `out` the last atom starts (what a quantifier repeats)
+    i = 0
+    while i < len(pattern):
+        quantifier = _POSSESSIVE_INTERVAL.match(pattern, i)
+        if quantifier and atom is not None:
+            repeated = "".join(out[atom:])
+            del out[atom:]
+            out.append(f"(?>{repeated}{quantifier.group()[:-1]})")
+            i, atom = quantifier.end(), None
+            continue
+        c = pattern[i]
+        if c == "(":
+            group = _GROUP_OPEN.match(pattern, i)
+            j = group.end() if group else i + 1
+            opened.append(len(out))
+            out.append(pattern[i:j])
+            i, atom = j, None
+            continue
+        if c == ")" and opened:
+            atom = opened.pop()
+            out.append(c)
+            i += 1
+            continue
+        if c == "\\":
+            j = _escape_end(pattern, i)
+        elif c == "[":
+            j = _class_end(pattern, i)
+        else:
+            j = i + 1
+        out.append(pattern[i:j])
+        atom = None if c in "|^$*+?{" else len(out) - 1
+        i = j
+    return "".join(out)
+
+
+def tokenizer_files(tok: RegexTokenizer, cfg: ModelConfig) -> dict[str, dict]:
+    """`tokenizer.json` and `tokenizer_config.json` for `AutoTokenizer.from_pretrained`: our
+    tokenizer, the split regex in Oniguruma's reading, the fast class named (see above)."""
+    if tok.vocab_size > cfg.vocab_size:
+        raise MyGPT2Error(
+            f"the tokenizer {tok.name} has {tok.vocab_size} ids but the model only "
+            f"{cfg.vocab_size}: it is not the tokenizer this model was trained with."
+        )
+    doc = tok.to_json_dict()
+    for step in doc["pre_tokenizer"]["pretokenizers"]:
+        if step["type"] == "Split":
+            step["pattern"]["Regex"] = onig_pattern(tok.pattern)
+    config: dict = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": cfg.T,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+    }
+    if EOT in tok.special_tokens:
+        config |= {"bos_token": EOT, "eos_token": EOT}
+    return {"tokenizer.json": doc, "tokenizer_config.json": config}
+
+
+def save_pretrained(
+    model: GPT, directory: str | os.PathLike, tokenizer: RegexTokenizer | None = None
+) -> None:
     """Write config.json + model.safetensors that `GPT2LMHeadModel.from_pretrained` loads (for
-    the Llama variant, `LlamaForCausalLM.from_pretrained`); a variant neither computes is
-    refused before anything is written."""
+    the Llama variant, `LlamaForCausalLM.from_pretrained`), and with `tokenizer` the files of
+    `AutoTokenizer.from_pretrained`; a variant neither computes is refused before anything is
+    written."""
     cfg = model.config
     weights = save(hf_state_dict(model), metadata={"format": "pt"})
     hf_config = gpt2_config(cfg) if export_architecture(cfg) == "gpt2" else llama_config(cfg)
+    files = {} if tokenizer is None else tokenizer_files(tokenizer, cfg)
+    if tokenizer is not None:
+        eot = tokenizer.special_tokens.get(EOT)
+        hf_config["bos_token_id"] = hf_config["eos_token_id"] = eot
+    files["config.json"] = hf_config
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    config_text = json.dumps(hf_config, indent=2).encode("utf-8")
-    atomic_write(path / "config.json", lambda fh: fh.write(config_text))
+    for name, doc in files.items():
+        text = json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8")
+        atomic_write(path / name, lambda fh, text=text: fh.write(text))
     atomic_write(path / "model.safetensors", lambda fh: fh.write(weights))
 
 

@@ -217,11 +217,15 @@ def test_export_command_writes_safetensors_and_a_hf_directory(tmp_path):
     torch.manual_seed(0)
     cfg = Config()
     cfg.model = ModelConfig(n_layers=1, n_heads=2, n_emb=16, T=8, vocab_size=300)
+    cfg.tokenizer.tokenizer_path = "bytes"  # ids 0-255 the bytes, 256 end-of-text
     model = GPT(cfg.model).eval()
     save_checkpoint(
         tmp_path / "checkpoint.pt", {"model": model.state_dict(), "config": cfg.to_dict()}
     )
     assert main(["export", f"--out_dir={tmp_path}", f"--hf={tmp_path / 'hf'}"]) == 0
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = tok("h\u00e9<|endoftext|>", add_special_tokens=False).input_ids
+    assert ids == [104, 0xC3, 0xA9, 256] and tok.eos_token_id == 256  # by hand: UTF-8 bytes
     weights = load_file(str(tmp_path / "model.safetensors"))
     assert torch.equal(weights["transformer.wte.weight"], model.transformer.wte.weight)
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()

@@ -3,6 +3,7 @@
 Routes:
     GET  /                    the playground (static HTML, JS and CSS from `static/`)
     GET  /v1/models           the one model, OpenAI's list shape
+    GET  /v1/models/{id}      that model, OpenAI's model object (404 for any other id)
     POST /v1/completions      OpenAI's completions, `stream: true` as server-sent events
     GET  /api/info            the model's shape and the server's limits (for the page)
     POST /api/tokens          {"text"}: tokens, per-token loss, top-5 alternatives
@@ -46,7 +47,9 @@ from mygpt2.serve.completions import (
     APIError,
     choice_body,
     completion_body,
+    model_body,
     models_body,
+    no_model,
     parse_completion,
     usage_body,
 )
@@ -140,6 +143,13 @@ def create_app(
     async def models(request: Request) -> Response:
         guard(request)
         return JSONResponse(models_body(engine.name, created))
+
+    async def one_model(request: Request) -> Response:
+        guard(request)
+        wanted = request.path_params["model"]
+        if wanted != engine.name:
+            raise no_model(wanted)
+        return JSONResponse(model_body(engine.name, created))
 
     async def completions(request: Request) -> Response:
         guard(request)
@@ -267,6 +277,7 @@ def create_app(
     routes = [
         Route("/", index),
         Route("/v1/models", models),
+        Route("/v1/models/{model:path}", one_model),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/api/info", info),
         Route("/api/tokens", view(engine.tokens_view), methods=["POST"]),

@@ -302,9 +302,21 @@ def completion_body(
     return body
 
 
+def model_body(model: str, created: int) -> dict[str, Any]:
+    """GET /v1/models/{model}: OpenAI's model object."""
+    return {"id": model, "object": "model", "created": created, "owned_by": "mygpt2"}
+
+
 def models_body(model: str, created: int) -> dict[str, Any]:
     """GET /v1/models: the one model this server holds."""
-    return {
-        "object": "list",
-        "data": [{"id": model, "object": "model", "created": created, "owned_by": "mygpt2"}],
-    }
+    return {"object": "list", "data": [model_body(model, created)]}
+
+
+def no_model(model: str) -> APIError:
+    """OpenAI's answer to a model id it does not have (404, `model_not_found`)."""
+    return APIError(
+        404,
+        f"The model '{model}' does not exist; this server holds one model, see GET /v1/models.",
+        param="model",
+        code="model_not_found",
+    )

@@ -12,6 +12,11 @@ Completions go through `mygpt2.generate.generate_stream` with the settings `mygp
 uses (same model loading, same prompt encoding, the end-of-text token stops a choice, choice
 `i` is seeded `seed + i`), so the two agree token for token. Log-probabilities are read from
 the model's own output at each step (a forward hook), before temperature, top-k or top-p.
+The end-of-text token that ends a choice adds no text but is a generated token like the others:
+it has its log-probability entry (`<|endoftext|>`, at the text's end) and counts in `usage`,
+as vLLM counts it. lm-evaluation-harness scores a continuation with `max_tokens=1, echo=true`
+and drops the last entry as the generated token's: without this entry, it would drop the
+continuation's last token instead whenever the model's next token is end-of-text.
 """
 
 from __future__ import annotations
@@ -266,6 +271,7 @@ class Engine:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, tokens = "", []  # tokens not sent yet: (start, end, entry)
         sent, generated, finish = 0, 0, "length"
+        end: dict[str, Any] | None = None  # the end-of-text token's entry, when it ends the text
 
         def send(going: int, upto: int, finish_reason: str | None = None) -> None:
             """Put the next `going` tokens, whose text ends at `upto`."""
@@ -295,6 +301,11 @@ class Engine:
                     return
                 if token < 0 or token == self.eot_id:
                     finish = "stop"
+                    if token == self.eot_id:  # generated like any token: counted and scored
+                        generated += 1
+                        self.stats["tokens"] += 1
+                        if k is not None:
+                            end = self._entry(box["logits"], token, k, 0)
                     break
                 generated += 1
                 self.stats["tokens"] += 1
@@ -312,8 +323,10 @@ class Engine:
                 safe = len(text) - held_back(text, req.stop)
                 going = [t for t in tokens if t[1] <= safe]
                 send(len(going), going[-1][1] if going else sent)
-        if finish == "length":
-            text += decoder.decode(b"", final=True)
+        text += decoder.decode(b"", final=True)  # bytes of a character cut off at the end
+        if end is not None:  # the end-of-text token: no text, its entry at the text's end
+            end["offset"] = base + len(text)
+            tokens.append((len(text), len(text), end))
         send(len(tokens), len(text), finish)
 
     # ---- the page's views ----------------------------------------------------------------
