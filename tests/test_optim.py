@@ -366,3 +366,20 @@ def test_a_torch_without_muon_resumes_adamw_and_refuses_muon_naming_the_version(
             cfg,
             torch.device("cpu"),
         )
+
+
+# ------------------------------------------------------------- defaults and boundaries (#22)
+
+
+def test_fractional_warmup_and_decay_lengths_round_as_documented():
+    """Warmup lasts int(warmup_ratio * max_steps) steps (rounded down), wsd's decay
+    round(decay_ratio * max_steps) steps (to nearest): with 15 steps and ratio 0.1 the warmup
+    is 1 step (not 2), with 10 steps and decay_ratio 0.36 the decay is 4 steps (not 3)."""
+    cfg = schedule_config("cosine", max_steps=15, warmup_ratio=0.1, min_lr=0.0)
+    assert get_lr(0, cfg) == 1.0  # the one warmup step reaches the peak
+    assert get_lr(1, cfg) == pytest.approx(1.0)  # cosine from step 1: progress 0
+    assert get_lr(8, cfg) == pytest.approx(0.5)  # progress 7 / 14: the midpoint
+    wsd = schedule_config("wsd", max_steps=10, warmup_ratio=0.0, decay_ratio=0.36, min_lr=0.0)
+    assert [get_lr(s, wsd) for s in range(11)] == pytest.approx(
+        [1.0] * 7 + [0.75, 0.5, 0.25, 0.0]
+    )  # the decay starts at 10 - 4 = 6
