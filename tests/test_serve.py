@@ -110,6 +110,18 @@ def test_models_lists_the_one_model(client):
     assert [m.id for m in client.models.list().data] == ["tiny"]
 
 
+def test_models_retrieve_gives_the_model_or_openais_404(client, server):
+    model = client.models.retrieve("tiny")
+    assert (model.id, model.object, model.owned_by) == ("tiny", "model", "mygpt2")
+    assert model.created == client.models.list().data[0].created
+    for other in ("gpt-3.5-turbo-instruct", "org/tiny", "TINY"):
+        with pytest.raises(openai.NotFoundError, match=re.escape(other)):
+            client.models.retrieve(other)
+    error = assert_openai_error(httpx.get(server.url + "/v1/models/nope"), 404)
+    assert (error["param"], error["code"]) == ("model", "model_not_found")
+    assert error["type"] == "invalid_request_error"
+
+
 def test_greedy_completion_equals_mygpt2_sample_token_for_token(client, run_dir):
     [expected], n = sample_text(run_dir, "--temperature=0", "--max_new_tokens=40")
     got = client.completions.create(
@@ -117,10 +129,12 @@ def test_greedy_completion_equals_mygpt2_sample_token_for_token(client, run_dir)
     )
     choice = got.choices[0]
     assert choice.text == expected
-    assert got.usage.completion_tokens == n
-    assert got.usage.prompt_tokens == len(load_model_tok(run_dir).encode_ordinary(PROMPT))
-    assert len(choice.logprobs.tokens) == n
     assert choice.finish_reason == ("length" if n == 40 else "stop")
+    # an end-of-text token that ends the text is generated too: counted, with its entry
+    ended = int(choice.finish_reason == "stop")
+    assert got.usage.completion_tokens == n + ended
+    assert got.usage.prompt_tokens == len(load_model_tok(run_dir).encode_ordinary(PROMPT))
+    assert len(choice.logprobs.tokens) == n + ended
 
 
 def test_seeded_choices_equal_mygpt2_sample_with_the_same_seeds(client, run_dir):
@@ -592,3 +606,99 @@ def test_numbers_in_answers_are_finite_json(server):
     parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in {text[:200]}"))
     values = parsed["choices"][0]["logprobs"]["token_logprobs"][1:]
     assert all(math.isfinite(v) for v in values)
+
+
+# ------------------------------------------------------------- defaults and boundaries (#22)
+
+
+def test_a_request_with_only_a_prompt_takes_openais_defaults():
+    """OpenAI's completions reference: max_tokens 16, temperature 1, top_p 1, n 1, no
+    logprobs, no echo, no stop, not streamed."""
+    from mygpt2.serve.completions import parse_completion
+
+    req = parse_completion({"prompt": "hi"}, Limits(), 300)
+    assert (req.max_tokens, req.temperature, req.top_p, req.top_k, req.n) == (16, 1.0, 1.0, None, 1)
+    assert (req.logprobs, req.echo, req.stop, req.stream, req.seed) == (
+        None,
+        False,
+        [],
+        False,
+        None,
+    )
+
+
+def test_every_limit_includes_its_bound():
+    from mygpt2.serve.completions import APIError, parse_completion, usage_body
+
+    limits = Limits(max_tokens=100, max_choices=4, max_stop=2, max_stop_chars=5, max_logprobs=3)
+
+    def ok(**body):
+        return parse_completion({"prompt": "hi", **body}, limits, 300)
+
+    def refused(param, **body):
+        with pytest.raises(APIError) as e:
+            ok(**body)
+        assert (e.value.status, e.value.param) == (400, param)
+
+    assert ok(prompt=["a", "b"], n=2).n == 2  # prompts x n exactly at the limit
+    assert ok(prompt=["a", "b", "c", "d"]).prompts == ["a", "b", "c", "d"]
+    assert ok(n=4).n == 4
+    refused("n", prompt=["a", "b", "c"], n=2)
+    refused("n", prompt=["a", "b", "c", "d", "e"])
+    refused("n", n=5)
+    assert ok(max_tokens=100).max_tokens == 100 and ok(max_tokens=0).max_tokens == 0
+    refused("max_tokens", max_tokens=101)
+    assert ok(stop=["ab", "abcde"]).stop == ["ab", "abcde"]
+    refused("stop", stop=["a", "b", "c"])
+    refused("stop", stop="abcdef")
+    assert ok(logprobs=3).logprobs == 3 and ok(logprobs=0).logprobs == 0
+    refused("logprobs", logprobs=4)
+    assert ok(prompt=[0, 299]).prompts == [[0, 299]]  # the first and last ids
+    refused("prompt", prompt=[0, 300])
+    assert ok(best_of=1).n == 1 and ok(n=3, best_of=3).n == 3  # best_of = n: a no-op
+    refused("best_of", best_of=2)
+    assert usage_body(3, 5) == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+
+
+def test_stop_sequences_the_first_found_wins_and_partial_ones_wait():
+    from mygpt2.serve.engine import held_back, stop_position
+
+    assert stop_position("say abcabc", ["c", "b"], 0) == 5  # 'b' comes first
+    assert stop_position("say abcabc", ["c", "b"], 7) == 8
+    assert stop_position("say", ["x"], 0) is None
+    assert held_back("hello wor", ["world", "!"]) == 3  # 'wor' may begin 'world'
+    assert held_back("xab", ["abc", "bq"]) == 2
+    assert held_back("xab", ["zz"]) == 0
+
+
+def test_a_prompt_of_exactly_t_tokens_fits(engine):
+    from mygpt2.serve.completions import APIError
+
+    assert engine.encode([[1] * 64]) == [[1] * 64]  # T = 64
+    with pytest.raises(APIError, match="65 tokens; this model's context length is 64"):
+        engine.encode([[1] * 65])
+
+
+def test_lm_evals_request_on_a_model_that_ends_the_text(client, engine):
+    """lm-evaluation-harness's local-completions request (max_tokens 1, echo, logprobs 1) when
+    the model's next token is end-of-text: the last logprobs entry is that token, at the end
+    of the text, counted in usage."""
+    eot = engine.tok.eot_id
+
+    def ends(logits, name):
+        logits = logits.clone()
+        logits[..., eot] = logits.max() + 30.0  # every other token ~30 nats less likely
+        return logits
+
+    with engine.model.hooks([("hook_logits", ends)]):
+        got = client.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=1, echo=True, logprobs=1, temperature=0
+        )
+    choice = got.choices[0]
+    n = len(engine.tok.encode_ordinary(PROMPT))
+    assert choice.text == PROMPT and choice.finish_reason == "stop"
+    assert len(choice.logprobs.tokens) == n + 1
+    assert choice.logprobs.tokens[-1] == "<|endoftext|>"
+    assert choice.logprobs.text_offset[-1] == len(PROMPT)
+    assert -1e-6 < choice.logprobs.token_logprobs[-1] <= 0.0
+    assert got.usage.completion_tokens == 1 and got.usage.total_tokens == n + 1
