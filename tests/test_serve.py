@@ -334,6 +334,7 @@ def test_api_key_is_required_when_set(engine):
         bad = {"Authorization": "Bearer nope"}
         assert_openai_error(httpx.get(url, headers=bad), 401)
         assert_openai_error(httpx.post(keyed.url + "/api/tokens", json={"text": "a"}), 401)
+        assert_openai_error(httpx.get(keyed.url + "/v1/models/tiny"), 401)
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=keyed.url + "/v1", api_key="nope", max_retries=0).models.list()
         good = openai.OpenAI(base_url=keyed.url + "/v1", api_key="s3cret", max_retries=0)
@@ -591,6 +592,8 @@ def test_command_serves_until_interrupted(run_dir):
         url = lines[1].split()[-1]
         got = httpx.post(url + "v1/completions", json={"prompt": "a", "max_tokens": 3}).json()
         assert got["usage"]["completion_tokens"] <= 3
+        limits = httpx.get(url + "api/info").json()["limits"]  # the documented defaults
+        assert (limits["max_tokens"], limits["max_choices"]) == (1024, 8)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
