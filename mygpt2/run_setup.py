@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mygpt2.checkpoint import load_checkpoint, resume_config, resumed_model, set_rng_state
 from mygpt2.config import ARCHITECTURE_KNOBS, Config, format_config
+from mygpt2.corpus import open_corpus
 from mygpt2.data import TrainLoader, ValLoader, accum_steps, construct_data_loaders, padding_id
 from mygpt2.errors import MyGPT2Error
 from mygpt2.guard import check_data, data_record, resolve_input_paths
@@ -100,6 +101,7 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
     dtype = dtype_choice.dtype
     accum_steps(t.batch_size, t.macro_batch_size, dist_info.world_size)  # fail before slow work
     check_optimizer(t.optimizer)  # Muon needs a newer torch than the package does
+    data_given = cfg.data.data  # as typed: a missing tokenizer's message quotes it
     resolve_input_paths(cfg)  # absolute: the checkpoint finds its inputs from any directory
     saved_data = ckpt.get("data_source") if ckpt is not None else None
     if saved_data:  # before any slow work: the data this run was trained on?
@@ -109,7 +111,11 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    tok = load_tokenizer(cfg.tokenizer)
+    corpus = open_corpus(cfg.data)  # a missing or empty source fails before the config dump
+    if corpus.total_bytes == 0:
+        raise MyGPT2Error(f"the corpus is empty: {corpus.description} holds no text.")
+    vocab = cfg.model.vocab_size if "vocab_size" in cfg.given else 8192
+    tok = load_tokenizer(cfg.tokenizer, data_given, vocab)
     model = (
         build_model(cfg, tok.vocab_size) if ckpt is None else resumed_model(ckpt, tok, ckpt_path)
     )

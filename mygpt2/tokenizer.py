@@ -57,6 +57,7 @@ from mygpt2.tokenizer_files import (  # the byte alphabet is re-exported as part
     CHAR_TO_BYTE as CHAR_TO_BYTE,
     EOT,
     bytes_to_token_str as bytes_to_token_str,
+    missing_tokenizer_hint,
     parse_tokenizer_json,
     ranks_from_vocab_merges,
     read_hf_files,
@@ -422,10 +423,12 @@ class RegexTokenizer:
         atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
     @classmethod
-    def load(cls, path: str | Path) -> RegexTokenizer:
-        """Read a `tokenizer.json` written by `save` (no `tokenizers` needed)."""
+    def load(cls, path: str | Path, data: str = "", vocab_size: int = 8192) -> RegexTokenizer:
+        """Read a `tokenizer.json` written by `save` (no `tokenizers` needed); a missing one's
+        message is the command that makes it from `data`."""
         path = Path(path)
-        doc = read_json(path, "tokenizer file", f"Train it again. {TRAIN_HINT}")
+        missing = missing_tokenizer_hint(path, data, vocab_size)
+        doc = read_json(path, "tokenizer file", f"Train it again. {TRAIN_HINT}", missing)
         tok = cls.from_json_dict(doc, where=f"tokenizer file '{path}'")
         tok.name = f"tokenizer.json:{path}"
         return tok
@@ -526,15 +529,15 @@ def _fix_surrogates(text: str) -> str:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def load_tokenizer(tok_cfg: TokenizerConfig) -> RegexTokenizer:
+def load_tokenizer(tok_cfg: TokenizerConfig, data: str = "", vocab: int = 8192) -> RegexTokenizer:
     """The tokenizer a TokenizerConfig asks for: GPT-2's via tiktoken when `use_tiktoken` is set
     (from `tiktoken_file` if given), the plain byte-level one (256 bytes and end-of-text, no
     merges: nothing to train) when `tokenizer_path` is `bytes`, else our `tokenizer.json` at
-    `tokenizer_path`."""
+    `tokenizer_path` (when missing, the message says how to make it from `data`)."""
     if tok_cfg.use_tiktoken:
         if tok_cfg.tiktoken_file:
             return RegexTokenizer.from_tiktoken_file(tok_cfg.tiktoken_file, "gpt2", {EOT: 50256})
         return RegexTokenizer.from_tiktoken("gpt2")
     if tok_cfg.tokenizer_path == BYTES_TOKENIZER:
         return RegexTokenizer(name=BYTES_TOKENIZER)  # no merges: the split pattern is moot
-    return RegexTokenizer.load(tok_cfg.tokenizer_path)
+    return RegexTokenizer.load(tok_cfg.tokenizer_path, data, vocab)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -122,10 +123,26 @@ def tokenizer_json(
     }
 
 
-def read_json(path: Path, what: str, hint: str = "") -> Any:
-    """A JSON file, or a clear error naming it."""
+def missing_tokenizer_hint(path: str | Path, data: str = "", vocab_size: int = 8192) -> str:
+    """What to run when the tokenizer file `path` does not exist: the command that makes it
+    from `data` (the run's own --data when known), or how to train without one."""
+    source = shlex.quote(data) if data else "PATH"
+    make = (
+        f"mygpt2 tokenizer train --data {source} --vocab_size {vocab_size} "
+        f"--tokenizer_path {shlex.quote(str(path))}"
+    )
+    return (
+        f"Make it first with `{make}`, then run this again. Or go without a trained one: "
+        "`--tokenizer_path bytes` (the 256 byte values and end-of-text, nothing to train) or "
+        "`--use_tiktoken true` (GPT-2's tokenizer)."
+    )
+
+
+def read_json(path: Path, what: str, hint: str = "", missing: str = "") -> Any:
+    """A JSON file, or a clear error naming it (`missing`: what to say when there is none,
+    `hint` otherwise)."""
     if not path.is_file():
-        raise MyGPT2Error(f"{what} '{path}' does not exist. {hint}".rstrip())
+        raise MyGPT2Error(f"{what} '{path}' does not exist. {missing or hint}".rstrip())
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)

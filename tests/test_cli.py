@@ -4,6 +4,7 @@ and `scripts/setup.sh` installing only what the demo needs."""
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import types
@@ -13,6 +14,7 @@ import pytest
 
 from mygpt2 import cli
 from mygpt2.cli import COMMANDS, main
+from mygpt2.tokenizer import RegexTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,3 +71,64 @@ def test_output_closed_reads_the_pipe_state():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.stderr == "False True"
+
+
+# ----------------------------------------------------------------- data and tokenizer errors
+
+
+def train_argv(tmp_path: Path, *flags: str) -> list[str]:
+    return ["train", *flags, "--out_dir", str(tmp_path / "out"), "--device", "cpu"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing.txt", "is not a file, a directory or a glob"),
+        (lambda d: ((d / "empty.txt").write_text("") and None) or d / "empty.txt", "is empty"),
+        (lambda d: (d / "no_text").mkdir() or d / "no_text", "holds no text files"),
+    ],
+)
+def test_a_data_error_comes_before_the_resolved_config(tmp_path, capsys, make, message):
+    data = make(tmp_path)
+    status = main(train_argv(tmp_path, "--data", str(data), "--tokenizer_path", "bytes"))
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert out == ""  # no config dump, no banner
+    assert err.startswith("mygpt2 train: error: ") and message in err.splitlines()[0], err
+    assert len(err.splitlines()) == 1
+
+
+def test_a_missing_tokenizer_says_what_to_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_text("to be or not to be, that is the question\n" * 40)
+    assert main(train_argv(tmp_path, "--data", "corpus.txt")) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    make = (
+        "mygpt2 tokenizer train --data corpus.txt --vocab_size 8192 --tokenizer_path tokenizer.json"
+    )
+    assert f"`{make}`" in err
+    assert "`--tokenizer_path bytes`" in err and "`--use_tiktoken true`" in err
+    assert "Train it again" not in err  # that was for a broken file, not a missing one
+    # a vocabulary size given to train is the one the command makes; a path with a space quoted
+    (tmp_path / "my texts").mkdir()
+    varied = "".join(f"line {i}: {i * i} {hex(i)} {chr(97 + i % 26) * 3}\n" for i in range(400))
+    (tmp_path / "my texts" / "a.txt").write_text(varied)
+    argv = ["--data", "my texts/a.txt", "--vocab_size", "300", "--tokenizer_path", "t.json"]
+    assert main(train_argv(tmp_path, *argv)) == 2
+    err = capsys.readouterr().err
+    make = "mygpt2 tokenizer train --data 'my texts/a.txt' --vocab_size 300 --tokenizer_path t.json"
+    assert f"`{make}`" in err
+    # and the command it names does make the tokenizer the training run asked for
+    assert main(shlex.split(make)[1:]) == 0
+    capsys.readouterr()
+    assert RegexTokenizer.load(tmp_path / "t.json").vocab_size == 300
+
+
+def test_prepare_names_its_data_in_the_missing_tokenizer_message(tmp_path, capsys):
+    text = tmp_path / "c.txt"
+    text.write_text("hello\n")
+    argv = ["prepare", "--data", str(text), "--tokenizer_path", str(tmp_path / "nope.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"mygpt2 tokenizer train --data {text} --vocab_size 8192" in err

@@ -28,7 +28,7 @@ def cli(argv: list[str]) -> None:
     from mygpt2.tokenizer import load_tokenizer
 
     corpus = open_corpus(cfg.data)  # a wrong --data is reported before tokenizer problems
-    tok = load_tokenizer(cfg.tokenizer)
+    tok = load_tokenizer(cfg.tokenizer, cfg.data.data)
     directory = prepare(cfg, tok, corpus=corpus)
     meta = read_meta(directory)
     print(
