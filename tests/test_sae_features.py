@@ -6,18 +6,25 @@ change the model itself gives downstream. Then the page (escaped), search, and t
 
 from __future__ import annotations
 
+import html
+import json
 import math
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from models import tiny_gpt
 
+from mygpt2.cli import main
+from mygpt2.commands.args import load_config
 from mygpt2.errors import MyGPT2Error
-from mygpt2.sae import SAE, SAEConfig
+from mygpt2.prepare import ensure_prepared
+from mygpt2.sae import SAE, SAEConfig, load, save
 from mygpt2.sae.features import HIST_EDGES, browse, check_features, rows_of, search
 from mygpt2.sae.features_html import page
+from mygpt2.sample import load_model
 
 SPECIAL = {7: "<script>alert(1)</script>", 8: "a&b", 9: '"q"', 10: "\n"}
 
@@ -207,3 +214,77 @@ def test_histogram_edges_are_eight_per_decade():
     assert HIST_EDGES[0] == pytest.approx(1e-4) and HIST_EDGES[-1] == pytest.approx(1e4)
     assert HIST_EDGES[8] / HIST_EDGES[0] == pytest.approx(10)
     assert math.isclose(HIST_EDGES[32], 1.0)
+
+
+# ---------------------------------------------------------------- mygpt2 inspect features
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    from test_steer import byte_run
+
+    root = byte_run(tmp_path_factory.mktemp("features"))
+    text = root / "text.txt"
+    text.write_text("ROMEO: hello there, friend! <b>world</b> & more\n" * 120, encoding="utf-8")
+    sae = random_sae("blocks.0.hook_resid_post", 32, d_sae=8, seed=3)
+    save(sae, root / "sae")
+    return SimpleNamespace(root=root, text=text, sae_dir=root / "sae")
+
+
+def inspect_cli(run, capsys, *flags: str) -> tuple[int, str, str]:
+    base = ["inspect", "features", f"--out_dir={run.root}", f"--sae_dir={run.sae_dir}"]
+    code = main([*base, f"--data={run.text}", "--device=cpu", *flags])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_inspect_features_writes_the_report_the_api_gives(cli_run, capsys, tmp_path):
+    out = tmp_path / "browse"
+    code, printed, _ = inspect_cli(cli_run, capsys, f"--out={out}", "--features=0-2,5",
+                                   "--tokens=300", "--contexts=3")  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "features.json").read_text(encoding="utf-8"))
+    assert [f["id"] for f in report["features"]] == [0, 1, 2, 5]
+    assert report["sae_dir"] == str(cli_run.sae_dir.resolve()) and "text.txt" in report["data"]
+    # the same numbers from the API on the validation tokens the command read
+    model, tok = load_model(load_config([f"--out_dir={cli_run.root}", "--device=cpu"]))
+    cfg = load_config([f"--out_dir={cli_run.root}", f"--data={cli_run.text}"])
+    _, val, _ = ensure_prepared(cfg, tok, progress=False)
+    want = browse(model, load(cli_run.sae_dir), np.asarray(val[:300]), tok, [0, 1, 2, 5], top=3)
+    assert report["tokens"] == want["tokens"] and report["context"] == 64
+    for got, ref in zip(report["features"], want["features"], strict=True):
+        assert got["count"] == ref["count"] and got["histogram"] == ref["histogram"]
+        assert got["contexts"] == ref["contexts"] and got["promotes"] == ref["promotes"]
+    assert "features of blocks.0.hook_resid_post" in printed and "wrote" in printed
+    doc = (out / "index.html").read_text(encoding="utf-8")
+    hostile = {t for f in report["features"] for c in f["contexts"] for t in c["tokens"]}
+    hostile = {t for t in hostile if set(t) & set("<>&")}
+    assert hostile and "<b>world" not in doc and "</b> &" not in doc
+    assert all(html.escape(t.replace("\n", "↵"), quote=True) in doc for t in hostile)
+
+
+def test_inspect_features_bad_input_is_one_line_and_exit_2(cli_run, capsys, tmp_path):
+    misfit = tmp_path / "misfit"
+    save(random_sae("blocks.0.hook_resid_post", 48), misfit)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    out = f"--out={tmp_path / 'o'}"
+    cases = [
+        ([out, "--features=8"], "feature 8 is out of range: the SAE has 8 features, 0 to 7"),
+        ([out, "--features=1,x"], "--features takes ids and ranges"),
+        ([out, "--features=5-2"], "--features takes ids and ranges"),
+        ([out, "--tokens=0"], "--tokens takes a whole number of at least 1"),
+        ([out, f"--sae_dir={misfit}"], "d_in=48 values per token, but this model's"),
+        ([out, f"--sae_dir={tmp_path}"], str(tmp_path)),
+        ([f"--out={a_file}"], "is a file"),
+        ([], "needs --sae_dir DIR, --data SRC and --out DIR"),
+    ]
+    for flags, message in cases:
+        code, _, err = inspect_cli(cli_run, capsys, *flags)
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert code == 2 and len(errors) == 1 and message in errors[0], (flags, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # nothing half-written
+    # the features flags belong to the features view, --data too
+    assert main(["inspect", "tokens", "--text=hi", f"--sae_dir={cli_run.sae_dir}"]) == 2
+    assert "--sae_dir is for mygpt2 inspect features" in capsys.readouterr().err
+    assert main(["inspect", "tokens", "--text=hi", f"--data={cli_run.text}"]) == 2
+    assert "--data is for mygpt2 inspect features" in capsys.readouterr().err

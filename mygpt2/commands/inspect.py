@@ -3,7 +3,8 @@
 Each view loads the model (a checkpoint, or GPT-2 weights with `--init_from`) on the CPU in
 float32 unless `--device` says otherwise, encodes the text, runs one function of
 `mygpt2.inspect`, prints a table, and writes a PNG, JSON or HTML file when asked.
-`health` and `series` read a training run's directory instead (`commands/inspect_dynamics.py`).
+`health` and `series` read a training run's directory instead (`commands/inspect_dynamics.py`);
+`features` reads an SAE and a text source (`commands/inspect_features.py`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ if TYPE_CHECKING:
     from mygpt2.model import GPT
     from mygpt2.tokenizer import RegexTokenizer
 
-VIEWS = ("attention", "lens", "patch", "tokens", "dla", "health", "series")
+VIEWS = ("attention", "lens", "patch", "tokens", "dla", "health", "series", "features")
 COMMAND = Command(
     name="inspect",
     usage="""usage: mygpt2 inspect attention|lens|patch|tokens|dla (--text TEXT | --file PATH) [--FLAG VALUE ...]
        mygpt2 inspect health|series --out_dir DIR [--metric M] [--png PATH]
+       mygpt2 inspect features --sae_dir DIR --data SRC --out DIR [--features 0,5,10-19]
 
 Look inside a trained model (--out_dir or --checkpoint) or GPT-2 weights (--init_from gpt2|DIR):
   attention  each head's attention pattern; the keys each head reads most from --pos; --png grid
@@ -47,10 +49,17 @@ How a run learned (--out_dir of a training run; no text needed):
              layers, heads collapsed onto the first token, layers with most MLP units dead
   series     measure --metric on every snapshot in out_dir/checkpoints (train with
              --keep_checkpoints log) and plot it against tokens seen: val_loss, induction,
-             prev_token, lens_loss, icl (comma-separated for several); --png names the picture""",
+             prev_token, lens_loss, icl (comma-separated for several); --png names the picture
+
+An SAE's features (the model it reads, and --data SRC: anything --data takes):
+  features   each feature's top-activating contexts (activating token highlighted), activation
+             histogram, density, and the tokens its direction promotes and suppresses through
+             the unembedding; --out DIR gets index.html (one self-contained page) and
+             features.json (mygpt2 serve --features DIR shows it in the Features tab)""",
     sections={
         "run": ("out_dir", "checkpoint", "init_from", "device"),
         "tokenizer": ("use_tiktoken", "tokenizer_path", "tiktoken_file"),
+        "data": ("data", "data_dir", "split", "stdlib_max_mb", "strict_utf8", "cache_dir"),
     },
     extra={
         "text": "the text to look at (for patch: the clean text)",
@@ -66,11 +75,18 @@ How a run learned (--out_dir of a training run; no text needed):
         "html": "tokens: write an HTML page shaded by loss to this file",
         "metric": "series: val_loss, induction (default), prev_token, lens_loss, icl; or a list a,b",
         "windows": "series: windows of validation text (T + 1 tokens each) per snapshot (default 8)",
+        "sae_dir": "features: the SAE's directory (mygpt2 sae train or SAELens)",
+        "features": "features: which ones, e.g. 0,5,10-19 (default: all)",
+        "tokens": "features: validation tokens of --data to read (default 65_536)",
+        "contexts": "features: top-activating contexts kept per feature (default 10)",
+        "out": "features: the directory for index.html and features.json",
     },
 )
 ONLY_FOR = {"corrupt": "patch", "site": "patch", "foil": "patch or dla", "json": "attention"}
 ONLY_FOR |= {"html": "tokens", "png": "attention, patch, dla, health or series"}
 ONLY_FOR |= {"metric": "series", "windows": "series"}
+ONLY_FOR |= {flag: "features" for flag in ("sae_dir", "features", "tokens", "contexts", "out")}
+DATA_FLAGS = ("data", "data_dir", "split", "stdlib_max_mb", "strict_utf8", "cache_dir")
 
 
 def cli(argv: list[str]) -> None:
@@ -87,6 +103,14 @@ def cli(argv: list[str]) -> None:
     for flag, views in ONLY_FOR.items():
         if flag in extras and view not in views:
             raise UsageError(f"--{flag} is for mygpt2 inspect {views}, not {view}.")
+    data_flags = [f for f in DATA_FLAGS if args.config.given.get(f) == "flag"]
+    if view == "features":
+        from mygpt2.commands.inspect_features import show_features
+
+        show_features(args.config, extras)
+        return
+    if data_flags:
+        raise UsageError(f"--{data_flags[0]} is for mygpt2 inspect features, not {view}.")
     if view in ("health", "series"):  # a run's history, not a text
         from mygpt2.commands.inspect_dynamics import show_health, show_series
 

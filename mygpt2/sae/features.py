@@ -161,12 +161,13 @@ def browse(
     after: int = 4,
     n_logits: int = 10,
     batch_rows: int = 8,
+    context: int | None = None,
     progress: Any = None,
 ) -> dict[str, Any]:
     """The browse report of `features` (default: all) of `sae` over `tokens`, as plain data.
 
-    `tok` decodes tokens for the report; `progress(done_rows, total_rows)` is called after each
-    batch when given."""
+    `tok` decodes tokens for the report; `context`: tokens per row (default the model's T);
+    `progress(done_rows, total_rows)` is called after each batch when given."""
     check_fits(model, sae)
     chosen = check_features(features, sae.cfg.d_sae)
     for name, value in (("top", top), ("before", before), ("after", after), ("n_logits", n_logits)):
@@ -174,7 +175,16 @@ def browse(
             raise MyGPT2Error(f"{name} must be a whole number >= 0, got {value!r}.")
     model.eval()
     device = model.transformer.wte.weight.device
-    rows = rows_of(tokens, model.config.T)
+    context = model.config.T if context is None else context
+    if (
+        isinstance(context, bool)
+        or not isinstance(context, int)
+        or not 1 <= context <= model.config.T
+    ):
+        raise MyGPT2Error(
+            f"context must be from 1 to the model's T={model.config.T} tokens, got {context!r}."
+        )
+    rows = rows_of(tokens, context)
     n_rows, context = rows.shape
     hook = sae.cfg.hook_name
     select = torch.tensor(chosen, device=sae.W_dec.device)
