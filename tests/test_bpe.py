@@ -15,6 +15,7 @@ from models import FAST, unicode_text
 
 from mygpt2 import bpe
 from mygpt2.bpe import count_chunks, train_merges
+from mygpt2.errors import MyGPT2Error
 from mygpt2.tokenizer import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, RegexTokenizer
 
 
@@ -101,3 +102,24 @@ def test_cut_documents_count_like_one_pass(text: str) -> None:
         finally:
             bpe.BLOCK_CHARS = old
         assert got == Counter(regex.findall(pattern, text))
+
+
+# ------------------------------------------------------------- defaults and boundaries (#22)
+
+
+def test_a_special_token_inside_a_longer_one_does_not_split_it() -> None:
+    """Specials are matched longest first: with both `<|x|>` and `<|x|>!` special, the text
+    `ab<|x|>!cd` is the documents `ab` and `cd`, with no `!` chunk left behind."""
+    for specials in (["<|x|>", "<|x|>!"], ["<|x|>!", "<|x|>"]):
+        got = count_chunks("ab<|x|>!cd", GPT2_SPLIT_PATTERN, specials, num_proc=1)
+        assert got == Counter({"ab": 1, "cd": 1})
+
+
+def test_the_smallest_vocabulary_is_the_bytes_plus_the_specials() -> None:
+    """256 + specials is allowed (no merges); one fewer is refused, naming the minimum."""
+    bpe.check_vocab_size(256, 0)
+    bpe.check_vocab_size(258, 2)
+    with pytest.raises(MyGPT2Error, match=r"too small: .* = 258 at least"):
+        bpe.check_vocab_size(257, 2)
+    tok = RegexTokenizer().train("hello hello", 257)  # 256 bytes + end-of-text, no merge
+    assert tok.merges == [] and tok.vocab_size == 257 and tok.eot_id == 256
