@@ -248,10 +248,13 @@ def local_task(tmp_path: Path) -> dict:
 def lm_eval_loglikelihoods(model: str, model_args: str, tmp_path: Path) -> list[list[float]]:
     """Per item, per choice: the log-likelihood lm-eval found."""
     lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
     out = lm_eval.simple_evaluate(
         model=model,
         model_args=model_args,
         tasks=[local_task(tmp_path)],
+        task_manager=TaskManager(include_defaults=False),  # no index of lm-eval's own tasks
         device="cpu",
         log_samples=True,
         bootstrap_iters=0,
@@ -277,6 +280,20 @@ def test_lm_eval_hf_on_an_export_equals_our_forward(run, offline, tmp_path):
     model, tok = load_run_model(run)
     got = lm_eval_loglikelihoods("hf", f"pretrained={run / 'hf'},dtype=float32", tmp_path)
     assert_same_loglikelihoods(got, expected_loglikelihoods(model, tok))
+
+
+def test_the_llama_variant_exports_with_its_tokenizer_for_lm_eval(trained_tok, offline, tmp_path):
+    """rope + rmsnorm + swiglu goes out as LlamaForCausalLM: AutoTokenizer still gives our ids
+    (model_type llama), and lm-eval's `hf` model agrees with our forward."""
+    model = tiny_gpt(seed=4, T=64, vocab_size=trained_tok.vocab_size, norm="rmsnorm",
+                     pos_emb="rope", mlp="swiglu")  # fmt: skip
+    root = write_run(tmp_path / "llama", trained_tok, model)
+    assert main(["export", f"--out_dir={root}", f"--hf={root / 'hf'}"]) == 0
+    config = json.loads((root / "hf" / "config.json").read_text(encoding="utf-8"))
+    assert config["model_type"] == "llama"
+    held_out_ids_equal(root / "hf", trained_tok)
+    got = lm_eval_loglikelihoods("hf", f"pretrained={root / 'hf'},dtype=float32", tmp_path)
+    assert_same_loglikelihoods(got, expected_loglikelihoods(load_run_model(root)[0], trained_tok))
 
 
 # ------------------------------------------------------------------ lm-eval against mygpt2 serve
