@@ -12,8 +12,10 @@ Face libraries are told not to reach the network.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -216,16 +218,41 @@ def test_export_needs_the_tokenizer_and_refuses_other_variants_by_name(tmp_path,
 # ------------------------------------------------------------------------ lm-evaluation-harness
 
 
+def loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
-    """No network and no writes outside tmp_path for the Hugging Face libraries."""
+    """The Hugging Face libraries told to stay offline and to write under tmp_path, and any
+    connection to an address off this machine made a failure (so "offline" is checked, not
+    hoped for)."""
     for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.setenv(name, "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    # the libraries read those variables when imported, which may have happened already
     datasets = pytest.importorskip("datasets")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
+    hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True, raising=False)
+    tried: list[object] = []
+    connect = socket.socket.connect
+
+    def local_only(sock, address):
+        host = address[0] if isinstance(address, tuple) else ""
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not loopback(host):
+            tried.append(address)
+            raise OSError(f"test is offline: connection to {address} refused")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", local_only)
+    yield
+    assert not tried, f"tried to reach the network: {tried}"
 
 
 def local_task(tmp_path: Path) -> dict:
