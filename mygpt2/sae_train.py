@@ -240,8 +240,10 @@ def _plot(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def save_run(directory: Path, sae: SAE, opt: Any, state: dict[str, Any], log: MetricsLog) -> None:
-    """The SAE (SAELens's files) and checkpoint.pt, each atomically, and the plot."""
+def save_run(
+    directory: Path, sae: SAE, opt: Any, state: dict[str, Any], log: MetricsLog, plot: bool
+) -> None:
+    """The SAE (SAELens's files) and checkpoint.pt, each atomically; with `plot`, the plot."""
     sae.cfg.metadata["mygpt2_step"] = state["step"]
     files.save(sae, directory)
     blob = {
@@ -254,7 +256,8 @@ def save_run(directory: Path, sae: SAE, opt: Any, state: dict[str, Any], log: Me
         **state,
     }
     atomic_write(directory / "checkpoint.pt", lambda fh: torch.save(blob, fh))
-    _plot(log.history, directory / "loss_plot.png")
+    if plot:
+        _plot(log.history, directory / "loss_plot.png")
 
 
 def train_sae(
@@ -423,7 +426,7 @@ def _run(
             bar.update(1)
             stopping = signals.requested or at == stop_at
             if stopping or at % s.checkpoint_every == 0 or at == total:
-                save_run(directory, sae, opt, state(at), log)
+                save_run(directory, sae, opt, state(at), log, plot=stopping or at == total)
             if stopping:
                 stopped_by = signals.signum
                 break

@@ -121,14 +121,14 @@ def settings(cfg: Any, extras: dict[str, str]) -> tuple[Any, set[str]]:
     for name in ("buffer_tokens", "dead_window", "checkpoint_every"):
         setattr(s, name, _number(extras, name, getattr(s, name)))
     s.seed = cfg.run.seed
-    if "k" in extras and s.architecture != "topk":
-        raise UsageError("--k is for --architecture topk; standard uses --l1_coefficient.")
-    if "l1_coefficient" in extras and s.architecture != "standard":
-        raise UsageError("--l1_coefficient is for --architecture standard; topk uses --k.")
     try:
         s.check()
     except MyGPT2Error as e:
         raise UsageError(str(e)) from None
+    if "k" in extras and s.architecture != "topk":
+        raise UsageError("--k is for --architecture topk; standard uses --l1_coefficient.")
+    if "l1_coefficient" in extras and s.architecture != "standard":
+        raise UsageError("--l1_coefficient is for --architecture standard; topk uses --k.")
     given = {k for k in extras if hasattr(s, k)} | ({"seed"} if "seed" in cfg.given else set())
     return s, given
 
