@@ -34,6 +34,10 @@ streaming included). Requests are answered one at a time, in the order they come
         "max_choices": "the most completions (prompts x n) one request may ask for (default 8)",
         "threads": "PyTorch threads for the model (default: all cores but one, left to the server)",
         "log": "server log level: warning (default), info (a line per request) or debug",
+        "sae_dir": "SAE directories (comma-separated) that completions may steer with "
+        "(the 'steer' field; see docs/SERVE.md)",
+        "features": "directories written by mygpt2 inspect features (comma-separated): the "
+        "Features tab; their SAEs can steer too",
     },
 )
 
@@ -43,6 +47,19 @@ def _int(extras: dict[str, str], name: str, default: int, low: int, high: int) -
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise UsageError(f"--{name} takes a whole number from {low} to {high}, got {raw!r}.")
     return int(raw)
+
+
+def register_saes(model, extras: dict[str, str]):
+    """The SAEs of --sae_dir and --features, each checked against the model; None without."""
+    if "sae_dir" not in extras and "features" not in extras:
+        return None
+    from mygpt2.serve.features import SAEs
+
+    saes = SAEs()
+    for flag, add in (("sae_dir", saes.add_sae), ("features", saes.add_report)):
+        for directory in filter(None, (d.strip() for d in extras.get(flag, "").split(","))):
+            add(directory, model)
+    return saes
 
 
 def cli(argv: list[str]) -> None:
@@ -90,7 +107,8 @@ def cli(argv: list[str]) -> None:
     )
     model, tok = load_model(cfg)
     threads = _int(extras, "threads", 0, 0, 1024) or None
-    engine = Engine(model, tok, name, limits, threads)
+    saes = register_saes(model, extras)
+    engine = Engine(model, tok, name, limits, threads, saes=saes)
     app = create_app(
         engine, api_key, out_dir=cfg.run.out_dir if scratch else "", loopback_only=local
     )
@@ -105,6 +123,11 @@ def cli(argv: list[str]) -> None:
     print(
         f"  API         {url}/v1  (OpenAI completions{'; Bearer key required' if api_key else ''})"
     )
+    for entry in saes.listing() if saes else []:
+        shown_tab = ", Features tab" if entry["report"] else ""
+        print(
+            f"  SAE         {entry['sae']} ({entry['hook']}, {entry['d_sae']} features{shown_tab})"
+        )
     print("Ctrl-C stops.", flush=True)
     try:
         make_server(app, level).run(sockets=[sock])

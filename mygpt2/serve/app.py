@@ -11,6 +11,7 @@ Routes:
     POST /api/lens            {"text"}: the logit lens
     GET  /api/metrics         ?out_dir=&offset=&file=: new rows of a run's metrics.jsonl
     GET  /api/compare         ?dirs=a,b&target=: `mygpt2 compare`'s table of those runs
+    GET  /api/saes, /api/features, /api/features/{id}: the Features tab (`serve/features.py`)
 
 Every error, from a bad field to an unknown route or a fault, answers in OpenAI's error shape.
 With an API key, /v1 and /api need `Authorization: Bearer KEY`. POST bodies must be JSON sent
@@ -54,6 +55,7 @@ from mygpt2.serve.completions import (
     usage_body,
 )
 from mygpt2.serve.engine import Engine
+from mygpt2.serve.features import check_steer, feature_routes
 from mygpt2.serve.runs import compare, read_metrics
 
 log = logging.getLogger("mygpt2.serve")
@@ -155,6 +157,8 @@ def create_app(
         guard(request)
         body = await read_json(request, limits.max_body_bytes)
         req = parse_completion(body, limits, engine.vocab_size, engine.eot_id)
+        if req.steer:  # a 400 before any generation, also for a streamed request
+            await engine.call(check_steer, engine.model, engine.saes, req.steer)
         prompt_ids = await asyncio.to_thread(engine.encode, req.prompts)
         ident, now = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         prompt_tokens = sum(len(ids) for ids in prompt_ids)
@@ -285,6 +289,7 @@ def create_app(
         Route("/api/lens", view(engine.lens_view), methods=["POST"]),
         Route("/api/metrics", metrics),
         Route("/api/compare", comparison),
+        *feature_routes(engine.saes, guard),
         Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
     ]
     handlers = {APIError: on_api_error, HTTPException: on_api_error, Exception: on_api_error}

@@ -6,7 +6,9 @@ body into a `CompletionRequest` or raises `APIError` (status, message, param, co
 
 Choices made:
 - Fields OpenAI does not have are refused (400, code `unknown_parameter`), as OpenAI does: a
-  misspelt `max_token` would otherwise be ignored silently. The one extension is `top_k`.
+  misspelt `max_token` would otherwise be ignored silently. The extensions are `top_k` and
+  `steer` (SAE features added while sampling; its entries are checked here for their shape,
+  against the server's SAEs and the model in `mygpt2.serve.features`).
 - OpenAI fields this server cannot honour (`best_of`, penalties, `logit_bias`, `suffix`) are
   accepted at their neutral values and refused otherwise, never ignored. `user` is accepted
   and ignored; `model` names are not checked (the one loaded model answers).
@@ -16,6 +18,7 @@ Choices made:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +30,8 @@ NEUTRAL = {"best_of": None, "frequency_penalty": 0, "presence_penalty": 0}
 NEUTRAL |= {"logit_bias": {}, "suffix": None}
 KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stream"}
 KNOWN |= {"stream_options", "logprobs", "echo", "stop", "seed", "user", *NEUTRAL}
+KNOWN |= {"steer"}  # extension: [{"sae": DIR, "feature": N, "alpha": X}, ...]
+MAX_STEER = 16  # entries of one request's `steer`
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class CompletionRequest:
     echo: bool = False
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    steer: list[tuple[str, int, float]] = field(default_factory=list)  # (sae, feature, alpha)
 
 
 def _bad(param: str, message: str, code: str = "invalid_value") -> APIError:
@@ -247,7 +253,38 @@ def parse_completion(
     req.echo = _flag(body, "echo")
     req.stop = parse_stop(body.get("stop"), limits)
     req.seed = _integer(body, "seed", None, 0, 2**62)
+    req.steer = parse_steer(body.get("steer"))
     return req
+
+
+def parse_steer(value: Any) -> list[tuple[str, int, float]]:
+    """The `steer` field as (sae name as sent, feature, alpha) triples, its shape checked."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _bad("steer", f"expected a list of objects, got {json_type(value)}.", "invalid_type")
+    if len(value) > MAX_STEER:
+        raise _bad("steer", f"{len(value)} entries; at most {MAX_STEER}.")
+    out = []
+    for i, entry in enumerate(value):
+        where = f"entry {i}"
+        if not isinstance(entry, dict) or set(entry) - {"sae", "feature", "alpha"}:
+            raise _bad(
+                "steer",
+                f'{where}: expected {{"sae": DIR, "feature": N, "alpha": X}}.',
+                "invalid_type",
+            )
+        sae, feature, alpha = entry.get("sae"), entry.get("feature"), entry.get("alpha")
+        if not isinstance(sae, str) or not sae:
+            raise _bad("steer", f"{where}: 'sae' is an SAE's directory, got {json_type(sae)}.")
+        if isinstance(feature, bool) or not isinstance(feature, int):
+            raise _bad("steer", f"{where}: 'feature' is an integer, got {json_type(feature)}.")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise _bad("steer", f"{where}: 'alpha' is a number, got {json_type(alpha)}.")
+        if not math.isfinite(alpha):
+            raise _bad("steer", f"{where}: 'alpha' must be finite.")
+        out.append((sae, feature, float(alpha)))
+    return out
 
 
 # ---------------------------------------------------------------------------- answers

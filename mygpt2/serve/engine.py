@@ -12,6 +12,7 @@ Completions go through `mygpt2.generate.generate_stream` with the settings `mygp
 uses (same model loading, same prompt encoding, the end-of-text token stops a choice, choice
 `i` is seeded `seed + i`), so the two agree token for token. Log-probabilities are read from
 the model's own output at each step (a forward hook), before temperature, top-k or top-p.
+A request's `steer` entries (`mygpt2.serve.features`) go to `generate_stream`'s `steer`.
 The end-of-text token that ends a choice adds no text but is a generated token like the others:
 it has its log-probability entry (`<|endoftext|>`, at the text's end) and counts in `usage`,
 as vLLM counts it. lm-evaluation-harness scores a continuation with `max_tokens=1, echo=true`
@@ -39,6 +40,7 @@ from mygpt2.generate import generate_stream
 from mygpt2.inspect import attention, logit_lens
 from mygpt2.model import GPT
 from mygpt2.serve.completions import APIError, CompletionRequest, Limits
+from mygpt2.serve.features import SAEs, resolve_steer
 from mygpt2.tokenizer import RegexTokenizer
 
 
@@ -103,8 +105,10 @@ class Engine:
         name: str,
         limits: Limits | None = None,
         threads: int | None = None,
+        saes: SAEs | None = None,
     ):
         self.model, self.tok, self.name = model.eval(), tok, name
+        self.saes = saes  # SAEs completions may steer with, and the Features tab's reports
         self.limits = limits or Limits()
         self.T = model.config.T
         # ids past the tokenizer's are padding of the model's vocabulary: no text, no prompt
@@ -293,6 +297,7 @@ class Engine:
                 top_p=req.top_p,
                 seed=seed,
                 stop_tokens=[] if self.eot_id is None else [self.eot_id],
+                steer=resolve_steer(self.saes, req.steer),
             )
             scope.callback(steps.close)
             for step in steps:
