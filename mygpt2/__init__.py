@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _API = {
     "GPT": "mygpt2.model",
-    "KVCache": "mygpt2.model",
+    "KVCache": "mygpt2.generate",
     "ModelConfig": "mygpt2.config",
     "Config": "mygpt2.config",
     "load_config": "mygpt2.commands.args",

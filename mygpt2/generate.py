@@ -2,7 +2,7 @@
 
 Sampling options: greedy (`temperature=0`), temperature, top-k, top-p (nucleus), a seed for
 reproducible draws, stop tokens, and a batch of prompts of different lengths (left-padded and
-masked, see `mygpt2.model.KVCache`).
+masked, see `KVCache`). The cache is generation's: the model only reads and advances it.
 
 Past the context length `T` the model keeps the last `T` tokens as its window. GPT-2 has
 absolute position embeddings, so when the window slides every position shifts and the cached
@@ -30,12 +30,14 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from mygpt2.config import ModelConfig
 from mygpt2.errors import MyGPT2Error
-from mygpt2.model import GPT, KVCache, Linear
+from mygpt2.model import GPT, Linear
 from mygpt2.packing import can_pack, pack_weight
 from mygpt2.sampling_settings import check_sampling as check_sampling  # the one check
 
@@ -81,31 +83,84 @@ def _as_rows(prompts: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor) ->
     return [list(p) for p in prompts]
 
 
-@contextlib.contextmanager
-def packed_weights(model: GPT, vocab_size: int) -> Iterator[torch.Tensor]:
-    """Every matmul weight of `model` packed for oneDNN while the block runs; yields the
-    packed output head (its first `vocab_size` rows). Packing copies the weights (0.2 s
-    for GPT-2 124M), so it is done per generation: packed copies kept across calls could go
-    stale when the weights change."""
-    linears = [m for m in model.modules() if isinstance(m, Linear)]
-    try:
-        for m in linears:
-            m.packed = pack_weight(m.weight.detach().t())
-        yield pack_weight(model.lm_head.weight.detach()[:vocab_size])
-    finally:
-        for m in linears:
-            m.packed = None
+@dataclass
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated to `T`.
+
+    `pad` holds, per row, how many left-padding tokens the row starts with (0 for a batch of
+    equal-length prompts). Padding keys are masked out and positions count from the first
+    real token, so a left-padded row gives the same logits as the row alone.
+    """
+
+    k: torch.Tensor  # (n_layers, B, nh, T, hs)
+    v: torch.Tensor  # (n_layers, B, nh, T, hs)
+    pad: torch.Tensor  # (B,) int64
+    length: int = 0  # tokens already cached
+    # Optional (n_emb, vocab_size) copy of the output head, transposed. On CPUs a one-token
+    # step is a vector-matrix product, and MKL runs it several times faster with the vocabulary
+    # along the contiguous axis; the head is the largest matrix, so generation keeps this copy.
+    # For bf16 weights on CPUs with native bf16 it is the head packed by `packing.pack_weight`.
+    head: torch.Tensor | None = None
+    # Every block weight packed for oneDNN (bf16 on CPUs with native bf16, `mygpt2.packing`),
+    # keyed by its `Linear`: the model's modules read it from here, and it goes when the
+    # cache goes, so no weights are left on the model and concurrent generations never meet.
+    packed: dict[torch.nn.Module, torch.Tensor] = field(default_factory=dict)
+    _pending: int = 0  # tokens written by the current forward, committed by advance()
+
+    @classmethod
+    def empty(
+        cls, cfg: ModelConfig, batch: int, device: torch.device, dtype: torch.dtype
+    ) -> KVCache:
+        """A cache for `batch` rows and up to `cfg.T` tokens."""
+        hs = cfg.n_emb // cfg.n_heads
+        shape = (cfg.n_layers, batch, cfg.n_heads, cfg.T, hs)
+        return cls(
+            k=torch.empty(shape, device=device, dtype=dtype),
+            v=torch.empty(shape, device=device, dtype=dtype),
+            pad=torch.zeros(batch, dtype=torch.long, device=device),
+        )
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's keys/values for `layer`; return all keys/values so far."""
+        t = k.shape[2]
+        end = self.length + t
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        self._pending = t
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self) -> None:
+        """Commit the tokens written by the last forward pass."""
+        self.length += self._pending
+        self._pending = 0
+
+    def causal_mask(self, t: int, device: torch.device) -> torch.Tensor:
+        """Boolean (t, length + t) mask: new token i sees every cached key and new keys <= i."""
+        S = self.length + t
+        rows = torch.arange(t, device=device)[:, None] + self.length
+        return torch.arange(S, device=device)[None, :] <= rows
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
 
 
-def new_cache(model: GPT, pad: torch.Tensor, stack: contextlib.ExitStack) -> KVCache:
+def new_cache(model: GPT, pad: torch.Tensor) -> KVCache:
     """An empty KV cache for rows left-padded by `pad`. On a CPU it holds the output head in
-    the layout a one-token product reads fastest: transposed, or packed (with every other
-    weight, until `stack` closes) for bf16 weights on CPUs with native bf16."""
+    the layout a one-token product reads fastest: transposed, or for bf16 weights on CPUs
+    with native bf16 packed for oneDNN with every block weight. Packing copies the weights
+    (0.2 s for GPT-2 124M), so it is done per generation: packed copies kept across calls
+    could go stale when the weights change."""
     cfg, weight = model.config, model.transformer.wte.weight
     cache = KVCache.empty(cfg, len(pad), weight.device, weight.dtype)
     cache.pad = pad
     if can_pack(weight):
-        cache.head = stack.enter_context(packed_weights(model, cfg.vocab_size))
+        for m in model.modules():
+            if isinstance(m, Linear):
+                cache.packed[m] = pack_weight(m.weight.detach().t())
+        cache.head = pack_weight(model.lm_head.weight.detach()[: cfg.vocab_size])
     elif weight.device.type == "cpu":  # made per call: a cached copy could go stale unnoticed
         cache.head = model.lm_head.weight[: cfg.vocab_size].t().contiguous()
     return cache
@@ -229,7 +284,7 @@ def generate_stream(
         model.eval()
         if steering:
             stack.enter_context(model.hooks(steering))
-        cache = new_cache(model, pad, stack) if use_cache else None
+        cache = new_cache(model, pad) if use_cache else None
         logits, _ = model(tokens, cache=cache)
         for _ in range(max_new_tokens):
             nxt = sample_next(logits[:, -1, : cfg.vocab_size], temperature, top_k, top_p, generator)

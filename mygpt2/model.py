@@ -14,9 +14,11 @@ Design choices:
 - Attention goes through `F.scaled_dot_product_attention`, which picks flash / memory-efficient
   kernels on GPUs and a fused kernel on CPUs; bf16 training on a CPU writes it out instead
   (`fused_is_slow`: the fused kernel's backward is the slow part there).
-- A `KVCache` lets generation run a prompt once (prefill) and then one token per step. It also
-  handles a batch of prompts of different lengths: shorter prompts are left-padded, the padding
-  is masked out of attention, and each row's positions start at 0 at its first real token.
+- A `cache` (`mygpt2.generate.KVCache`, created and owned by generation) lets generation run a
+  prompt once (prefill) and then one token per step; the model only reads and advances it. It
+  also handles a batch of prompts of different lengths: shorter prompts are left-padded, the
+  padding is masked out of attention, and each row's positions start at 0 at its first real
+  token. Weights packed for one-token steps travel in the cache too, never on the modules.
 - With `pad_vocab`, the embedding is padded to a multiple of 64 (faster matmuls); the padded ids
   are masked out when sampling, so they are never produced.
 - Named hook points (TransformerLens's names, `model.hook_names()`) let users see and edit
@@ -32,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -51,7 +53,7 @@ from mygpt2.hooks import (
 from mygpt2.loss import linear_cross_entropy
 from mygpt2.packing import packed_linear
 
-__all__ = ["GPT", "KVCache", "ModelConfig"]
+__all__ = ["GPT", "ModelConfig"]
 
 
 class Linear(nn.Module):
@@ -62,17 +64,15 @@ class Linear(nn.Module):
     (benchmarks/bench_generate.py); batched training matmuls do not mind either way.
     """
 
-    # The weight in oneDNN's blocked layout, set only while generating in bf16 on a CPU
-    # (`generate.packed_weights`, see `mygpt2.packing`); None otherwise.
-    packed: torch.Tensor | None = None
-
     def __init__(self, n_in: int, n_out: int, bias: bool = True):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_in, n_out))
         self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed = self.packed  # read once: a generation in another thread may unset it
+    def forward(self, x: torch.Tensor, cache: Any = None) -> torch.Tensor:
+        """`x @ weight + bias`; with a generation's `cache` that holds this weight packed for
+        oneDNN (bf16 on CPUs with native bf16, `mygpt2.generate.new_cache`), through that."""
+        packed = cache.packed.get(self) if cache is not None and cache.packed else None
         if packed is not None:
             return packed_linear(x, packed, self.bias)
         rows = x.reshape(-1, x.size(-1))
@@ -129,7 +129,7 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: Any = None,
         layer: int = 0,
         mask: torch.Tensor | None = None,
         hooks: Hooks | None = None,
@@ -137,7 +137,7 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         B, t, C = x.shape
         hs = C // self.n_heads
-        q, k, v = self.c_attn(x).split(self.n_emb, dim=2)
+        q, k, v = self.c_attn(x, cache).split(self.n_emb, dim=2)
         q = q.view(B, t, self.n_heads, hs)  # (B, t, nh, hs)
         k = k.view(B, t, self.n_heads, hs)  # (B, t, nh, hs)
         v = v.view(B, t, self.n_heads, hs)  # (B, t, nh, hs)
@@ -180,7 +180,7 @@ class CausalSelfAttention(nn.Module):
         if hooks is not None:  # the hook sees (B, t, nh, hs)
             y = hooks(at + "hook_z", y.transpose(1, 2)).transpose(1, 2)
         y = y.transpose(1, 2).contiguous().view(B, t, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(y, cache))
 
 
 def layer_norm(
@@ -218,10 +218,13 @@ class MLP(nn.Module):
         self.c_proj = Linear(hidden, cfg.n_emb, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, hooks: Hooks | None = None, at: str = "") -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, hooks: Hooks | None = None, at: str = "", cache: Any = None
+    ) -> torch.Tensor:
         if hooks is None and self.kind == "gelu":
-            return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
-        h, up = self.c_fc(x), None  # (B, t, hidden), swiglu (B, t, 2 hidden)
+            h = F.gelu(self.c_fc(x, cache), approximate="tanh")
+            return self.dropout(self.c_proj(h, cache))
+        h, up = self.c_fc(x, cache), None  # (B, t, hidden), swiglu (B, t, 2 hidden)
         if self.kind == "swiglu":
             h, up = h.chunk(2, dim=-1)  # the gate's input, the linear half
         if hooks is not None:
@@ -236,7 +239,7 @@ class MLP(nn.Module):
             h = F.silu(h) * up
         if hooks is not None:
             h = hooks(at + "hook_post", h)
-        return self.dropout(self.c_proj(h))
+        return self.dropout(self.c_proj(h, cache))
 
 
 class Block(nn.Module):
@@ -252,7 +255,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: Any = None,
         layer: int = 0,
         mask: torch.Tensor | None = None,
         hooks: Hooks | None = None,
@@ -260,75 +263,15 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         if hooks is None:
             x = x + self.attn(self.ln_1(x), cache, layer, mask, None, rope)
-            return x + self.mlp(self.ln_2(x))
+            return x + self.mlp(self.ln_2(x), None, "", cache)
         # the same two lines, through the block's hook points
         at = f"blocks.{layer}."
         x = hooks(at + "hook_resid_pre", x)
         attn_in = layer_norm(self.ln_1, x, hooks, at + "ln1")
         attn_out = self.attn(attn_in, cache, layer, mask, hooks, rope)
         x = hooks(at + "hook_resid_mid", x + hooks(at + "hook_attn_out", attn_out))
-        mlp_out = self.mlp(layer_norm(self.ln_2, x, hooks, at + "ln2"), hooks, at + "mlp.")
+        mlp_out = self.mlp(layer_norm(self.ln_2, x, hooks, at + "ln2"), hooks, at + "mlp.", cache)
         return hooks(at + "hook_resid_post", x + hooks(at + "hook_mlp_out", mlp_out))
-
-
-@dataclass
-class KVCache:
-    """Keys and values of every layer for the tokens seen so far, preallocated to `T`.
-
-    `pad` holds, per row, how many left-padding tokens the row starts with (0 for a batch of
-    equal-length prompts). Padding keys are masked out and positions count from the first
-    real token, so a left-padded row gives the same logits as the row alone.
-    """
-
-    k: torch.Tensor  # (n_layers, B, nh, T, hs)
-    v: torch.Tensor  # (n_layers, B, nh, T, hs)
-    pad: torch.Tensor  # (B,) int64
-    length: int = 0  # tokens already cached
-    # Optional (n_emb, vocab_size) copy of the output head, transposed. On CPUs a one-token
-    # step is a vector-matrix product, and MKL runs it several times faster with the vocabulary
-    # along the contiguous axis; the head is the largest matrix, so generation keeps this copy.
-    # For bf16 weights on CPUs with native bf16 it is the head packed by `packing.pack_weight`.
-    head: torch.Tensor | None = None
-    _pending: int = 0  # tokens written by the current forward, committed by advance()
-
-    @classmethod
-    def empty(
-        cls, cfg: ModelConfig, batch: int, device: torch.device, dtype: torch.dtype
-    ) -> KVCache:
-        """A cache for `batch` rows and up to `cfg.T` tokens."""
-        hs = cfg.n_emb // cfg.n_heads
-        shape = (cfg.n_layers, batch, cfg.n_heads, cfg.T, hs)
-        return cls(
-            k=torch.empty(shape, device=device, dtype=dtype),
-            v=torch.empty(shape, device=device, dtype=dtype),
-            pad=torch.zeros(batch, dtype=torch.long, device=device),
-        )
-
-    def update(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's keys/values for `layer`; return all keys/values so far."""
-        t = k.shape[2]
-        end = self.length + t
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        self._pending = t
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def advance(self) -> None:
-        """Commit the tokens written by the last forward pass."""
-        self.length += self._pending
-        self._pending = 0
-
-    def causal_mask(self, t: int, device: torch.device) -> torch.Tensor:
-        """Boolean (t, length + t) mask: new token i sees every cached key and new keys <= i."""
-        S = self.length + t
-        rows = torch.arange(t, device=device)[:, None] + self.length
-        return torch.arange(S, device=device)[None, :] <= rows
-
-    @property
-    def capacity(self) -> int:
-        return self.k.shape[3]
 
 
 class GPT(nn.Module):
@@ -374,7 +317,7 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: Any = None,
         return_logits: bool = True,
         reduction: str = "mean",
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -411,7 +354,7 @@ class GPT(nn.Module):
             )
         return logits, loss
 
-    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, cache: Any = None) -> torch.Tensor:
         """The trunk: embeddings, positions, every block and the final norm, (B, t, n_emb) for
         `idx` (B, t). With a `cache`, `idx` continues the cached tokens and only the last
         position comes back (that is all generation needs).

@@ -7,7 +7,6 @@ Models are tiny and random-initialised inside the tests (see models.py): nothing
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,9 @@ import torch
 from models import SHAPES, hf_model, prompt_ids, tiny_gpt
 
 from mygpt2.errors import MyGPT2Error
-from mygpt2.generate import generate, generate_stream, new_cache, sample_next
+from mygpt2.generate import KVCache, generate, generate_stream, new_cache, sample_next
 from mygpt2.hf import from_pretrained
-from mygpt2.model import KVCache, Linear
+from mygpt2.model import Linear
 from mygpt2.packing import can_pack
 
 # ------------------------------------------------------------ reference and cache
@@ -347,12 +346,11 @@ def test_packed_bf16_steps_equal_the_plain_bf16_steps(monkeypatch):
     assert can_pack(model.transformer.wte.weight)
     prompt = torch.tensor([prompt_ids(300, 7)])
     follow = prompt_ids(300, 10, seed=4)
-    with contextlib.ExitStack() as stack:
-        cache = new_cache(model, torch.zeros(1, dtype=torch.long), stack)
-        assert cache.head.is_mkldnn and cache.head.dtype == torch.bfloat16
-        assert all(m.packed is not None for m in model.modules() if isinstance(m, Linear))
-        packed = _steps(model, prompt, follow, cache)
-    assert all(m.packed is None for m in model.modules() if isinstance(m, Linear))
+    cache = new_cache(model, torch.zeros(1, dtype=torch.long))
+    assert cache.head.is_mkldnn and cache.head.dtype == torch.bfloat16
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    assert set(cache.packed) == set(linears) and all(w.is_mkldnn for w in cache.packed.values())
+    packed = _steps(model, prompt, follow, cache)
 
     plain_cache = KVCache.empty(model.config, 1, torch.device("cpu"), torch.bfloat16)
     plain_cache.head = model.lm_head.weight[:300].t().contiguous()  # as generation on a CPU
@@ -369,14 +367,17 @@ def test_packed_bf16_steps_equal_the_plain_bf16_steps(monkeypatch):
 
 
 @needs_native_bf16
-def test_generation_unpacks_even_when_the_stream_is_dropped(monkeypatch):
+def test_packed_weights_live_in_the_cache_never_on_the_model(monkeypatch):
     monkeypatch.setenv("MYGPT2_CPU_FLAGS", "avx512_bf16")
     model = tiny_gpt(seed=5).bfloat16()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     stream = generate_stream(model, [1, 2, 3], 10, temperature=0)
     next(stream)
-    assert any(m.packed is not None for m in model.modules() if isinstance(m, Linear))
+    # mid-generation the model's modules hold nothing new: plain forwards stay plain
+    assert not any(t.is_mkldnn for t in model.state_dict().values())
+    assert all(not vars(m).get("packed") for m in model.modules())
     stream.close()
-    assert all(m.packed is None for m in model.modules() if isinstance(m, Linear))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert len(generate(model, [[1, 2], [3]], 4, temperature=0)[1]) == 4  # padded rows too
 
 
@@ -389,6 +390,5 @@ def test_weights_are_packed_only_for_bf16_on_cpus_with_native_bf16(monkeypatch):
         model.bfloat16().transformer.wte.weight
     )  # emulated bf16: oneDNN has no packed kernel
     monkeypatch.setenv("MYGPT2_CPU_FLAGS", "")
-    with contextlib.ExitStack() as stack:
-        cache = new_cache(model, torch.zeros(1, dtype=torch.long), stack)
-    assert not cache.head.is_mkldnn
+    cache = new_cache(model, torch.zeros(1, dtype=torch.long))
+    assert not cache.head.is_mkldnn and not cache.packed

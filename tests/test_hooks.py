@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 import mygpt2.model
 from mygpt2.errors import MyGPT2Error
-from mygpt2.generate import generate
+from mygpt2.generate import KVCache, generate
 from mygpt2.hf import from_pretrained
 from mygpt2.hooks import BLOCK_HOOKS, hook_names
 
@@ -238,13 +238,13 @@ def test_written_out_attention_equals_sdpa(case):
             if case == "causal":
                 out = model(torch.tensor([a]))[0]
             elif case == "cached chunk":
-                cache = mygpt2.model.KVCache.empty(
+                cache = KVCache.empty(
                     model.config, 1, torch.device("cpu"), torch.float32
                 )
                 model(torch.tensor([a[:6]]), cache=cache)
                 out = model(torch.tensor([a[6:]]), cache=cache)[0]
             else:
-                cache = mygpt2.model.KVCache.empty(
+                cache = KVCache.empty(
                     model.config, 2, torch.device("cpu"), torch.float32
                 )
                 cache.pad = torch.tensor([0, 5])

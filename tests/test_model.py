@@ -13,7 +13,8 @@ import torch
 from models import SHAPES, hf_model, prompt_ids, tiny_gpt
 
 from mygpt2.config import ModelConfig
-from mygpt2.model import GPT, KVCache
+from mygpt2.generate import KVCache
+from mygpt2.model import GPT
 
 # ------------------------------------------------------------------ sizes and init
 

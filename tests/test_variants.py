@@ -22,9 +22,9 @@ from models import hf_model, prompt_ids, tiny_gpt
 from mygpt2.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from mygpt2.config import Config, ModelConfig, validate
 from mygpt2.errors import MyGPT2Error
-from mygpt2.generate import generate
+from mygpt2.generate import KVCache, generate
 from mygpt2.hf import save_pretrained, save_safetensors
-from mygpt2.model import GPT, KVCache, rotary, rotate
+from mygpt2.model import GPT, rotary, rotate
 
 # every knob value away from GPT-2's, one at a time, then all of them together
 VARIANTS = {
