@@ -16,6 +16,11 @@
   built from the flags and program the command layer passes down (`train(cfg, argv,
   program)`); nothing here reads `sys.argv`, so a run started from Python, a test or another
   command says what was really asked of it.
+- No work lost to our own tools: an exception in evaluation, reporting, plotting, health or
+  snapshots after a completed optimizer step is a `ToolFailure`; the loop saves the step's
+  checkpoint and stops with one line (`tool_failure`: what failed, where in mygpt2, the step
+  saved, the resume line), exit 1. Under DDP the failure travels in the loop's per-step
+  agreement, so every process saves and stops together instead of hanging in a collective.
 - Resume knows its inputs: `resolve_input_paths` makes the input paths absolute, and a
   checkpoint records its data (`data_record`), so `--resume` works from any working
   directory and `check_data` refuses a changed corpus unless `--allow_data_change`.
@@ -28,7 +33,9 @@ import os
 import shlex
 import signal
 import time
+import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +213,52 @@ def resume_command(cfg: Config, argv: list[str] | None, program: str, **replace:
         words.append("--overwrite=false")
     words += ["--resume", *(f"--{k}={v}" for k, v in replace.items())]
     return f"{program} {shlex.join(words)}"
+
+
+@dataclass
+class ToolFailure:
+    """An exception in the run's own tools after optimizer step `step` was completed."""
+
+    what: str  # "the evaluation", "reporting the step", "keeping a snapshot"
+    step: int
+    error: Exception
+
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+def describe_error(error: BaseException, limit: int = 300) -> str:
+    """One line: a MyGPT2Error's message; otherwise its type, message and the innermost line
+    of mygpt2 it came through (`TypeError: ... at mygpt2/evaluation.py:120 in token_nll`)."""
+    text = " ".join(str(error).split()).rstrip(".")
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    if isinstance(error, MyGPT2Error):
+        return text
+    ours = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if Path(frame.filename).resolve().is_relative_to(PACKAGE)
+    ]
+    where = ""
+    if ours:
+        frame = ours[-1]
+        path = Path(frame.filename).resolve().relative_to(PACKAGE.parent).as_posix()
+        where = f" at {path}:{frame.lineno} in {frame.name}"
+    return f"{type(error).__name__}: {text}{where}" if text else f"{type(error).__name__}{where}"
+
+
+def tool_failure(failure: ToolFailure | None, step: int, path: Path, resume: str) -> str:
+    """The one line a run stopped by a `ToolFailure` ends with (`failure` None: on a process
+    where nothing failed, another one's did)."""
+    if failure is None:
+        cause = f"another process of this run failed after step {step}"
+    else:
+        cause = f"{failure.what} failed after step {failure.step} ({describe_error(failure.error)})"
+    return (
+        f"{cause}; saved the checkpoint at step {step} in '{path}', so no step is lost. Once "
+        f"the cause is fixed, resume with: {resume}"
+    )
 
 
 def exit_code(summary: dict[str, Any]) -> int:

@@ -25,7 +25,9 @@ Design choices:
   (`checkpoint.resume_config`);
   given optimizer hyperparameters are put into the restored optimizer.
 - A non-finite loss stops the run before the optimizer step (a `RunError`, exit 1), keeping
-  the last good checkpoint.
+  the last good checkpoint. A crash in the run's own tools after a step (reporting,
+  evaluation, plotting, health, snapshots) saves that step's checkpoint first, then stops
+  with one line and the resume line (`fail`; `guard.ToolFailure`).
 - Time to a target, as speedruns count it: train and eval rows carry `elapsed_s`, the seconds
   spent in training steps since the run began (no data preparation, evaluation or saving;
   carried across `--resume`). `target_val_loss` ends the run at the first evaluation at or
@@ -52,7 +54,15 @@ from mygpt2.checkpoint import rng_state, save_checkpoint
 from mygpt2.config import Config
 from mygpt2.errors import RunError
 from mygpt2.evaluation import batches_nll
-from mygpt2.guard import CheckpointClock, StopSignals, guarded, resume_command, run_command
+from mygpt2.guard import (
+    CheckpointClock,
+    StopSignals,
+    ToolFailure,
+    guarded,
+    resume_command,
+    run_command,
+    tool_failure,
+)
 from mygpt2.health import HealthProbe
 from mygpt2.loss import IGNORE_INDEX
 from mygpt2.metrics import Reporter
@@ -84,6 +94,7 @@ def train(
             if run.step < run.end_step:
                 reporter.start(total=t.max_steps, initial=run.step)
             signals.deferred = True  # from here on a signal lets the step finish and save
+            failure: ToolFailure | None = None  # a crash in the run's own tools (see `fail`)
             while run.step < run.end_step:
                 t0 = time.perf_counter()
                 lr = get_lr(run.step, run.cfg)
@@ -92,26 +103,47 @@ def train(
                 run.step += 1
                 seconds = time.perf_counter() - t0
                 run.elapsed_s += seconds  # training time only: no evaluation, no saving
-                report_step(run, result, lr, seconds)
-                evaluated = False
-                if run.step % t.eval_interval == 0 or run.step == t.max_steps:
-                    evaluate_run(run)
-                    evaluated = True
-                    goal = t.target_val_loss  # 0: none
-                    run.reached_target = goal > 0 and run.val_loss <= goal
-                run.signal, late = stop_requested(signals, clock, run)
+                evaluated = run.step % t.eval_interval == 0 or run.step == t.max_steps
+                stage = "reporting the step"
+                try:  # the run's own tools: a crash in them must not lose the step just taken
+                    report_step(run, result, lr, seconds)
+                    if evaluated:
+                        stage = "the evaluation"
+                        evaluate_run(run)
+                        goal = t.target_val_loss  # 0: none
+                        run.reached_target = goal > 0 and run.val_loss <= goal
+                except Exception as e:
+                    failure = failure or ToolFailure(stage, run.step, e)
+                run.signal, late, failed = stop_requested(signals, clock, run, failure is not None)
                 periodic = t.checkpoint_interval and run.step % t.checkpoint_interval == 0
                 saved = evaluated or periodic or late or run.signal or run.step == run.end_step
-                if saved:
+                if saved or failed:
                     save(run)
                     clock.reset()
-                keep_snapshot(run, evaluated, bool(saved))
+                if failed:
+                    fail(run, failure, argv, program)
+                try:
+                    keep_snapshot(run, evaluated, bool(saved))
+                except Exception as e:  # rank 0 alone: the next agreement stops every process
+                    failure = ToolFailure("keeping a snapshot", run.step, e)
                 if run.signal or run.reached_target:
                     break
+            if failure is not None:  # the last step's snapshot: its checkpoint is saved
+                fail(run, failure, argv, program)
             return finish(run, run.step > first, argv, program)
     finally:
         reporter.close()
         dist_info.close()
+
+
+def fail(run: Run, failure: ToolFailure | None, argv: list[str] | None, program: str) -> None:
+    """Stop the run after a crash in its own tools (evaluation, reporting, plotting, health,
+    snapshots) on any process, its checkpoint saved: a `RunError` (exit 1) saying what failed,
+    the step saved and the resume line. (`failure` is None on the processes that did not fail.)"""
+    run.log.close()
+    raise RunError(
+        tool_failure(failure, run.step, run.ckpt_path, resume_command(run.cfg, argv, program))
+    )
 
 
 def finish(run: Run, ran: bool, argv: list[str] | None, program: str) -> dict[str, Any]:
@@ -340,14 +372,17 @@ def evaluate_run(run: Run) -> None:
     run.log.plot(run.tokens_per_step)
 
 
-def stop_requested(signals: StopSignals, clock: CheckpointClock, run: Run) -> tuple[int, bool]:
-    """The signal any process was stopped by during this step (0: none), and whether the
-    checkpoint is due by time; all processes agree (one all-reduce), or collectives would hang."""
-    flags = [signals.signum, int(clock.due())]
+def stop_requested(
+    signals: StopSignals, clock: CheckpointClock, run: Run, failed: bool = False
+) -> tuple[int, bool, bool]:
+    """The signal any process was stopped by during this step (0: none), whether the
+    checkpoint is due by time, and whether a tool failed on any process (`failed`: on this
+    one); all processes agree (one all-reduce), or collectives would hang."""
+    flags = [signals.signum, int(clock.due()), int(failed)]
     if run.dist.enabled:
         agreed = torch.tensor(flags, device=run.device)
         flags = all_reduce(agreed, run.device, "max").tolist()
-    return int(flags[0]), bool(flags[1])
+    return int(flags[0]), bool(flags[1]), bool(flags[2])
 
 
 def save(run: Run) -> None:

@@ -4,6 +4,7 @@ line and lock come from the command line the command received, never from `sys.a
 
 from __future__ import annotations
 
+import importlib
 import shlex
 import sys
 
@@ -11,6 +12,10 @@ import pytest
 from test_train import make_corpus, run_main, tiny_args
 
 from mygpt2.checkpoint import load_checkpoint
+from mygpt2.metrics import MetricsLog, Reporter
+from mygpt2.series import SnapshotWriter
+
+train_module = importlib.import_module("mygpt2.train")  # `mygpt2.train` is also a function
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +54,64 @@ def test_the_resume_line_is_built_from_the_argv_the_command_received(
     assert "--not-these-flags" not in out
     assert run_main(["train", *shlex.split(line)[2:]]) == 0  # and it works
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4
+
+
+def fails_on_call(n: int, error: Exception, returns=None):
+    """A stand-in that raises `error` on its n-th call and returns `returns` on the others."""
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == n:
+            raise error
+        return returns
+
+    return fake
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "call", "returns", "what", "error"),
+    [
+        # the plot at the second evaluation, step 4 (a broken matplotlib, a full disk, ...)
+        (MetricsLog, "plot", 2, None, "the evaluation", ValueError("no font\nfound")),
+        # the issue's crash: an evaluation that cannot run this model
+        (train_module, "score_extras", 2, {}, "the evaluation", TypeError("not callable")),
+        # the progress bar after step 4
+        (Reporter, "step", 4, None, "reporting the step", RuntimeError("tty gone")),
+    ],
+)
+def test_a_crash_in_the_runs_own_tools_keeps_the_step_and_resumes(
+    corpus, tmp_path, capsys, monkeypatch, owner, name, call, returns, what, error
+):
+    args = tiny_args(corpus, tmp_path, max_steps=6, eval_interval=2)
+    monkeypatch.setattr(owner, name, fails_on_call(call, error, returns))
+    assert run_main(["train", *args]) == 1
+    said = capsys.readouterr().err
+    assert "Traceback" not in said
+    err = said.splitlines()[-1]  # after the progress bar: one line
+    assert err.startswith("mygpt2 train: error: ")
+    assert f"{what} failed after step 4 ({type(error).__name__}: " in err
+    assert " at mygpt2/train.py:" in err  # the innermost line of mygpt2 it came through
+    assert f"saved the checkpoint at step 4 in '{tmp_path / 'checkpoint.pt'}'" in err
+    resume = err.split("resume with: ")[1].strip()
+    assert resume == shlex.join(["mygpt2", "train", *args, "--resume"])
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4
+    assert not (tmp_path / ".lock").exists()  # released
+    monkeypatch.undo()
+    assert run_main(["train", *shlex.split(resume)[2:]]) == 0
+    rows = load_checkpoint(tmp_path / "checkpoint.pt")["metrics"]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_failed_snapshot_stops_at_the_next_step_with_its_checkpoint(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    """Snapshots are written on rank 0 after the processes agreed on the step, so a crash
+    there is carried to the next step's agreement: that step is saved and the run stops."""
+    monkeypatch.setattr(SnapshotWriter, "write", fails_on_call(1, KeyError("weights")))
+    args = tiny_args(corpus, tmp_path, max_steps=6, eval_interval=3, keep_checkpoints="log")
+    assert run_main(["train", *args]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert "keeping a snapshot failed after step 1 (KeyError: 'weights' at mygpt2/" in err
+    assert "saved the checkpoint at step 2 in" in err
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
