@@ -33,7 +33,13 @@ TESTS: dict[str, list[str]] = {
     "tasks": ["tests/test_evaluation.py", "tests/test_tasks.py"],
     "run_evals": ["tests/test_run_evals.py"],
     "health": ["tests/test_health.py"],
-    "inspect": ["tests/test_inspect.py", "tests/test_series.py"],
+    "inspect": [
+        "tests/test_inspect.py",
+        # the dynamics metrics' tests (the rest of test_series.py trains runs: slow)
+        "tests/test_series.py::test_a_hand_built_induction_head_scores_one_and_a_random_model_chance",
+        "tests/test_series.py::test_random_tokens_come_from_the_text_when_it_is_given",
+        "tests/test_series.py::test_text_metrics_by_hand",
+    ],
     "serve": ["tests/test_serve.py"],
 }
 
