@@ -146,7 +146,15 @@ def _window_texts(ids: list[int], tok: Any, vocab: int) -> list[str]:
 
 
 def _token_text(tok: Any, i: int, vocab: int) -> str:
-    return tok.decode_bytes([i]).decode("utf-8", errors="replace") if i < vocab else f"#{i}"
+    """One token alone: its text, its bytes as \\xNN where they are no whole UTF-8 (a piece of
+    a character), or #id past the tokenizer's vocabulary."""
+    if i >= vocab:
+        return f"#{i}"
+    raw = tok.decode_bytes([i])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(f"\\x{b:02x}" for b in raw)
 
 
 @torch.no_grad()

@@ -105,6 +105,13 @@ async function generate() {
   };
   const topK = numberOf("top_k");
   if (topK) body.top_k = topK;
+  try {
+    const steer = steerEntries();
+    if (steer.length) body.steer = steer;
+  } catch (e) {
+    setStatus(status, e.message, true);
+    return;
+  }
   $("#output .prompt").textContent = prompt;
   const out = $("#output .generated");
   out.textContent = "";
@@ -665,6 +672,159 @@ function lineChart(canvas, lines, xLabel, named) {
   });
 }
 
+// ------------------------------------------------------------------------------ features
+// SAEs the server holds (--sae_dir, --features): the Generate view's steer field, and the
+// Features view (reports written by `mygpt2 inspect features`). Text from the server goes
+// into the page with textContent only.
+const features = { saes: [], loaded: false, selected: null };
+
+async function loadSaes() {
+  try {
+    features.saes = (await api("/api/saes")).saes;
+  } catch (e) {
+    return;
+  }
+  const steerSae = $("#steer-sae");
+  const reportSae = $("#feature-sae");
+  steerSae.replaceChildren();
+  reportSae.replaceChildren();
+  for (const s of features.saes) {
+    const label = `${s.sae.split("/").pop()} · ${s.hook} · ${s.d_sae}`;
+    steerSae.append(new Option(label, s.sae));
+    if (s.report) reportSae.append(new Option(label, s.sae));
+  }
+  $("#steer-box").hidden = features.saes.length === 0;
+  $("#features-none").hidden = reportSae.options.length > 0;
+}
+
+function steerEntries() {
+  // "3:4, 7:-2" -> [{sae, feature: 3, alpha: 4}, {sae, feature: 7, alpha: -2}]
+  const raw = $("#steer").value.trim();
+  if (!raw || $("#steer-box").hidden) return [];
+  const sae = $("#steer-sae").value;
+  return raw.split(",").map((part) => {
+    const m = part.trim().match(/^#?(\d+)\s*:\s*([-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?)$/i);
+    if (!m) throw new Error(`steer: write feature:alpha pairs such as 3:4, 7:-2 (got '${part.trim()}')`);
+    return { sae, feature: Number(m[1]), alpha: Number(m[2]) };
+  });
+}
+
+async function searchFeatures() {
+  const status = $("#features-status");
+  const sae = $("#feature-sae").value;
+  if (!sae) return;
+  const q = $("#feature-query").value;
+  setStatus(status, "searching…");
+  try {
+    const found = await api(`/api/features?sae=${encodeURIComponent(sae)}&q=${encodeURIComponent(q)}`);
+    features.loaded = true;
+    const list = $("#feature-list");
+    list.replaceChildren();
+    for (const f of found.features) {
+      const b = document.createElement("button");
+      b.dataset.id = f.id;
+      const on = f.fires_on === null ? "" : ` · ${JSON.stringify(f.fires_on)}`;
+      b.textContent = `#${f.id} · ${(100 * f.density).toFixed(2)}% · max ${f.max.toPrecision(3)}${on}`;
+      b.onclick = () => showFeature(f.id);
+      list.append(b);
+    }
+    const what = q ? `matching ${JSON.stringify(q)}` : "firing most strongly";
+    setStatus(status, `${found.features.length} features ${what}; read on ${found.tokens.toLocaleString()} tokens at ${found.hook}`);
+    if (found.features.length === 1 || (found.features.length && !q && features.selected === null)) {
+      showFeature(found.features[0].id);
+    }
+  } catch (e) {
+    setStatus(status, e.message, true);
+  }
+}
+
+function tokenRows(title, rows) {
+  const box = document.createElement("div");
+  const head = document.createElement("b");
+  head.textContent = title;
+  const table = document.createElement("table");
+  for (const r of rows) {
+    const tr = table.insertRow();
+    tr.insertCell().textContent = JSON.stringify(r.token);
+    tr.insertCell().textContent = (r.logit >= 0 ? "+" : "") + r.logit.toFixed(3);
+  }
+  box.append(head, table);
+  return box;
+}
+
+function histogram(counts, edges) {
+  const used = counts.map((c, i) => (c ? i : -1)).filter((i) => i >= 0);
+  const box = document.createElement("div");
+  if (!used.length) return box;
+  const lo = used[0], hi = used[used.length - 1] + 1, tallest = Math.max(...counts);
+  const bars = document.createElement("div");
+  bars.className = "histogram";
+  for (let i = lo; i < hi; i++) {
+    const bar = document.createElement("div");
+    bar.style.height = `${(100 * counts[i]) / tallest}%`;
+    bar.title = `${edges[i].toPrecision(3)} to ${edges[i + 1].toPrecision(3)}: ${counts[i]} tokens`;
+    bars.append(bar);
+  }
+  const axis = document.createElement("div");
+  axis.className = "hint";
+  axis.textContent = `activations ${edges[lo].toPrecision(2)} to ${edges[hi].toPrecision(2)} (log scale)`;
+  box.append(bars, axis);
+  return box;
+}
+
+function contextLine(c, peak) {
+  const line = document.createElement("div");
+  line.className = "context";
+  c.tokens.forEach((token, i) => {
+    const act = c.acts[i];
+    const el = document.createElement(i === c.at ? "mark" : "span");
+    el.textContent = token.replace(/\n/g, "↵");
+    el.title = `activation ${act.toPrecision(3)}`;
+    if (i !== c.at && act > 0 && peak > 0) el.style.background = `rgba(230,126,34,${Math.min(act / peak, 1).toFixed(2)})`;
+    line.append(el);
+  });
+  const value = document.createElement("span");
+  value.className = "act";
+  value.textContent = c.activation.toPrecision(3);
+  line.append(value);
+  return line;
+}
+
+async function showFeature(id) {
+  const sae = $("#feature-sae").value;
+  const detail = $("#feature-detail");
+  try {
+    const f = await api(`/api/features/${id}?sae=${encodeURIComponent(sae)}`);
+    features.selected = f.id;
+    for (const b of document.querySelectorAll("#feature-list button")) {
+      b.classList.toggle("selected", Number(b.dataset.id) === f.id);
+    }
+    const title = document.createElement("h3");
+    title.textContent = `feature ${f.id}`;
+    const stats = document.createElement("div");
+    stats.className = "hint";
+    stats.textContent = `density ${(100 * f.density).toFixed(3)}% (${f.count} tokens) · max ${f.max.toPrecision(3)} · mean when firing ${f.mean.toPrecision(3)}`;
+    const steer = document.createElement("button");
+    steer.id = "steer-with";
+    steer.textContent = "Steer with it";
+    steer.onclick = () => {
+      $("#steer-sae").value = sae;
+      const alpha = Math.max(1, Math.round(2 * f.max));
+      $("#steer").value = `${f.id}:${alpha}`;
+      show("generate");
+    };
+    const cols = document.createElement("div");
+    cols.className = "cols";
+    cols.append(histogram(f.histogram, f.histogram_edges), tokenRows("promotes", f.promotes), tokenRows("suppresses", f.suppresses));
+    const contexts = document.createElement("div");
+    contexts.id = "feature-contexts";
+    for (const c of f.contexts) contexts.append(contextLine(c, f.max));
+    detail.replaceChildren(title, stats, steer, cols, contexts);
+  } catch (e) {
+    setStatus($("#features-status"), e.message, true);
+  }
+}
+
 // ------------------------------------------------------------------------------ tooltips
 function showTip(ev, text) {
   const tip = $("#tip");
@@ -707,3 +867,10 @@ $("#x-axis").onchange = () => training.runs.length > 1 && drawComparison();
 const linked = new URLSearchParams(location.search).get("runs");
 if (linked) $("#run-dir").value = linked;
 loadInfo().then(() => linked && show("training"));
+loadSaes();
+$("#feature-search").onclick = searchFeatures;
+$("#feature-query").addEventListener("keydown", (ev) => ev.key === "Enter" && searchFeatures());
+$("#feature-sae").onchange = () => { features.selected = null; searchFeatures(); };
+document.querySelector("button[data-view=features]").addEventListener("click", () => {
+  if (!features.loaded) searchFeatures();
+});
