@@ -107,6 +107,9 @@ def train(
                 stage = "reporting the step"
                 try:  # the run's own tools: a crash in them must not lose the step just taken
                     report_step(run, result, lr, seconds)
+                    if result.health_error is not None:
+                        stage = "the health statistics"
+                        raise result.health_error
                     if evaluated:
                         stage = "the evaluation"
                         evaluate_run(run)
@@ -192,6 +195,7 @@ class StepResult:
     grad_norm: float | None  # total gradient norm before clipping (None: not clipped)
     tokens: int  # valid targets (not -100) in the step
     health: dict[str, Any] | None = None  # a HealthProbe's row, on health steps only
+    health_error: Exception | None = None  # what broke the row after the step (then None)
 
 
 class NonFiniteLossError(RunError):
@@ -228,7 +232,9 @@ def train_step(
     so the reported norm is the true one. A non-finite loss raises `NonFiniteLossError` before
     the optimizer step. `lr`, when given, is set on every parameter group first (times the
     group's `lr_scale`, where it has one). A `health` probe watches the last micro-batch's
-    forward, the gradients before clipping and the update.
+    forward, the gradients before clipping and the update; an exception in its statistics
+    after the optimizer step comes back as `health_error` instead of being raised, since the
+    step itself is done.
     """
     world = _ddp_world(model)
     device = next(model.parameters()).device
@@ -272,13 +278,19 @@ def train_step(
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    row, health_error = None, None
     if health is not None:
-        health.after_update()
+        try:  # the step is done: a fault in the statistics must not hide it
+            health.after_update()
+            row = health.row()
+        except Exception as e:
+            health_error = e
     return StepResult(
         loss=loss_value,
         grad_norm=grad_norm,
         tokens=int(count.item()),
-        health=health.row() if health is not None else None,
+        health=row,
+        health_error=health_error,
     )
 
 

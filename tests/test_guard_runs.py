@@ -12,6 +12,7 @@ import pytest
 from test_train import make_corpus, run_main, tiny_args
 
 from mygpt2.checkpoint import load_checkpoint
+from mygpt2.health import HealthProbe
 from mygpt2.metrics import MetricsLog, Reporter
 from mygpt2.series import SnapshotWriter
 
@@ -70,20 +71,30 @@ def fails_on_call(n: int, error: Exception, returns=None):
 
 
 @pytest.mark.parametrize(
-    ("owner", "name", "call", "returns", "what", "error"),
+    ("owner", "name", "call", "returns", "what", "error", "flags"),
     [
         # the plot at the second evaluation, step 4 (a broken matplotlib, a full disk, ...)
-        (MetricsLog, "plot", 2, None, "the evaluation", ValueError("no font\nfound")),
+        (MetricsLog, "plot", 2, None, "the evaluation", ValueError("no font\nfound"), {}),
         # the issue's crash: an evaluation that cannot run this model
-        (train_module, "score_extras", 2, {}, "the evaluation", TypeError("not callable")),
+        (train_module, "score_extras", 2, {}, "the evaluation", TypeError("not callable"), {}),
         # the progress bar after step 4
-        (Reporter, "step", 4, None, "reporting the step", RuntimeError("tty gone")),
+        (Reporter, "step", 4, None, "reporting the step", RuntimeError("tty gone"), {}),
+        # the health row, after step 4's update (health every 4 steps)
+        (
+            HealthProbe,
+            "row",
+            1,
+            None,
+            "the health statistics",
+            ZeroDivisionError("float division by zero"),
+            {"health_interval": 4},
+        ),
     ],
 )
 def test_a_crash_in_the_runs_own_tools_keeps_the_step_and_resumes(
-    corpus, tmp_path, capsys, monkeypatch, owner, name, call, returns, what, error
+    corpus, tmp_path, capsys, monkeypatch, owner, name, call, returns, what, error, flags
 ):
-    args = tiny_args(corpus, tmp_path, max_steps=6, eval_interval=2)
+    args = tiny_args(corpus, tmp_path, max_steps=6, eval_interval=2, **flags)
     monkeypatch.setattr(owner, name, fails_on_call(call, error, returns))
     assert run_main(["train", *args]) == 1
     said = capsys.readouterr().err
@@ -92,6 +103,7 @@ def test_a_crash_in_the_runs_own_tools_keeps_the_step_and_resumes(
     assert err.startswith("mygpt2 train: error: ")
     assert f"{what} failed after step 4 ({type(error).__name__}: " in err
     assert " at mygpt2/train.py:" in err  # the innermost line of mygpt2 it came through
+    assert "the checkpoint at step 4 in" in err
     assert f"saved the checkpoint at step 4 in '{tmp_path / 'checkpoint.pt'}'" in err
     resume = err.split("resume with: ")[1].strip()
     assert resume == shlex.join(["mygpt2", "train", *args, "--resume"])
