@@ -313,3 +313,9 @@ def test_text_windows_by_hand(monkeypatch):
     snap.tokenizer["fingerprint"] = "0" * 64
     with pytest.raises(MyGPT2Error, match="now holds another"):
         text_windows(snap)
+
+
+def test_log_spacing_starts_at_step_1():
+    """Powers of two from 1: step 0 (before any training) is no snapshot of its own."""
+    assert [s for s in range(0, 9) if snapshot_due("log", s, False, False)] == [1, 2, 4, 8]
+    assert snapshot_due("log", 0, True, False)  # unless it is evaluated
