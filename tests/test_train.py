@@ -16,12 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from mygpt2.checkpoint import load_checkpoint
+from mygpt2.checkpoint import load_checkpoint, load_model_and_tokenizer
 from mygpt2.commands.args import load_config
 from mygpt2.config import Config, ModelConfig, merge_saved
+from mygpt2.data import construct_data_loaders, padding_id
 from mygpt2.errors import MyGPT2Error, RunError
+from mygpt2.evaluation import batches_nll
 from mygpt2.model import GPT
 from mygpt2.optim import get_lr
+from mygpt2.prepare import ensure_prepared
 from mygpt2.tokenizer import RegexTokenizer
 from mygpt2.train import NonFiniteLossError, evaluate, train, train_step
 
@@ -294,25 +297,52 @@ import json, sys
 from mygpt2.commands.args import load_config
 from mygpt2.model import GPT
 from mygpt2.optim import get_lr
+from mygpt2.prepare import ensure_prepared
 from mygpt2.train import NonFiniteLossError, evaluate, train, train_step
 import torch.distributed as dist
 result = train(load_config(sys.argv[2:]))
 import os
 if os.environ.get("RANK", "0") == "0":
     losses = [r["loss"] for r in result["history"] if r["kind"] == "train"]
-    open(sys.argv[1], "w", encoding="utf-8").write(json.dumps(losses))
+    evals = [r for r in result["history"] if r["kind"] == "eval"]
+    out = {"train": losses, "eval": evals}
+    open(sys.argv[1], "w", encoding="utf-8").write(json.dumps(out))
 """
 
 
-def test_two_process_gloo_matches_one_process(corpus, tmp_path):
+def write_choices(path: Path) -> None:
+    """Three multiple-choice items (HellaSwag's fields) for --eval_tasks."""
+    items = [
+        {"ctx": "ROMEO: I will", "endings": [" go.", " the the the", " xq zv"], "label": 0},
+        {"ctx": "KING: My lord,", "endings": [" zzz", " I pray you.", " qqq qq"], "label": 1},
+        {"ctx": "To be, or not", "endings": [" to be", " kx", " jjj"], "label": 0},
+    ]
+    path.write_text("".join(json.dumps(i) + "\n" for i in items), encoding="utf-8")
+
+
+def test_two_process_gloo_matches_one_process(corpus, tmp_path, shakespeare_path):
+    """Two gloo ranks train as one process does, and the run-time evaluations (validation
+    loss and bits per byte summed over ranks, eval_data and eval_tasks on rank 0) agree."""
     script = tmp_path / "runner.py"
     script.write_text(DDP_RUNNER, encoding="utf-8")
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text(shakespeare_path.read_text(encoding="utf-8")[-20_000:], encoding="utf-8")
+    task = tmp_path / "choices.jsonl"
+    write_choices(task)
     # macro batch 16 of 4-sequence micro-batches: 4 accumulation steps alone, 2 on each of 2
-    args = tiny_args(corpus, tmp_path / "one", max_steps=4, shuffle="false", macro_batch_size=16)
+    common = dict(
+        max_steps=4,
+        eval_interval=2,
+        shuffle="false",
+        macro_batch_size=16,
+        eval_data=held_out,
+        eval_tasks=f"{task},{task}",  # a list of two files (one named twice)
+    )
+    args = tiny_args(corpus, tmp_path / "one", **common)
     single = tmp_path / "single.json"
     subprocess.run([sys.executable, str(script), str(single), *args], check=True, cwd=tmp_path)
     double = tmp_path / "double.json"
-    args2 = tiny_args(corpus, tmp_path / "two", max_steps=4, shuffle="false", macro_batch_size=16)
+    args2 = tiny_args(corpus, tmp_path / "two", **common)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
         [
@@ -340,9 +370,35 @@ def test_two_process_gloo_matches_one_process(corpus, tmp_path):
         json.loads(single.read_text(encoding="utf-8")),
         json.loads(double.read_text(encoding="utf-8")),
     )
-    assert len(one) == len(two) == 4
-    for a, b in zip(one, two, strict=True):
+    assert len(one["train"]) == len(two["train"]) == 4
+    for a, b in zip(one["train"], two["train"], strict=True):
         assert a == pytest.approx(b, abs=1e-4)
+    assert [r["step"] for r in one["eval"]] == [r["step"] for r in two["eval"]] == [2, 4]
+    # eval_data and eval_tasks: rank 0 alone, on weights equal to the single process's
+    keys = ("eval_data_loss", "eval_data_bpb", "acc/choices", "acc_norm/choices")
+    for a, b in zip(one["eval"], two["eval"], strict=True):
+        assert b["n/choices"] == 3 and b["eval_data_tokens"] == a["eval_data_tokens"] > 0
+        for key in keys:
+            assert a[key] == pytest.approx(b[key], abs=1e-3), key
+    # validation: each rank its own shard, summed over both; recomputed here in one process
+    cfg = load_config(args2)
+    model, tok = load_model_and_tokenizer(load_config(["--out_dir", str(tmp_path / "two")]))
+    train_tokens, val_tokens, meta = ensure_prepared(cfg, tok)
+    nats = targets = nbytes = 0
+    for rank in range(2):
+        _, val = construct_data_loaders(
+            cfg, train_tokens, val_tokens, padding_id(meta, tok), rank=rank, world_size=2
+        )
+        shard_nats, shard_count = batches_nll(model, val)
+        nats, targets = nats + shard_nats.item(), targets + shard_count.item()
+        for _, y in val:
+            ids = [i for i in y.flatten().tolist() if i != -100 and i != tok.eot_id]
+            nbytes += sum(len(tok.decode_bytes([i])) for i in ids)
+    last = two["eval"][-1]
+    assert last["val_loss"] == pytest.approx(nats / targets, rel=1e-5)
+    assert last["val_bpb"] == pytest.approx(
+        nats / targets * targets / math.log(2) / nbytes, rel=1e-5
+    )
 
 
 def test_single_pass_runs_one_epoch(corpus, tmp_path):
