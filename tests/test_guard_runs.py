@@ -5,7 +5,9 @@ line and lock come from the command line the command received, never from `sys.a
 from __future__ import annotations
 
 import importlib
+import os
 import shlex
+import subprocess
 import sys
 
 import pytest
@@ -127,3 +129,45 @@ def test_a_failed_snapshot_stops_at_the_next_step_with_its_checkpoint(
     assert "keeping a snapshot failed after step 1 (KeyError: 'weights' at mygpt2/" in err
     assert "saved the checkpoint at step 2 in" in err
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
+FAILING_RANK_0 = """
+import importlib, sys
+train_module = importlib.import_module("mygpt2.train")
+calls = []
+
+def score_extras(evals, model, dtype):  # rank 0 alone scores these: only rank 0 fails
+    calls.append(1)
+    if len(calls) == 2:
+        raise TypeError("'NoneType' object is not callable")
+    return {}
+
+train_module.score_extras = score_extras
+from mygpt2.cli import run
+sys.exit(run("train", sys.argv[1:]))
+"""
+
+
+def test_a_crash_on_rank_0_alone_stops_both_ranks_with_the_step_saved(corpus, tmp_path):
+    """Under DDP the other rank would wait forever in the next step's all-reduce; the failure
+    rides the step's agreement instead, so both save step 4 together and stop."""
+    script = tmp_path / "runner.py"
+    script.write_text(FAILING_RANK_0, encoding="utf-8")
+    out = tmp_path / "run"
+    args = tiny_args(corpus, out, max_steps=6, eval_interval=2, macro_batch_size=16)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    ddp = subprocess.run(
+        [*torchrun, "--standalone", str(script), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert ddp.returncode != 0
+    assert "the evaluation failed after step 4 (TypeError: 'NoneType' object is not " in ddp.stderr
+    assert "another process of this run failed after step 4; saved the checkpoint" in ddp.stderr
+    assert 'mygpt2/train.py", line' not in ddp.stderr  # torchrun's own traceback only
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["step"] == 4 and len(ckpt["rng"]) == 2  # both ranks' generators: exact resume
+    assert not (out / ".lock").exists()
