@@ -319,3 +319,11 @@ def test_log_spacing_starts_at_step_1():
     """Powers of two from 1: step 0 (before any training) is no snapshot of its own."""
     assert [s for s in range(0, 9) if snapshot_due("log", s, False, False)] == [1, 2, 4, 8]
     assert snapshot_due("log", 0, True, False)  # unless it is evaluated
+
+
+def test_all_keeps_every_save_and_every_evaluation():
+    """`all`: a snapshot at every save of checkpoint.pt and at every evaluation, even one
+    that saves nothing; `none` keeps nothing, whatever happened at the step."""
+    assert snapshot_due("all", 7, True, False) and snapshot_due("all", 7, False, True)
+    assert not snapshot_due("all", 8, False, False)  # a power of two is no reason here
+    assert not snapshot_due("none", 8, True, True)
