@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from mygpt2.checkpoint import rng_state, set_rng_state
@@ -119,14 +120,31 @@ def sae_config(s: Settings, d_in: int, model_name: str, context: int) -> SAEConf
     )
 
 
+def _sparse_decode(sae: SAE, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """sum_j values[:, j] * W_dec[indices[:, j]] (no bias): a decode that reads only the chosen
+    rows of W_dec, forward and backward, instead of a dense (B, d_sae) @ W_dec."""
+    return F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum")
+
+
 def losses(sae: SAE, x: torch.Tensor, since: torch.Tensor, s: Settings) -> dict[str, torch.Tensor]:
-    """One step's losses on rows x (see the module docstring), with what the step reports."""
+    """One step's losses on rows x (see the module docstring), with what the step reports:
+    `active` (non-zero features per row, mean) and `fired` ((d_sae,) bool)."""
     pre = sae.pre_acts(x)
-    f = sae.activate(pre)
-    x_hat = sae.decode(f)
+    if s.architecture == "topk" and not sae.cfg.rescale_acts_by_decoder_norm:
+        values, indices = pre.topk(s.k, dim=-1, sorted=False)
+        values = values.relu()
+        x_hat = _sparse_decode(sae, values, indices) + sae.b_dec
+        on = values.detach() != 0
+        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device)
+        fired[indices[on]] = True
+    else:
+        f = sae.activate(pre)
+        x_hat = sae.decode(f)
+        on = f.detach() != 0
+        fired = on.any(0)
     err = x - x_hat
     recon = err.pow(2).sum(-1).mean()
-    out = {"recon": recon, "f": f, "x_hat": x_hat}
+    out = {"recon": recon, "x_hat": x_hat, "fired": fired, "active": on.sum(-1).float().mean()}
     total = recon
     if s.architecture == "standard":
         out["l1"] = (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
@@ -140,7 +158,7 @@ def losses(sae: SAE, x: torch.Tensor, since: torch.Tensor, s: Settings) -> dict[
         k_aux = min(k_aux, n_dead)
         masked = pre.masked_fill(~dead, -math.inf)
         values, indices = masked.topk(k_aux, dim=-1, sorted=False)
-        e_hat = torch.zeros_like(pre).scatter_(-1, indices, values) @ sae.W_dec
+        e_hat = _sparse_decode(sae, values, indices)
         aux = scale * (e_hat - err.detach()).pow(2).sum(-1).mean()
         total = total + s.aux_coefficient * aux
     out["aux"], out["loss"] = aux, total
@@ -159,9 +177,8 @@ def step(sae: SAE, opt: torch.optim.Optimizer, x: torch.Tensor, since: torch.Ten
     opt.step()
     sae.normalize_decoder()
     with torch.no_grad():
-        fired = (out["f"] != 0).any(0)
         since += x.shape[0]
-        since[fired] = 0
+        since[out["fired"]] = 0
     return out
 
 
@@ -407,7 +424,7 @@ def _run(
                 "loss": float(out["loss"].detach()),
                 "recon": float(out["recon"].detach()),
                 "aux_loss": float(out["aux"].detach()),
-                **batch_stats(x, out["x_hat"], out["f"]),
+                **batch_stats(x, out["x_hat"], float(out["active"])),
                 "dead_fraction": float((since >= s.dead_window).float().mean()),
                 "tokens_per_s": s.batch_size / max(t1 - t0, 1e-9),
             }

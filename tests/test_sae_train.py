@@ -203,3 +203,47 @@ def test_bad_input_is_one_line_and_leaves_nothing(run_dir, tmp_path, capsys):
     weights.write_bytes(weights.read_bytes()[:100])
     assert "truncated or corrupt" in refused(eval_args(out), capsys)
     assert "--json is for mygpt2 sae eval" in refused(train_args(run_dir, out, "--json=x"), capsys)
+
+
+@torch.no_grad()
+def test_training_losses_by_hand():
+    """The reconstruction loss, the L1 penalty and AuxK written out against the dense SAE."""
+    from mygpt2.sae_train import Settings, losses
+
+    g = torch.Generator().manual_seed(0)
+    sae = sae_api.SAE(sae_api.SAEConfig(d_in=8, d_sae=12, k=3, hook_name=HOOK), g)
+    with torch.no_grad():
+        sae.b_enc.normal_(generator=g)
+        sae.b_dec.normal_(generator=g)
+    x = torch.randn(5, 8, generator=g)
+    since = torch.zeros(12, dtype=torch.long)
+    since[[1, 4, 7, 9, 10]] = 1000  # dead: 5 features, k_aux = d_in / 2 = 4
+    s = Settings(hook=HOOK, d_sae=12, k=3, dead_window=1000, aux_coefficient=0.5)
+    out = losses(sae, x, since, s)
+    x_hat = sae(x)
+    assert torch.allclose(out["x_hat"], x_hat, atol=1e-6)
+    assert float(out["recon"]) == pytest.approx(float((x - x_hat).pow(2).sum(-1).mean()), rel=1e-6)
+    pre = sae.pre_acts(x).detach()
+    dead = [1, 4, 7, 9, 10]
+    e = (x - x_hat).detach()
+    aux_rows = []
+    for row in range(5):
+        top = sorted(dead, key=lambda i: -float(pre[row, i]))[:4]
+        e_hat = sum(pre[row, i] * sae.W_dec[i] for i in top)
+        aux_rows.append(float((e_hat - e[row]).pow(2).sum()))
+    want_aux = min(5 / 4, 1.0) * sum(aux_rows) / 5
+    assert float(out["aux"]) == pytest.approx(want_aux, rel=1e-5)
+    assert float(out["loss"]) == pytest.approx(float(out["recon"]) + 0.5 * want_aux, rel=1e-5)
+    assert float(out["active"]) == 3.0
+    assert out["fired"].tolist() == (sae.encode(x) != 0).any(0).tolist()
+
+    standard = sae_api.SAE(sae_api.SAEConfig(d_in=8, d_sae=12, architecture="standard"), g)
+    with torch.no_grad():
+        standard.W_dec.mul_(torch.linspace(0.5, 2, 12)[:, None])  # rows off unit length
+    s = Settings(hook=HOOK, d_sae=12, architecture="standard", l1_coefficient=0.25)
+    out = losses(standard, x, torch.zeros(12, dtype=torch.long), s)
+    f = standard.encode(x)
+    l1 = float((f * standard.W_dec.norm(dim=1)).sum(-1).mean())
+    recon = float((x - standard(x)).pow(2).sum(-1).mean())
+    assert float(out["aux"]) == 0.0
+    assert float(out["loss"]) == pytest.approx(recon + 0.25 * l1, rel=1e-5)
