@@ -105,3 +105,63 @@ def test_bad_eval_sources_fail_before_training(corpus, tmp_path, capsys):
     assert not (out / "checkpoint.pt").exists()
     assert run_main(["train", *tiny_args(corpus, out, eval_stride=33)]) == 2
     assert "eval_stride must be between 1 and T = 32" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- defaults and boundaries (#22)
+
+
+def uniform_model(T: int = 16):
+    """Every weight zero: the logits are all 0, each of the 257 byte-level ids has p = 1/257."""
+    from mygpt2.config import ModelConfig
+    from mygpt2.model import GPT
+
+    model = GPT(ModelConfig(n_layers=1, n_heads=1, n_emb=8, T=T, vocab_size=257))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    return model.eval()
+
+
+def test_eval_sources_defaults_and_budget_by_hand(tmp_path):
+    """eval_stride 0 means T; val_batch_size 0 means batch_size; one validation pass is
+    eval_batches x that many sequences: as many T-token windows of eval_data and as many items
+    of each eval_tasks file (comma-separated, each read)."""
+    from mygpt2.config import Config
+    from mygpt2.run_evals import prepare_evals, score_extras
+
+    text = tmp_path / "held_out.txt"
+    text.write_text("abcdefghij" * 100, encoding="utf-8")  # 1000 one-byte tokens
+    item = {"context": "ab", "choices": ["xyz", "q", "uv"], "answer": 1}
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_text((json.dumps(item) + "\n") * 8, encoding="utf-8")
+    cfg = Config()
+    cfg.model.T = 16
+    t = cfg.train
+    t.batch_size, t.eval_batches, t.eval_data = 3, 2, str(text)
+    t.eval_tasks = f"{tmp_path / 'a.jsonl'}, {tmp_path / 'b.jsonl'}"
+    assert (t.eval_stride, t.val_batch_size) == (0, 0)  # the defaults this test is about
+    tok = RegexTokenizer()  # the 256 bytes and end-of-text
+    evals = prepare_evals(cfg, tok)
+    assert (evals.stride, evals.batch_size) == (16, 3)
+    assert evals.stream.text_tokens == 2 * 3 * 16 and evals.stream.truncated
+    assert [(task.name, len(task.items)) for task in evals.tasks] == [("a", 6), ("b", 6)]
+
+    # a uniform model: every token costs ln 257 nats; per ending, the sum picks the shortest
+    # (" q", 2 tokens: right), per character " xyz" (-4 ln 257 / 3 characters), per token
+    # all tie and the first wins
+    row = score_extras(evals, uniform_model(), torch.float32)
+    assert row["eval_data_loss"] == pytest.approx(math.log(257), rel=1e-6)
+    assert row["eval_data_bpb"] == pytest.approx(math.log2(257), rel=1e-6)
+    assert row["eval_data_tokens"] == 96
+    for name in ("a", "b"):
+        assert (row[f"acc/{name}"], row[f"acc_norm/{name}"], row[f"acc_per_token/{name}"]) == (
+            1.0,
+            0.0,
+            0.0,
+        )
+        assert row[f"n/{name}"] == 6
+
+    t.val_batch_size, t.eval_stride = 2, 5
+    evals = prepare_evals(cfg, tok)
+    assert (evals.stride, evals.batch_size, evals.stream.text_tokens) == (5, 2, 64)
+    assert [len(task.items) for task in evals.tasks] == [4, 4]
