@@ -22,7 +22,7 @@ from mygpt2.commands.args import load_config
 from mygpt2.errors import MyGPT2Error
 from mygpt2.prepare import ensure_prepared
 from mygpt2.sae import SAE, SAEConfig, load, save
-from mygpt2.sae.features import HIST_EDGES, browse, check_features, rows_of, search
+from mygpt2.sae.features import HIST_EDGES, browse, check_features, quoted, rows_of, search
 from mygpt2.sae.features_html import page
 from mygpt2.sample import load_model
 
@@ -288,3 +288,18 @@ def test_inspect_features_bad_input_is_one_line_and_exit_2(cli_run, capsys, tmp_
     assert "--sae_dir is for mygpt2 inspect features" in capsys.readouterr().err
     assert main(["inspect", "tokens", "--text=hi", f"--data={cli_run.text}"]) == 2
     assert "--data is for mygpt2 inspect features" in capsys.readouterr().err
+
+
+def test_tokens_are_quoted_for_people_and_lone_bytes_written_as_bytes():
+    assert quoted(" the") == "' the'" and quoted("a\nb\t") == "'a\\nb\\t'"
+    assert quoted("\x13") == "'\\x13'" and quoted("é<") == "'é<'"
+
+    class Bytes(StandInTokenizer):
+        def decode_bytes(self, ids):
+            return bytes([0xC3]) if ids == [3] else super().decode_bytes(ids)
+
+    model = tiny_gpt(seed=2, T=16)
+    sae = random_sae("blocks.1.hook_resid_mid", 32, seed=4)
+    report = browse(model, sae, list(range(40)), Bytes(), [5], n_logits=61)
+    tokens = {p["id"]: p["token"] for p in report["features"][0]["promotes"]}
+    assert tokens[3] == "\\xc3" and tokens[55] == "#55" and tokens[8] == "a&b"

@@ -22,7 +22,7 @@ httpx = pytest.importorskip("httpx")
 from test_serve_browser import CHROMIUM, browser_or_skip  # noqa: E402
 from test_serve_features import ui  # noqa: E402, F401  (the server with SAEs, module-scoped)
 
-from mygpt2.sae.features import search  # noqa: E402
+from mygpt2.sae.features import quoted, search  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,8 @@ def test_features_tab_finds_a_feature_by_id_and_shows_its_contexts(ui, page, tmp
         assert "".join(w.text_content() for w in words) == "".join(c["tokens"]).replace("\n", "↵")
     assert f"({f['count']} tokens)" in page.inner_text("#feature-detail .hint")
     rows = page.query_selector_all("#feature-detail table")[0].query_selector_all("tr")
-    assert [json.loads(r.query_selector("td").text_content()) for r in rows] == [
-        p["token"] for p in f["promotes"]
+    assert [r.query_selector("td").text_content() for r in rows] == [
+        quoted(p["token"]) for p in f["promotes"]
     ]
     path = tmp_path / "serve_features.png"
     page.screenshot(path=str(path))

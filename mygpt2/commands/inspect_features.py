@@ -116,6 +116,8 @@ def show_features(cfg: Any, extras: dict[str, str]) -> None:
 def summarise(report: dict[str, Any]) -> None:
     """A line per feature (at most SHOWN): density, largest activation, the token it fired on
     most strongly, the token it promotes most."""
+    from mygpt2.sae.features import quoted
+
     features = report["features"]
     dead = sum(1 for f in features if not f["count"])
     print(
@@ -124,8 +126,8 @@ def summarise(report: dict[str, Any]) -> None:
     )
     print(f"{'feature':>8}  {'density':>8}  {'max':>8}  {'fires most on':<20}  promotes")
     for f in features[:SHOWN]:
-        top = repr(f["contexts"][0]["tokens"][f["contexts"][0]["at"]]) if f["contexts"] else "-"
-        promotes = repr(f["promotes"][0]["token"]) if f["promotes"] else "-"
+        top = quoted(f["contexts"][0]["tokens"][f["contexts"][0]["at"]]) if f["contexts"] else "-"
+        promotes = quoted(f["promotes"][0]["token"]) if f["promotes"] else "-"
         print(f"{f['id']:>8}  {f['density']:>8.2%}  {f['max']:>8.3g}  {top:<20}  {promotes}")
     if len(features) > SHOWN:
         print(f"... and {len(features) - SHOWN} more in the page")

@@ -157,6 +157,13 @@ def _token_text(tok: Any, i: int, vocab: int) -> str:
         return "".join(f"\\x{b:02x}" for b in raw)
 
 
+def quoted(token: str) -> str:
+    """A token for people, in quotes: characters that print as themselves stay (backslashes
+    too, so a lone byte reads \\xNN once), the others as Python escapes ('\\n', '\\x13')."""
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in token)
+    return f"'{shown}'"
+
+
 @torch.no_grad()
 def browse(
     model: Any,

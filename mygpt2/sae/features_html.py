@@ -14,6 +14,8 @@ import html
 import json
 from typing import Any
 
+from mygpt2.sae.features import quoted
+
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:1em;color:#222}
 h1{font-size:1.3em} h2{font-size:1.05em;margin:0 0 .3em}
@@ -94,7 +96,7 @@ def _token_table(title: str, rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     cells = "".join(
-        f'<tr><td class="tok">{_e(repr(r["token"]))}</td><td>{r["logit"]:+.3f}</td></tr>'
+        f'<tr><td class="tok">{_e(quoted(r["token"]))}</td><td>{r["logit"]:+.3f}</td></tr>'
         for r in rows
     )
     return f"<div><b>{_e(title)}</b><table>{cells}</table></div>"

@@ -723,7 +723,7 @@ async function searchFeatures() {
     for (const f of found.features) {
       const b = document.createElement("button");
       b.dataset.id = f.id;
-      const on = f.fires_on === null ? "" : ` · ${JSON.stringify(f.fires_on)}`;
+      const on = f.fires_on === null ? "" : ` · ${quoteToken(f.fires_on)}`;
       b.textContent = `#${f.id} · ${(100 * f.density).toFixed(2)}% · max ${f.max.toPrecision(3)}${on}`;
       b.onclick = () => showFeature(f.id);
       list.append(b);
@@ -738,6 +738,13 @@ async function searchFeatures() {
   }
 }
 
+function quoteToken(text) {
+  // as mygpt2.sae.features.quoted: printable characters as they are, the others escaped
+  const escaped = text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) =>
+    ({ "\n": "\\n", "\t": "\\t", "\r": "\\r" })[c] || "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0"));
+  return `'${escaped}'`;
+}
+
 function tokenRows(title, rows) {
   const box = document.createElement("div");
   const head = document.createElement("b");
@@ -745,7 +752,7 @@ function tokenRows(title, rows) {
   const table = document.createElement("table");
   for (const r of rows) {
     const tr = table.insertRow();
-    tr.insertCell().textContent = JSON.stringify(r.token);
+    tr.insertCell().textContent = quoteToken(r.token);
     tr.insertCell().textContent = (r.logit >= 0 ? "+" : "") + r.logit.toFixed(3);
   }
   box.append(head, table);
