@@ -90,7 +90,7 @@ def test_features_tab_finds_features_by_token(ui, page):  # noqa: F811
     page.click("#feature-search")
     want = search(report, token, limit=50)
     page.wait_for_function(
-        f"document.querySelector('#features-status').textContent.startsWith('{len(want)} features matching')"
+        f"document.querySelector('#features-status').textContent.startsWith('{len(want)} feature')"
     )
     shown = [
         int(b.get_attribute("data-id")) for b in page.query_selector_all("#feature-list button")

@@ -729,7 +729,8 @@ async function searchFeatures() {
       list.append(b);
     }
     const what = q ? `matching ${JSON.stringify(q)}` : "firing most strongly";
-    setStatus(status, `${found.features.length} features ${what}; read on ${found.tokens.toLocaleString()} tokens at ${found.hook}`);
+    const n = found.features.length;
+    setStatus(status, `${n} feature${n === 1 ? "" : "s"} ${what}; read on ${found.tokens.toLocaleString()} tokens at ${found.hook}`);
     if (found.features.length === 1 || (found.features.length && !q && features.selected === null)) {
       showFeature(found.features[0].id);
     }
