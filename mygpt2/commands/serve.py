@@ -19,8 +19,9 @@ COMMAND = Command(
     usage="""usage: mygpt2 serve [--out_dir DIR | --checkpoint FILE | --init_from gpt2|DIR] [--port N] [--FLAG VALUE ...]
 
 Serve one model on http://127.0.0.1:8000: a playground page (generate, tokens, attention, logit
-lens, live training curves) and an OpenAI-compatible API (GET /v1/models, POST /v1/completions,
-streaming included). Requests are answered one at a time, in the order they come.""",
+lens, live training curves, SAE features with --features) and an OpenAI-compatible API (GET
+/v1/models, POST /v1/completions, streaming included; SAE steering with --sae_dir). Requests
+are answered one at a time, in the order they come.""",
     sections={
         "run": ("out_dir", "checkpoint", "init_from", "device", "dtype"),
         "tokenizer": ("use_tiktoken", "tokenizer_path", "tiktoken_file"),
