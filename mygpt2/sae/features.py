@@ -48,6 +48,7 @@ from mygpt2.sae.stream import activations
 HIST_EDGES = [10 ** (e / 8) for e in range(-32, 33)]  # 64 bins between 1e-4 and 1e4
 RESIDUAL = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out")
 RESIDUAL += ("hook_mlp_out", "hook_embed", "hook_pos_embed")
+BATCH_NUMBERS = 2**24  # feature activations (tokens x d_sae) of one batch: 64 MB in float32
 
 
 def rows_of(tokens: Sequence[int] | np.ndarray, context: int) -> torch.Tensor:
@@ -175,14 +176,16 @@ def browse(
     before: int = 12,
     after: int = 4,
     n_logits: int = 10,
-    batch_rows: int = 8,
+    batch_rows: int | None = None,
     context: int | None = None,
     progress: Any = None,
 ) -> dict[str, Any]:
     """The browse report of `features` (default: all) of `sae` over `tokens`, as plain data.
 
     `tok` decodes tokens for the report; `context`: tokens per row (default the model's T);
-    `progress(done_rows, total_rows)` is called after each batch when given."""
+    `batch_rows`: rows per forward (default: as many as keep the batch's feature activations,
+    tokens x d_sae, within 2^24 numbers, at most 8); `progress(done_rows, total_rows)` is
+    called after each batch when given."""
     check_fits(model, sae)
     chosen = check_features(features, sae.cfg.d_sae)
     for name, value in (("top", top), ("before", before), ("after", after), ("n_logits", n_logits)):
@@ -201,6 +204,8 @@ def browse(
         )
     rows = rows_of(tokens, context)
     n_rows, context = rows.shape
+    if batch_rows is None:
+        batch_rows = max(1, min(8, BATCH_NUMBERS // (context * sae.cfg.d_sae)))
     hook = sae.cfg.hook_name
     select = torch.tensor(chosen, device=sae.W_dec.device)
 
