@@ -236,3 +236,27 @@ def test_sample_steer_bad_input_is_one_line_and_exit_2(run, capsys, tmp_path):
         assert len(errors) == 1 and message in errors[0], err
         assert "Traceback" not in err and "--- sample" not in out
     assert sample_cli(run, capsys, "--steer")[0] == 2
+
+
+def test_interactive_prompt_is_steered(run, capsys):
+    from mygpt2.commands.sample import interactive
+
+    cfg = load_config([f"--out_dir={run.root}", "--device=cpu", "--temperature=0"])
+    cfg.sample.max_new_tokens = 16
+    lines = iter(["ROMEO:"])
+
+    def typed(prompt: str) -> str:
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    ids = run.tok.encode_ordinary("ROMEO:")
+    texts = []
+    for steer in ([], [(run.sae, 3, 8.0)]):
+        lines = iter(["ROMEO:"])
+        interactive(cfg, typed, steer=steer)
+        want = run.tok.decode(generate(run.model, ids, 16, temperature=0, steer=steer)[0])
+        assert "ROMEO:" + want in capsys.readouterr().out
+        texts.append(want)
+    assert texts[0] != texts[1]
