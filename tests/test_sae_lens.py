@@ -7,7 +7,9 @@ SAELens's side (its import takes seconds): it loads the directories `mygpt2 sae 
 `SAE.load_from_disk` and encodes/decodes the same random inputs, and it builds SAEs of its own
 with random weights (`TopKSAE` with `rescale_acts_by_decoder_norm` and decoder rows that are not
 unit length, `StandardSAE`, `JumpReLUSAE`), saves them with `save_model` and writes their
-outputs, for mygpt2.sae.load to match. Under CI (CI=true) a missing SAELens fails; elsewhere the
+outputs, for mygpt2.sae.load to match; and it trains a TopK SAE with its own training runner on
+the tiny mygpt2 model exported to Hugging Face's format and booted through TransformerBridge,
+which mygpt2 then loads, fits to the mygpt2 model and matches. Under CI (CI=true) a missing SAELens fails; elsewhere the
 tests are skipped with the reason.
 """
 
@@ -19,13 +21,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from test_sae_train import run_dir, train_args  # noqa: F401 (run_dir is a fixture)
 
 import mygpt2.sae as sae_api
+from mygpt2.checkpoint import load_model_and_tokenizer
 from mygpt2.cli import main
+from mygpt2.commands.args import load_config
+from mygpt2.hf import save_pretrained
 
 SAELENS = Path(os.environ.get("MYGPT2_SAELENS_PATH") or Path(sys.prefix) / "sae-lens")
 
@@ -69,6 +75,30 @@ for name, sae in made.items():
     f = sae.encode(x)
     save_file({"f": f.contiguous(), "x_hat": sae.decode(f).contiguous()},
               f"{job['work']}/theirs-{name}.safetensors")
+if job.get("train"):  # an SAE trained by SAELens on the exported mygpt2 model
+    import numpy as np
+    from datasets import Dataset
+    from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
+    from sae_lens import LoggingConfig, TopKTrainingSAEConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    t = job["train"]
+    bridge = TransformerBridge.boot_transformers(t["hf"], device="cpu")
+    windows = np.load(t["tokens"]).astype(np.int64).reshape(-1, t["context"])
+    cfg = LanguageModelSAERunnerConfig(
+        sae=TopKTrainingSAEConfig(d_in=d_in, d_sae=64, k=4), model_name="mygpt2-tiny",
+        hook_name=t["hook"], dataset_path="", is_dataset_tokenized=True, streaming=False,
+        context_size=t["context"], prepend_bos=False, training_tokens=256 * 20,
+        train_batch_size_tokens=256, store_batch_size_prompts=8, n_batches_in_buffer=32,
+        lr=1e-3, device="cpu", n_checkpoints=0, output_path=t["out"],
+        logger=LoggingConfig(log_to_wandb=False), verbose=False,
+    )
+    dataset = Dataset.from_dict({"input_ids": windows.tolist()})
+    LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=bridge).run()
+    sae = SAE.load_from_disk(t["out"])
+    f = sae.encode(x)
+    save_file({"f": f.contiguous(), "x_hat": sae.decode(f).contiguous()},
+              f"{job['work']}/trained.safetensors")
 out["version"] = sae_lens.__version__
 print(json.dumps(out))
 """
@@ -92,11 +122,17 @@ def saelens(run_dir, tmp_path_factory):  # noqa: F811
         assert main(args) == 0
     x = torch.randn(50, 32, generator=torch.Generator().manual_seed(7)) * 3
     save_file({"x": x}, work / "x.safetensors")
+    model, _ = load_model_and_tokenizer(load_config([f"--out_dir={run_dir}"]))
+    save_pretrained(model, work / "hf")  # what SAELens trains on, through TransformerBridge
+    tokens = torch.randint(0, 280, (64 * 16,), generator=torch.Generator().manual_seed(8))
+    np.save(work / "tokens.npy", tokens.numpy())
     job = {
         "inputs": str(work / "x.safetensors"),
         "work": str(work),
         "ours": {name: str(work / name) for name in ours},
-    }
+        "train": {"hf": str(work / "hf"), "tokens": str(work / "tokens.npy"), "context": 16,
+                  "hook": "blocks.0.hook_resid_post", "out": str(work / "trained")},
+    }  # fmt: skip
     (work / "job.json").write_text(json.dumps(job), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(SAELENS)}
     run = subprocess.run(
@@ -143,3 +179,24 @@ def test_mygpt2_loads_what_saelens_saves(saelens, arch):
         assert (f != 0).any() and (f == 0).any()
         assert torch.allclose(f, theirs["f"], atol=1e-5)
         assert torch.allclose(sae.decode(f), theirs["x_hat"], atol=1e-5)
+
+
+def test_an_sae_saelens_trained_on_the_exported_model_loads_and_fits_it(saelens, run_dir):  # noqa: F811
+    """SAELens trained a TopK SAE on the mygpt2 model exported to Hugging Face's format, booted
+    through TransformerBridge; mygpt2 loads it, it fits the mygpt2 model, and it encodes and
+    decodes as SAELens does."""
+    work, _, x = saelens
+    sae = sae_api.load(work / "trained")
+    assert (sae.cfg.architecture, sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k) == ("topk", 32, 64, 4)
+    assert sae.cfg.hook_name == "blocks.0.hook_resid_post"
+    model, _ = load_model_and_tokenizer(load_config([f"--out_dir={run_dir}"]))
+    sae_api.check_fits(model, sae)
+    theirs = load_file(work / "trained.safetensors")
+    with torch.no_grad():
+        f = sae.encode(x)
+        assert (f != 0).sum(-1).max() <= 4 and (f != 0).any()
+        assert torch.allclose(f, theirs["f"], atol=1e-5)
+        assert torch.allclose(sae.decode(f), theirs["x_hat"], atol=1e-5)
+        with sae_api.splice(model, sae):
+            spliced = model.run_with_hooks([[1, 2, 3, 4]])
+    assert torch.isfinite(spliced).all()
