@@ -19,6 +19,7 @@ import torch
 from models import prompt_ids, tiny_gpt
 from test_train import (
     DDP_RUNNER,
+    RecordingSGD,
     make_corpus,
     tiny_args,
     tiny_config,
@@ -57,12 +58,14 @@ def test_the_step_on_cuda_equals_the_step_on_the_cpu():
     results, grads = {}, {}
     for device in ("cpu", "cuda"):
         model = tiny_model().to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        opt = RecordingSGD(model.parameters(), lr=0.0)
         results[device] = train_step(model, opt, uneven_batches(), grad_clipping=1.0)
-        grads[device] = [p.grad for p in model.parameters()]
+        grads[device] = [g.cpu() for g in opt.grads]
     assert results["cuda"].tokens == results["cpu"].tokens == 44
     assert results["cuda"].loss == pytest.approx(results["cpu"].loss, abs=1e-4)
     assert results["cuda"].grad_norm == pytest.approx(results["cpu"].grad_norm, rel=1e-3)
+    for got, want in zip(grads["cuda"], grads["cpu"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
 
 
 def test_collectives_take_cuda_tensors_and_refuse_cpu_ones():
