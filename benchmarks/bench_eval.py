@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from mygpt2.evaluation import TextStream, score_stream, sliding_windows
+from mygpt2.evaluation.text import TextStream, score_stream, sliding_windows
 from mygpt2.hf import from_pretrained
 from mygpt2.runtime import native_bf16_flag
 

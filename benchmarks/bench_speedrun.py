@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from mygpt2.checkpoint import load_checkpoint, model_from_checkpoint
 from mygpt2.config import Config, apply_preset
-from mygpt2.evaluation import TextStream, score_stream
+from mygpt2.evaluation.text import TextStream, score_stream
 from mygpt2.prepare import prepared_dir
 from mygpt2.tokenizer import load_tokenizer
 

@@ -229,7 +229,7 @@ PACKAGE = Path(__file__).resolve().parent
 
 def describe_error(error: BaseException, limit: int = 300) -> str:
     """One line: a MyGPT2Error's message; otherwise its type, message and the innermost line
-    of mygpt2 it came through (`TypeError: ... at mygpt2/evaluation.py:120 in token_nll`)."""
+    of mygpt2 it came through (`TypeError: ... at mygpt2/evaluation/text.py:120 in token_nll`)."""
     text = " ".join(str(error).split()).rstrip(".")
     if len(text) > limit:
         text = text[: limit - 3] + "..."

@@ -22,13 +22,13 @@ from mygpt2.config import ARCHITECTURE_KNOBS, Config, format_config
 from mygpt2.corpus import open_corpus
 from mygpt2.data import TrainLoader, ValLoader, accum_steps, construct_data_loaders, padding_id
 from mygpt2.errors import MyGPT2Error
+from mygpt2.evaluation.during_training import RunEvals, prepare_evals
 from mygpt2.guard import check_data, data_record, resolve_input_paths
 from mygpt2.hf import from_pretrained
 from mygpt2.metrics import MetricsLog, Reporter
 from mygpt2.model import GPT
 from mygpt2.optim import check_optimizer, make_optimizer, restore_optimizer
 from mygpt2.prepare import ensure_prepared
-from mygpt2.run_evals import RunEvals, prepare_evals
 from mygpt2.runtime import (
     Distributed,
     choose_dtype,

@@ -53,7 +53,8 @@ from torch.nn.parallel import DistributedDataParallel
 from mygpt2.checkpoint import rng_state, save_checkpoint
 from mygpt2.config import Config
 from mygpt2.errors import RunError
-from mygpt2.evaluation import batches_nll
+from mygpt2.evaluation.during_training import score_extras, validation_bpb
+from mygpt2.evaluation.text import batches_nll
 from mygpt2.guard import (
     CheckpointClock,
     StopSignals,
@@ -68,7 +69,6 @@ from mygpt2.loss import IGNORE_INDEX
 from mygpt2.metrics import Reporter
 from mygpt2.model import GPT
 from mygpt2.optim import get_lr
-from mygpt2.run_evals import score_extras, validation_bpb
 from mygpt2.run_setup import Run, setup
 from mygpt2.runtime import Distributed, all_gather_object, all_reduce, autocast
 from mygpt2.series import SnapshotWriter, snapshot_due

@@ -13,10 +13,10 @@ CKPT, SERIES = "mygpt2/checkpoint.py", "mygpt2/series.py"
 LOCK, OPTIM, EVAL, TASKS = (
     "mygpt2/lock.py",
     "mygpt2/optim.py",
-    "mygpt2/evaluation.py",
-    "mygpt2/tasks.py",
+    "mygpt2/evaluation/text.py",
+    "mygpt2/evaluation/tasks.py",
 )
-RUNEV, HEALTH = "mygpt2/run_evals.py", "mygpt2/health.py"
+RUNEV, HEALTH = "mygpt2/evaluation/during_training.py", "mygpt2/health.py"
 ANA, DYN = "mygpt2/inspect/analyses.py", "mygpt2/inspect/dynamics.py"
 COMP, ENG = "mygpt2/serve/completions.py", "mygpt2/serve/engine.py"
 

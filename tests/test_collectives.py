@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mygpt2 import run_evals
 from mygpt2.errors import RunError
+from mygpt2.evaluation import during_training as run_evals
+from mygpt2.evaluation.during_training import RunEvals, validation_bpb
 from mygpt2.loss import IGNORE_INDEX
-from mygpt2.run_evals import RunEvals, validation_bpb
 from mygpt2.runtime import all_gather_object, all_reduce, barrier, check_collective
 from mygpt2.tokenizer import RegexTokenizer
 
@@ -69,10 +69,10 @@ def test_alone_the_collectives_are_identities():
 
 TWO_RANKS = """
 import json, math, os, sys, torch, torch.distributed as dist
-from mygpt2 import run_evals
+from mygpt2.evaluation import during_training as run_evals
 from mygpt2.errors import RunError
 from mygpt2.loss import IGNORE_INDEX
-from mygpt2.run_evals import RunEvals, validation_bpb
+from mygpt2.evaluation.during_training import RunEvals, validation_bpb
 from mygpt2.runtime import all_gather_object, all_reduce, barrier
 from mygpt2.tokenizer import RegexTokenizer
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Evaluation (mygpt2.evaluation, mygpt2.tasks, `mygpt2 eval`), held against `transformers`.
+"""Evaluation (mygpt2.evaluation, mygpt2.evaluation.tasks, `mygpt2 eval`), held against `transformers`.
 
 The reference scores come from a random-initialised Hugging Face GPT2LMHeadModel with GPT-2's
 vocabulary, saved locally, and GPT-2's tokenizer from the shared tiktoken file: the windows
@@ -21,9 +21,9 @@ from mygpt2.checkpoint import save_checkpoint
 from mygpt2.cli import main
 from mygpt2.commands.args import load_config
 from mygpt2.errors import MyGPT2Error
-from mygpt2.evaluation import score_stream, sliding_windows, text_stream
+from mygpt2.evaluation.tasks import read_task, score_task, wilson_interval
+from mygpt2.evaluation.text import score_stream, sliding_windows, text_stream
 from mygpt2.hf import from_pretrained
-from mygpt2.tasks import read_task, score_task, wilson_interval
 from mygpt2.tokenizer import RegexTokenizer
 
 T = 32

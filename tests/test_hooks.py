@@ -238,15 +238,11 @@ def test_written_out_attention_equals_sdpa(case):
             if case == "causal":
                 out = model(torch.tensor([a]))[0]
             elif case == "cached chunk":
-                cache = KVCache.empty(
-                    model.config, 1, torch.device("cpu"), torch.float32
-                )
+                cache = KVCache.empty(model.config, 1, torch.device("cpu"), torch.float32)
                 model(torch.tensor([a[:6]]), cache=cache)
                 out = model(torch.tensor([a[6:]]), cache=cache)[0]
             else:
-                cache = KVCache.empty(
-                    model.config, 2, torch.device("cpu"), torch.float32
-                )
+                cache = KVCache.empty(model.config, 2, torch.device("cpu"), torch.float32)
                 cache.pad = torch.tensor([0, 5])
                 out = model(torch.tensor([a, [0] * 5 + b]), cache=cache)[0]
         return out, z

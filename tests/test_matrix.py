@@ -21,11 +21,11 @@ from test_variants import VARIANTS, perturb_gains
 from torch.nn import functional as F
 
 from mygpt2.errors import MyGPT2Error
-from mygpt2.evaluation import TextStream, batches_nll, score_stream
+from mygpt2.evaluation.tasks import Item, Task, score_task
+from mygpt2.evaluation.text import TextStream, batches_nll, score_stream
 from mygpt2.health import HealthProbe, attention_entropy
 from mygpt2.inspect import attention, direct_logit_attribution, logit_lens, patch
 from mygpt2.inspect.dynamics import lens_loss, measure, prev_token_score, val_loss
-from mygpt2.tasks import Item, Task, score_task
 from mygpt2.tokenizer import RegexTokenizer
 
 V = 61  # tiny_gpt's vocabulary
@@ -261,8 +261,8 @@ def test_training_with_eval_data_and_tasks_scores_as_mygpt2_eval(name, corpus, t
     from mygpt2.checkpoint import load_model_and_tokenizer
     from mygpt2.commands.args import load_config
     from mygpt2.corpus import open_corpus
-    from mygpt2.evaluation import read_stream
-    from mygpt2.tasks import read_task
+    from mygpt2.evaluation.tasks import read_task
+    from mygpt2.evaluation.text import read_stream
     from mygpt2.train import train
 
     held_out = tmp_path / "held.txt"

@@ -14,11 +14,11 @@ from mygpt2.cli import main as run_main
 from mygpt2.commands.args import load_config
 from mygpt2.corpus import open_corpus
 from mygpt2.data import construct_data_loaders
-from mygpt2.evaluation import read_stream, score_stream
+from mygpt2.evaluation.during_training import RunEvals, validation_bpb
+from mygpt2.evaluation.tasks import read_task, score_task
+from mygpt2.evaluation.text import read_stream, score_stream
 from mygpt2.loss import IGNORE_INDEX
 from mygpt2.prepare import ensure_prepared
-from mygpt2.run_evals import RunEvals, validation_bpb
-from mygpt2.tasks import read_task, score_task
 from mygpt2.tokenizer import RegexTokenizer
 from mygpt2.train import train
 
@@ -127,7 +127,7 @@ def test_eval_sources_defaults_and_budget_by_hand(tmp_path):
     eval_batches x that many sequences: as many T-token windows of eval_data and as many items
     of each eval_tasks file (comma-separated, each read)."""
     from mygpt2.config import Config
-    from mygpt2.run_evals import prepare_evals, score_extras
+    from mygpt2.evaluation.during_training import prepare_evals, score_extras
 
     text = tmp_path / "held_out.txt"
     text.write_text("abcdefghij" * 100, encoding="utf-8")  # 1000 one-byte tokens

@@ -13,7 +13,7 @@ import pytest
 import torch
 from models import tiny_gpt
 
-from mygpt2.tasks import Item, Task, _count, first_best, score_task
+from mygpt2.evaluation.tasks import Item, Task, _count, first_best, score_task
 from mygpt2.tokenizer import RegexTokenizer
 
 

@@ -21,7 +21,7 @@ from mygpt2.commands.args import load_config
 from mygpt2.config import Config, ModelConfig, merge_saved
 from mygpt2.data import construct_data_loaders, padding_id
 from mygpt2.errors import MyGPT2Error, RunError
-from mygpt2.evaluation import batches_nll
+from mygpt2.evaluation.text import batches_nll
 from mygpt2.model import GPT
 from mygpt2.optim import get_lr
 from mygpt2.prepare import ensure_prepared
@@ -614,8 +614,8 @@ def test_best_val_loss_keeps_the_best(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     train_module = sys.modules["mygpt2.train"]  # the module; mygpt2.train is the function
+    from mygpt2.evaluation.during_training import RunEvals
     from mygpt2.metrics import MetricsLog
-    from mygpt2.run_evals import RunEvals
 
     losses = iter([3.0, 2.0, 2.5])
     monkeypatch.setattr(train_module, "evaluate", lambda *args, **kwargs: next(losses))

@@ -4,7 +4,7 @@ Models are named by MODEL arguments (a checkpoint file, an out_dir holding check
 Hugging Face GPT-2 directory, or a hub name such as gpt2) and by the flags the other commands
 use (--checkpoint, --out_dir, --init_from); the table lists them in the order the command line
 names them. Each model is loaded, scored on the text (`mygpt2.evaluation`) and the tasks
-(`mygpt2.tasks`), and let go before the next one is loaded.
+(`mygpt2.evaluation.tasks`), and let go before the next one is loaded.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def cli(argv: list[str]) -> None:
     models = model_configs(cfg, argv, args.positional)
 
     from mygpt2.corpus import open_corpus
-    from mygpt2.tasks import read_task
+    from mygpt2.evaluation.tasks import read_task
 
     tasks = [read_task(p, opts["max_items"]) for p in task_paths]  # bad files fail before work
     names = [t.name for t in tasks]
@@ -218,9 +218,9 @@ def evaluate_model(
     """Load one model, score it on the text and the tasks: its JSON row and its predictions.
     `streams` keeps the text's tokens for the next model with the same tokenizer."""
     from mygpt2.checkpoint import load_model_and_tokenizer
-    from mygpt2.evaluation import check_stride, read_stream, score_stream
+    from mygpt2.evaluation.tasks import score_task
+    from mygpt2.evaluation.text import check_stride, read_stream, score_stream
     from mygpt2.runtime import pick_device, pick_dtype
-    from mygpt2.tasks import score_task
 
     device = pick_device(cfg.run.device)
     dtype = pick_dtype(cfg.run.dtype, device)

@@ -29,7 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from mygpt2.errors import MyGPT2Error
-from mygpt2.evaluation import batches_nll
+from mygpt2.evaluation.text import batches_nll
 from mygpt2.inspect.analyses import attention, evaluating, unembed
 from mygpt2.model import GPT
 

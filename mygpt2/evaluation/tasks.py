@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from mygpt2.errors import MyGPT2Error
-from mygpt2.evaluation import row_nll
+from mygpt2.evaluation.text import row_nll
 from mygpt2.model import GPT
 from mygpt2.tokenizer import RegexTokenizer
 

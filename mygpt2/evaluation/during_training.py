@@ -9,7 +9,7 @@
 - `eval_data` (any `--data` source) scored by sliding window (`mygpt2.evaluation`), exactly as
   `mygpt2 eval --data` scores it, but only its first tokens: as many as one validation pass
   holds (eval_batches x validation batch x T), so an evaluation costs about twice as much.
-- `eval_tasks` (multiple-choice JSONL files, `mygpt2.tasks`): accuracy on the first items,
+- `eval_tasks` (multiple-choice JSONL files, `mygpt2.evaluation.tasks`): accuracy on the first items,
   as many as there are sequences in one validation pass.
 
 Both extra sources are read once, when the run is set up, so a bad file fails before any
@@ -27,11 +27,11 @@ import torch
 
 from mygpt2.config import Config
 from mygpt2.corpus import open_corpus
-from mygpt2.evaluation import TextStream, read_stream, score_stream, token_byte_lengths
+from mygpt2.evaluation.tasks import Task, read_task, score_task
+from mygpt2.evaluation.text import TextStream, read_stream, score_stream, token_byte_lengths
 from mygpt2.loss import IGNORE_INDEX
 from mygpt2.model import GPT
 from mygpt2.runtime import all_reduce
-from mygpt2.tasks import Task, read_task, score_task
 from mygpt2.tokenizer import RegexTokenizer
 
 CPU = torch.device("cpu")
