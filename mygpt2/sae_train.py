@@ -126,10 +126,19 @@ def _sparse_decode(sae: SAE, values: torch.Tensor, indices: torch.Tensor) -> tor
     return F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum")
 
 
+def _pre_acts(sae: SAE, x: torch.Tensor) -> torch.Tensor:
+    """`sae.pre_acts(x)` for training: (x - b_dec) @ W_enc + b_enc computed as
+    x @ W_enc + (b_enc - b_dec @ W_enc), so that b_dec's gradient through the encoder is a
+    vector product instead of a (batch, d_sae) @ W_enc.T matrix product."""
+    if not sae.cfg.apply_b_dec_to_input or sae.cfg.rescale_acts_by_decoder_norm:
+        return sae.pre_acts(x)
+    return torch.addmm(sae.b_enc - sae.b_dec @ sae.W_enc, x, sae.W_enc)
+
+
 def losses(sae: SAE, x: torch.Tensor, since: torch.Tensor, s: Settings) -> dict[str, torch.Tensor]:
     """One step's losses on rows x (see the module docstring), with what the step reports:
     `active` (non-zero features per row, mean) and `fired` ((d_sae,) bool)."""
-    pre = sae.pre_acts(x)
+    pre = _pre_acts(sae, x)
     if s.architecture == "topk" and not sae.cfg.rescale_acts_by_decoder_norm:
         values, indices = pre.topk(s.k, dim=-1, sorted=False)
         values = values.relu()
