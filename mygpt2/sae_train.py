@@ -20,6 +20,9 @@ model, shuffled across many windows, never dumped to disk):
   the step, and the rows are renormalised after it. b_dec starts at the mean of the first
   batch (Gao et al. use the geometric median), W_enc at W_dec's transpose.
 - Adam at a constant learning rate.
+- Speed, with the same arithmetic: TopK decodes with `F.embedding_bag` over the k chosen rows
+  of W_dec (forward and backward touch only those rows), and the encoder's b_dec is folded
+  into its bias (`_pre_acts`), which saves one (batch, d_sae) x d_in product per step.
 
 A run like training (`mygpt2.guard`'s pieces): one writer (the directory's lock), no silent
 overwrite, checkpoints every `checkpoint_every` steps and at the end, SIGINT/SIGTERM save and
