@@ -106,6 +106,11 @@ def test_resume_after_stop_at_equals_an_uninterrupted_run(run_dir, tmp_path):
     assert ckpt["step"] == 30 and ckpt["stream"] == {"block": 7, "offset": 192}
     # a resumed run may train on, not change its SAE
     assert main(train_args(run_dir, parts, *flags, "--resume", "--d_sae=32")) == 2
+    # its settings come from its checkpoint: --resume needs only the model, data and --tokens
+    short = ["sae", "train", f"--out_dir={run_dir}", f"--data={run_dir / 'corpus.txt'}",
+             f"--sae_dir={parts}", "--resume", "--tokens=3072"]  # fmt: skip
+    assert main(short) == 0
+    assert rows(parts)[-1]["step"] == 32 and rows(parts)[:30] == rows(whole)
 
 
 def test_sigterm_saves_and_the_resumed_run_equals_an_uninterrupted_one(run_dir, tmp_path):

@@ -14,6 +14,7 @@ import json
 import math
 import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 from mygpt2.commands.args import Command, read_args
@@ -110,17 +111,26 @@ def _number(extras: dict[str, str], name: str, default: Any) -> Any:
 
 def settings(cfg: Any, extras: dict[str, str]) -> tuple[Any, set[str]]:
     """The run's Settings from the flags, and which of them were given."""
-    from mygpt2.sae_train import Settings
+    from mygpt2.sae_train import Settings, read_run, refuse_overwrite
 
-    if "hook" not in extras or "d_sae" not in extras:
+    if cfg.train.resume:  # the run's own settings, then the flags given now
+        directory = Path(extras["sae_dir"])
+        refuse_overwrite(directory, resume=True, overwrite=False)
+        s = Settings(**read_run(directory)["settings"])
+    elif "hook" not in extras or "d_sae" not in extras:
         raise UsageError("mygpt2 sae train needs --hook NAME and --d_sae N.")
-    s = Settings(hook=extras["hook"], d_sae=_number(extras, "d_sae", 0))
+    else:
+        s = Settings(hook=extras["hook"], d_sae=_number(extras, "d_sae", 0))
+        s.seed = cfg.run.seed
+    s.hook = extras.get("hook", s.hook)
+    s.d_sae = _number(extras, "d_sae", s.d_sae)
     s.architecture = extras.get("architecture", s.architecture)
     for name in ("k", "l1_coefficient", "tokens", "batch_size", "lr", "context", "model_batch"):
         setattr(s, name, _number(extras, name, getattr(s, name)))
     for name in ("buffer_tokens", "dead_window", "checkpoint_every"):
         setattr(s, name, _number(extras, name, getattr(s, name)))
-    s.seed = cfg.run.seed
+    if "seed" in cfg.given:
+        s.seed = cfg.run.seed
     try:
         s.check()
     except MyGPT2Error as e:
