@@ -248,13 +248,25 @@ def describe_error(error: BaseException, limit: int = 300) -> str:
     return f"{type(error).__name__}: {text}{where}" if text else f"{type(error).__name__}{where}"
 
 
-def tool_failure(failure: ToolFailure | None, step: int, path: Path, resume: str) -> str:
+def tool_failure(
+    failure: ToolFailure | None,
+    step: int,
+    path: Path,
+    resume: str,
+    save_error: Exception | None = None,
+) -> str:
     """The one line a run stopped by a `ToolFailure` ends with (`failure` None: on a process
-    where nothing failed, another one's did)."""
+    where nothing failed, another one's did; `save_error`: why step `step` could not be saved)."""
     if failure is None:
         cause = f"another process of this run failed after step {step}"
     else:
         cause = f"{failure.what} failed after step {failure.step} ({describe_error(failure.error)})"
+    if save_error is not None:
+        return (
+            f"{cause}; saving step {step} failed too ({describe_error(save_error)}), so "
+            f"'{path}' holds the last checkpoint saved before. Once the causes are fixed, "
+            f"resume with: {resume}"
+        )
     return (
         f"{cause}; saved the checkpoint at step {step} in '{path}', so no step is lost. Once "
         f"the cause is fixed, resume with: {resume}"

@@ -52,7 +52,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mygpt2.checkpoint import rng_state, save_checkpoint
 from mygpt2.config import Config
-from mygpt2.errors import RunError
+from mygpt2.errors import MyGPT2Error, RunError
 from mygpt2.evaluation.during_training import score_extras, validation_bpb
 from mygpt2.evaluation.text import batches_nll
 from mygpt2.guard import (
@@ -120,11 +120,11 @@ def train(
                 run.signal, late, failed = stop_requested(signals, clock, run, failure is not None)
                 periodic = t.checkpoint_interval and run.step % t.checkpoint_interval == 0
                 saved = evaluated or periodic or late or run.signal or run.step == run.end_step
-                if saved or failed:
+                if failed:
+                    fail(run, failure, argv, program)  # saves this step, then stops
+                if saved:
                     save(run)
                     clock.reset()
-                if failed:
-                    fail(run, failure, argv, program)
                 try:
                     keep_snapshot(run, evaluated, bool(saved))
                 except Exception as e:  # rank 0 alone: the next agreement stops every process
@@ -141,12 +141,17 @@ def train(
 
 def fail(run: Run, failure: ToolFailure | None, argv: list[str] | None, program: str) -> None:
     """Stop the run after a crash in its own tools (evaluation, reporting, plotting, health,
-    snapshots) on any process, its checkpoint saved: a `RunError` (exit 1) saying what failed,
-    the step saved and the resume line. (`failure` is None on the processes that did not fail.)"""
+    snapshots) on any process: save the step, then a `RunError` (exit 1) saying what failed,
+    the step saved (or why it could not be) and the resume line. (`failure` is None on the
+    processes where nothing failed.)"""
+    save_error = None
+    try:
+        save(run)
+    except MyGPT2Error as e:  # a full disk, say: the last good checkpoint stays as it was
+        save_error = e
     run.log.close()
-    raise RunError(
-        tool_failure(failure, run.step, run.ckpt_path, resume_command(run.cfg, argv, program))
-    )
+    resume = resume_command(run.cfg, argv, program)
+    raise RunError(tool_failure(failure, run.step, run.ckpt_path, resume, save_error))
 
 
 def finish(run: Run, ran: bool, argv: list[str] | None, program: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from test_train import make_corpus, run_main, tiny_args
 
 from mygpt2.checkpoint import load_checkpoint
@@ -171,3 +172,28 @@ def test_a_crash_on_rank_0_alone_stops_both_ranks_with_the_step_saved(corpus, tm
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == 4 and len(ckpt["rng"]) == 2  # both ranks' generators: exact resume
     assert not (out / ".lock").exists()
+
+
+def test_when_the_save_fails_too_the_line_says_which_checkpoint_is_left(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    """The plot fails at step 4's evaluation and the disk is full for step 4's checkpoint:
+    one line with both causes, and step 2's checkpoint intact."""
+    real_save, saves = torch.save, []
+
+    def full_on_the_second(obj, fh, *rest, **kw):
+        saves.append(obj["step"])
+        if len(saves) == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(obj, fh, *rest, **kw)
+
+    monkeypatch.setattr(torch, "save", full_on_the_second)
+    monkeypatch.setattr(MetricsLog, "plot", fails_on_call(2, ValueError("no font")))
+    args = tiny_args(corpus, tmp_path, max_steps=6, eval_interval=2)
+    assert run_main(["train", *args]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    path = tmp_path / "checkpoint.pt"
+    assert "the evaluation failed after step 4 (ValueError: no font at mygpt2/" in err
+    assert f"saving step 4 failed too (could not write '{path}': the disk is full" in err
+    assert f"so '{path}' holds the last checkpoint saved before." in err
+    assert saves == [2, 4] and load_checkpoint(path)["step"] == 2
