@@ -317,6 +317,7 @@ def train_sae(
     with StopSignals() as signals:
         lock = DirectoryLock(directory, command, break_lock=break_lock)
         lock.acquire()
+        signals.deferred = True  # from here a signal stops the run after a step, saved
         try:
             _leftovers(directory)
             return _run(
@@ -421,7 +422,6 @@ def _run(
         disable=not progress,
         dynamic_ncols=True,
     )
-    signals.deferred = True
     stopped_by, at, row = 0, first, None
     t0 = time.perf_counter()
     try:
