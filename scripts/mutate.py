@@ -666,8 +666,8 @@ MUTANTS_BY_MODULE: dict[str, list[Mutant]] = {
         Mutant(
             "train",
             TRAIN,
-            "if run.step % t.eval_interval == 0 or run.step == t.max_steps:",
-            "if run.step % t.eval_interval == 0:",
+            "evaluated = run.step % t.eval_interval == 0 or run.step == t.max_steps",
+            "evaluated = run.step % t.eval_interval == 0",
             "no evaluation at the last step",
         ),
         Mutant(
