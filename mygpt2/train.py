@@ -64,14 +64,14 @@ from mygpt2.guard import (
     run_command,
     tool_failure,
 )
-from mygpt2.health import HealthProbe
+from mygpt2.dynamics.health import HealthProbe
 from mygpt2.loss import IGNORE_INDEX
 from mygpt2.metrics import Reporter
 from mygpt2.model import GPT
 from mygpt2.optim import get_lr
 from mygpt2.run_setup import Run, setup
 from mygpt2.runtime import Distributed, all_gather_object, all_reduce, autocast
-from mygpt2.series import SnapshotWriter, snapshot_due
+from mygpt2.dynamics.series import SnapshotWriter, snapshot_due
 
 # ----------------------------------------------------------------------------- the loop
 
@@ -131,7 +131,8 @@ def train(
                     failure = ToolFailure("keeping a snapshot", run.step, e)
                 if run.signal or run.reached_target:
                     break
-            if failure is not None:  # the last step's snapshot: its checkpoint is saved
+            # the last step's snapshot may have failed (on rank 0): every process must know
+            if stop_requested(signals, clock, run, failure is not None)[2]:
                 fail(run, failure, argv, program)
             return finish(run, run.step > first, argv, program)
     finally:

@@ -15,9 +15,9 @@ import torch
 from test_train import make_corpus, run_main, tiny_args
 
 from mygpt2.checkpoint import load_checkpoint
-from mygpt2.health import HealthProbe
+from mygpt2.dynamics.health import HealthProbe
 from mygpt2.metrics import MetricsLog, Reporter
-from mygpt2.series import SnapshotWriter
+from mygpt2.dynamics.series import SnapshotWriter
 
 train_module = importlib.import_module("mygpt2.train")  # `mygpt2.train` is also a function
 
@@ -197,3 +197,15 @@ def test_when_the_save_fails_too_the_line_says_which_checkpoint_is_left(
     assert f"saving step 4 failed too (could not write '{path}': the disk is full" in err
     assert f"so '{path}' holds the last checkpoint saved before." in err
     assert saves == [2, 4] and load_checkpoint(path)["step"] == 2
+
+
+def test_a_failed_snapshot_at_the_last_step_still_stops_with_exit_1(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(SnapshotWriter, "write", fails_on_call(2, KeyError("weights")))
+    args = tiny_args(corpus, tmp_path, max_steps=2, eval_interval=2, keep_checkpoints="log")
+    assert run_main(["train", *args]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert "keeping a snapshot failed after step 2 (KeyError: 'weights' at mygpt2/" in err
+    assert "saved the checkpoint at step 2 in" in err
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
