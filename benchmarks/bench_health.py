@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from mygpt2.config import Config, ModelConfig
-from mygpt2.health import HealthProbe
-from mygpt2.inspect.render import save_health_png
+from mygpt2.dynamics.health import HealthProbe
+from mygpt2.dynamics.plots import save_health_png
 from mygpt2.model import GPT
 from mygpt2.optim import make_optimizer
 from mygpt2.train import train_step

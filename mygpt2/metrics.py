@@ -125,7 +125,7 @@ class MetricsLog:
         """health.png beside loss_plot.png, when the run records health rows."""
         rows = [r for r in self.history if r["kind"] == "health"]
         if self.enabled and rows:
-            from mygpt2.inspect.render import save_health_png
+            from mygpt2.dynamics.plots import save_health_png
 
             save_health_png(rows, self.out_dir / "health.png")
 

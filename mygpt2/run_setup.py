@@ -21,6 +21,7 @@ from mygpt2.checkpoint import load_checkpoint, resume_config, resumed_model, set
 from mygpt2.config import ARCHITECTURE_KNOBS, Config, format_config
 from mygpt2.corpus import open_corpus
 from mygpt2.data import TrainLoader, ValLoader, accum_steps, construct_data_loaders, padding_id
+from mygpt2.dynamics.series import SnapshotWriter
 from mygpt2.errors import MyGPT2Error
 from mygpt2.evaluation.during_training import RunEvals, prepare_evals
 from mygpt2.guard import check_data, data_record, resolve_input_paths
@@ -37,7 +38,6 @@ from mygpt2.runtime import (
     peak_flops,
     pick_device,
 )
-from mygpt2.series import SnapshotWriter
 from mygpt2.tokenizer import load_tokenizer
 
 

@@ -52,6 +52,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mygpt2.checkpoint import rng_state, save_checkpoint
 from mygpt2.config import Config
+from mygpt2.dynamics.health import HealthProbe
+from mygpt2.dynamics.series import SnapshotWriter, snapshot_due
 from mygpt2.errors import MyGPT2Error, RunError
 from mygpt2.evaluation.during_training import score_extras, validation_bpb
 from mygpt2.evaluation.text import batches_nll
@@ -64,14 +66,12 @@ from mygpt2.guard import (
     run_command,
     tool_failure,
 )
-from mygpt2.dynamics.health import HealthProbe
 from mygpt2.loss import IGNORE_INDEX
 from mygpt2.metrics import Reporter
 from mygpt2.model import GPT
 from mygpt2.optim import get_lr
 from mygpt2.run_setup import Run, setup
 from mygpt2.runtime import Distributed, all_gather_object, all_reduce, autocast
-from mygpt2.dynamics.series import SnapshotWriter, snapshot_due
 
 # ----------------------------------------------------------------------------- the loop
 

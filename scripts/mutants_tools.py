@@ -9,15 +9,15 @@ module's mutants run against. Results and survivors: docs/MUTATION.md.
 from __future__ import annotations
 
 HOOKS, ATT, LOSS, BPE = "mygpt2/hooks.py", "mygpt2/attention.py", "mygpt2/loss.py", "mygpt2/bpe.py"
-CKPT, SERIES = "mygpt2/checkpoint.py", "mygpt2/series.py"
+CKPT, SERIES = "mygpt2/checkpoint.py", "mygpt2/dynamics/series.py"
 LOCK, OPTIM, EVAL, TASKS = (
     "mygpt2/lock.py",
     "mygpt2/optim.py",
     "mygpt2/evaluation/text.py",
     "mygpt2/evaluation/tasks.py",
 )
-RUNEV, HEALTH = "mygpt2/evaluation/during_training.py", "mygpt2/health.py"
-ANA, DYN = "mygpt2/inspect/analyses.py", "mygpt2/inspect/dynamics.py"
+RUNEV, HEALTH = "mygpt2/evaluation/during_training.py", "mygpt2/dynamics/health.py"
+ANA, DYN = "mygpt2/inspect/analyses.py", "mygpt2/dynamics/metrics.py"
 COMP, ENG = "mygpt2/serve/completions.py", "mygpt2/serve/engine.py"
 
 TESTS: dict[str, list[str]] = {

@@ -16,8 +16,8 @@ from test_train import make_corpus, run_main, tiny_args
 
 from mygpt2.checkpoint import load_checkpoint
 from mygpt2.dynamics.health import HealthProbe
-from mygpt2.metrics import MetricsLog, Reporter
 from mygpt2.dynamics.series import SnapshotWriter
+from mygpt2.metrics import MetricsLog, Reporter
 
 train_module = importlib.import_module("mygpt2.train")  # `mygpt2.train` is also a function
 

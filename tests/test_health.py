@@ -1,4 +1,4 @@
-"""Health statistics (`mygpt2.health`) against hand computation on tiny models: attention
+"""Health statistics (`mygpt2.dynamics.health`) against hand computation on tiny models: attention
 entropy of known patterns, the update ratio of a plain SGD step, the dead-unit fraction of a
 crafted MLP; in the training loop: per-tensor gradient norms that combine to the logged
 global norm, and nothing extra when health is off. (A resume continuing the health log is
@@ -16,7 +16,7 @@ from models import tiny_gpt
 from test_train import make_corpus, tiny_config
 
 from mygpt2.cli import main
-from mygpt2.health import (
+from mygpt2.dynamics.health import (
     HealthProbe,
     attention_entropy,
     dead_fraction,

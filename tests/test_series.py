@@ -1,5 +1,5 @@
-"""Checkpoint series (`mygpt2.series`) and the metrics measured across them
-(`mygpt2.inspect.dynamics`): snapshots at the right steps, loadable by us and by safetensors
+"""Checkpoint series (`mygpt2.dynamics.series`) and the metrics measured across them
+(`mygpt2.dynamics.metrics`): snapshots at the right steps, loadable by us and by safetensors
 itself, kept through a resume, a full disk survived; induction and previous-token scores of a
 hand-built induction circuit and of a random model; the text metrics by hand."""
 
@@ -21,9 +21,7 @@ from torch.nn import functional as F
 from mygpt2.checkpoint import load_checkpoint
 from mygpt2.cli import main
 from mygpt2.config import ModelConfig
-from mygpt2.errors import MyGPT2Error
-from mygpt2.fileio import fault
-from mygpt2.inspect.dynamics import (
+from mygpt2.dynamics.metrics import (
     ContextTooShortError,
     icl_score,
     induction_score,
@@ -33,8 +31,10 @@ from mygpt2.inspect.dynamics import (
     random_tokens,
     val_loss,
 )
+from mygpt2.dynamics.series import list_snapshots, load_snapshot, snapshot_due
+from mygpt2.errors import MyGPT2Error
+from mygpt2.fileio import fault
 from mygpt2.model import GPT
-from mygpt2.series import list_snapshots, load_snapshot, snapshot_due
 from mygpt2.train import train
 
 
@@ -118,7 +118,7 @@ def test_a_full_disk_warns_once_and_training_goes_on(corpus, tmp_path, monkeypat
     def full(path, write):
         raise fault(OSError(errno.ENOSPC, "No space left on device"), path, "write")
 
-    monkeypatch.setattr(sys.modules["mygpt2.series"], "atomic_write", full)
+    monkeypatch.setattr(sys.modules["mygpt2.dynamics.series"], "atomic_write", full)
     out = tmp_path / "run"
     result = train(tiny_config(corpus, out, max_steps=8, eval_interval=4, keep_checkpoints="log"))
     printed = capsys.readouterr().out
@@ -163,7 +163,7 @@ def test_without_the_runs_text_random_tokens_come_from_the_whole_vocabulary(
     def gone(*args, **kwargs):
         raise MyGPT2Error("the tokenizer 'tok.json' is gone")
 
-    monkeypatch.setattr("mygpt2.series.text_windows", gone)
+    monkeypatch.setattr("mygpt2.dynamics.series.text_windows", gone)
     argv = ["inspect", "series", "--out_dir", str(out), "--metric", "induction"]
     assert main(argv) in (0, None)
     printed = capsys.readouterr().out
@@ -263,7 +263,7 @@ def test_text_metrics_by_hand():
 
 def test_a_non_finite_or_missing_loss_reads_back_as_none(tmp_path):
     from mygpt2.config import Config
-    from mygpt2.series import read_snapshot, snapshot_path, write_snapshot
+    from mygpt2.dynamics.series import read_snapshot, snapshot_path, write_snapshot
 
     model = tiny_gpt()
     cfg = Config()
@@ -288,7 +288,7 @@ def test_text_windows_by_hand(monkeypatch):
     import mygpt2.prepare
     import mygpt2.tokenizer
     from mygpt2.config import Config
-    from mygpt2.series import Snapshot, text_windows
+    from mygpt2.dynamics.series import Snapshot, text_windows
 
     class Tok:
         def fingerprint(self):

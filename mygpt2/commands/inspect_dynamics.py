@@ -2,9 +2,9 @@
 
 - `health` reads the `health` rows of `out_dir/metrics.jsonl` (written with
   `--health_interval N`), redraws `health.png` and prints the last row per layer and the
-  warnings of `mygpt2.health.health_warnings`.
+  warnings of `mygpt2.dynamics.health.health_warnings`.
 - `series` loads each snapshot of `out_dir/checkpoints` (written with `--keep_checkpoints log`
-  or `all`), measures the metrics of `mygpt2.inspect.dynamics.METRICS` on it, prints a table
+  or `all`), measures the metrics of `mygpt2.dynamics.metrics.METRICS` on it, prints a table
   and plots each metric against tokens seen. A metric that needs a longer context than the
   model's T is skipped with a note.
 """
@@ -35,8 +35,8 @@ def read_health_rows(out_dir: Path) -> list[dict[str, Any]]:
 
 def show_health(cfg: Config, extras: dict[str, str]) -> None:
     """Redraw health.png, print the last health row per layer and the warnings."""
-    from mygpt2.health import health_warnings
-    from mygpt2.inspect.render import save_health_png
+    from mygpt2.dynamics.health import health_warnings
+    from mygpt2.dynamics.plots import save_health_png
 
     out_dir = Path(cfg.run.out_dir)
     rows = read_health_rows(out_dir)
@@ -74,9 +74,9 @@ def show_series(cfg: Config, extras: dict[str, str]) -> None:
     """Measure each --metric on every snapshot, print a table, write one PNG per metric."""
     import torch
 
-    from mygpt2.inspect.dynamics import METRICS, ContextTooShortError, measure
-    from mygpt2.inspect.render import save_series_png
-    from mygpt2.series import list_snapshots, load_snapshot, text_windows
+    from mygpt2.dynamics.metrics import METRICS, ContextTooShortError, measure
+    from mygpt2.dynamics.plots import save_series_png
+    from mygpt2.dynamics.series import list_snapshots, load_snapshot, text_windows
 
     out_dir = Path(cfg.run.out_dir)
     names = [m.strip() for m in extras.get("metric", "induction").split(",") if m.strip()]

@@ -190,7 +190,7 @@ class HealthProbe:
         for i, stats in sorted(self.blocks.items()):
             layers.setdefault(f"L{i}", {}).update(stats)
         firsts = [f for stats in self.blocks.values() for f in stats.get("attn_first", [])]
-        order = ["embed", *_blocks(layers), "final"]
+        order = ["embed", *block_names(layers), "final"]
         return {
             "grad_norm": math.sqrt(sum(g * g for g in self.grad_norms)),
             "collapsed_heads": (
@@ -216,14 +216,15 @@ def _ratio(update: float, weight: float) -> float | None:
     return update / weight if weight > 0 else None  # a zero tensor (a fresh bias): undefined
 
 
-def _blocks(names: Any) -> list[str]:
+def block_names(names: Any) -> list[str]:
+    """The block names (`L0`, `L1`, ...) among `names`, in order."""
     return sorted((k for k in names if k[:1] == "L" and k[1:].isdigit()), key=lambda k: int(k[1:]))
 
 
 # ----------------------------------------------------------------------------- warnings
 def block_layers(row: dict[str, Any]) -> list[str]:
     """The block names (`L0`, `L1`, ...) of a health row, in order."""
-    return _blocks(row["layers"])
+    return block_names(row["layers"])
 
 
 def health_warnings(rows: Sequence[dict[str, Any]], recent: int = 5) -> list[str]:
