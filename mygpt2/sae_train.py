@@ -22,7 +22,8 @@ model, shuffled across many windows, never dumped to disk):
 - Adam at a constant learning rate.
 - Speed, with the same arithmetic: TopK decodes with `F.embedding_bag` over the k chosen rows
   of W_dec (forward and backward touch only those rows), and the encoder's b_dec is folded
-  into its bias (`_pre_acts`), which saves one (batch, d_sae) x d_in product per step.
+  into its bias (`_pre_acts`), which saves one (batch, d_sae) x d_in product per step; Adam is
+  the fused one where the device has it.
 
 A run like training (`mygpt2.guard`'s pieces): one writer (the directory's lock), no silent
 overwrite, checkpoints every `checkpoint_every` steps and at the end, SIGINT/SIGTERM save and
@@ -175,6 +176,15 @@ def losses(sae: SAE, x: torch.Tensor, since: torch.Tensor, s: Settings) -> dict[
         total = total + s.aux_coefficient * aux
     out["aux"], out["loss"] = aux, total
     return out
+
+
+def _adam(sae: SAE, lr: float) -> torch.optim.Optimizer:
+    """Adam, fused (one kernel for all parameters: on a CPU over 10x faster than the loop of
+    tensor ops) where the device has it."""
+    try:
+        return torch.optim.Adam(sae.parameters(), lr=lr, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(sae.parameters(), lr=lr)
 
 
 def step(sae: SAE, opt: torch.optim.Optimizer, x: torch.Tensor, since: torch.Tensor, s: Settings):
@@ -382,7 +392,7 @@ def _run(
     cfg = sae_config(s, d_in, str(source.get("model", {}).get("name", "")), context)
     device = model.transformer.wte.weight.device
     sae = SAE(cfg, generator=torch.Generator().manual_seed(s.seed)).to(device)
-    opt = torch.optim.Adam(sae.parameters(), lr=s.lr)
+    opt = _adam(sae, s.lr)
     since = torch.zeros(s.d_sae, dtype=torch.long, device=device)
     first = 0
     if saved is None:
