@@ -244,3 +244,61 @@ def test_health_off_installs_no_hooks_and_makes_no_probe(corpus, tmp_path, monke
     train(tiny_config(corpus, out, max_steps=4, eval_interval=2))
     assert rows_of(out, "health") == [] and not (out / "health.png").exists()
     assert not (out / "checkpoints").exists()  # keep_checkpoints none: no series either
+
+
+# ------------------------------------------------------------- defaults and boundaries (#22)
+
+
+def test_gradient_norms_are_divided_by_the_loss_scale():
+    """Under a GradScaler the gradients are the loss scale times the true ones: the probe
+    reports the true norms, those of the unscaled loss's backward."""
+    model = tiny_gpt(n_layers=1, n_heads=2, n_emb=16, T=8).train()
+    reference = tiny_gpt(n_layers=1, n_heads=2, n_emb=16, T=8).train()
+    x, y = batch(model)
+    _, loss = reference(x, y)
+    loss.backward()
+    _, loss = model(x, y)
+    (loss * 1024.0).backward()  # what fp16 training with a loss scale of 1024 leaves
+    probe = HealthProbe(model)
+    probe.before_update(scale=1024.0)
+    expected = [p.grad.norm().item() for p in reference.parameters()]
+    assert probe.grad_norms == pytest.approx(expected, rel=1e-4)
+
+
+def ratio_rows(*ratios: float, grads=(1.0, 1.0)) -> list[dict]:
+    """Health rows whose L0 has the given update ratios (one row each), L1 a healthy 1e-3."""
+    return [
+        {
+            "step": 10 * (i + 1),
+            "layers": {
+                "L0": {"grad_norm": grads[0], "update_ratio": r},
+                "L1": {"grad_norm": grads[1], "update_ratio": 1e-3},
+            },
+        }
+        for i, r in enumerate(ratios)
+    ]
+
+
+def test_warning_thresholds_are_ten_times_outside_the_band():
+    """The band is 1e-4..1e-2; a warning needs the median 10x outside it (above 1e-1, below
+    1e-5), and a ratio of exactly 0 (nothing moved: lr 0) is no ratio to judge."""
+    assert health_warnings(ratio_rows(0.05)) == []  # 5x above: within 10x
+    assert "far above" in health_warnings(ratio_rows(0.2))[0]
+    assert health_warnings(ratio_rows(2e-5)) == []  # 5x below
+    assert "far below" in health_warnings(ratio_rows(5e-6))[0]
+    assert health_warnings(ratio_rows(0.0)) == []
+
+
+def test_the_median_is_over_the_last_rows_only():
+    """Five sick rows, then five healthy ones: the last five decide (no warning), and the
+    other way round they warn."""
+    assert health_warnings(ratio_rows(*[0.5] * 5, *[1e-3] * 5)) == []
+    warnings = health_warnings(ratio_rows(*[1e-3] * 5, *[0.5] * 5))
+    assert len(warnings) == 1 and "median of the last 5 health steps" in warnings[0]
+
+
+def test_gradient_spread_warns_over_100x_only():
+    assert health_warnings(ratio_rows(1e-3, grads=(1.0, 50.0))) == []  # 50x apart
+    warnings = health_warnings(ratio_rows(1e-3, grads=(1.0, 200.0)))
+    assert len(warnings) == 1 and "grow toward the output" in warnings[0]
+    assert "vanish toward the output" in health_warnings(ratio_rows(1e-3, grads=(200.0, 1.0)))[0]
