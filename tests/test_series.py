@@ -327,3 +327,13 @@ def test_all_keeps_every_save_and_every_evaluation():
     assert snapshot_due("all", 7, True, False) and snapshot_due("all", 7, False, True)
     assert not snapshot_due("all", 8, False, False)  # a power of two is no reason here
     assert not snapshot_due("none", 8, True, True)
+
+
+def test_a_pool_of_exactly_length_ids_gives_permutations():
+    """No repeats within a row whenever the pool holds enough ids, exactly `length` included;
+    with fewer, ids repeat (there is no other way), all from the pool."""
+    pool = torch.tensor([[7, 3, 9], [3, 1, 0], [9, 7, 5]])  # 6 distinct ids
+    rows = random_tokens(50, 4, 6, pool=pool)
+    assert all(sorted(row.tolist()) == [0, 1, 3, 5, 7, 9] for row in rows)
+    rows = random_tokens(50, 4, 7, pool=pool)
+    assert set(rows.flatten().tolist()) <= {0, 1, 3, 5, 7, 9} and rows.shape == (4, 7)
