@@ -39,6 +39,7 @@ TESTS: dict[str, list[str]] = {
         "tests/test_series.py::test_a_hand_built_induction_head_scores_one_and_a_random_model_chance",
         "tests/test_series.py::test_random_tokens_come_from_the_text_when_it_is_given",
         "tests/test_series.py::test_text_metrics_by_hand",
+        "tests/test_series.py::test_a_pool_of_exactly_length_ids_gives_permutations",
     ],
     "serve": ["tests/test_serve.py"],
 }
