@@ -146,3 +146,46 @@ def test_old_metrics_files_with_per_token_acc_norm_rows_still_display(tmp_path):
     log = MetricsLog(tmp_path / "replot", history=old)
     log.plot(tokens_per_step=64)
     assert (tmp_path / "replot" / "loss_plot.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------- defaults and boundaries (#22)
+
+
+def own_logprob(model, ids: list[int], n_end: int) -> float:
+    """The summed log-probability of the last `n_end` of `ids`, by one plain forward."""
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([ids[:-1]]))
+    logp = torch.log_softmax(logits[0].double(), dim=-1)
+    return logp.gather(1, torch.tensor(ids[1:])[:, None])[-n_end:].sum().item()
+
+
+def test_t_plus_one_tokens_fit_one_more_loses_the_first_and_an_empty_context_is_eot():
+    """T = 8: a row of context + ending holds T + 1 = 9 tokens (the model sees 8 inputs).
+    "abcd" + " efgh" is exactly 9 bytes: whole, not truncated; "abcde" + " efgh" is 10: its
+    first byte goes, counted as truncated; an empty context is the end-of-text token."""
+    tok = RegexTokenizer(name="bytes")
+    model = tiny_gpt(seed=3, vocab_size=tok.vocab_size, T=8)
+    items = [Item("abcd", ["efgh", "xy"], 0, 1), Item("abcde", ["efgh", "xy"], 0, 2)]
+    items.append(Item("", ["ab", "xyz"], 0, 3))
+    score = score_task(model, tok, Task("b", Path("b.jsonl"), items))
+    flags = [p["truncated"] for p in score.predictions]
+    assert flags == [False, True, False] and score.truncated == 1
+    ids = [list(b" efgh"), list(b" xy")]
+    exact, cut, empty = (p["logprob_sum"] for p in score.predictions)
+    assert exact[0] == pytest.approx(own_logprob(model, list(b"abcd") + ids[0], 5), abs=1e-5)
+    assert cut[0] == pytest.approx(own_logprob(model, list(b"bcde") + ids[0], 5), abs=1e-5)
+    assert cut[1] == pytest.approx(own_logprob(model, list(b"abcde") + ids[1], 3), abs=1e-5)
+    eot = [tok.eot_id]
+    assert empty[0] == pytest.approx(own_logprob(model, eot + list(b" ab"), 3), abs=1e-5)
+    assert empty[1] == pytest.approx(own_logprob(model, eot + list(b" xyz"), 4), abs=1e-5)
+
+
+def test_max_items_reads_exactly_that_many(tmp_path):
+    from mygpt2.evaluation.tasks import read_task
+
+    item = {"context": "a", "choices": ["b", "c"], "answer": 1}
+    path = tmp_path / "t.jsonl"
+    path.write_text((json.dumps(item) + "\n") * 5, encoding="utf-8")
+    assert [i.line for i in read_task(path, max_items=2).items] == [1, 2]
+    assert len(read_task(path, max_items=5).items) == len(read_task(path).items) == 5
+    assert len(read_task(path, max_items=9).items) == 5
