@@ -405,3 +405,60 @@ def test_context_max_tokens_and_the_stdlib_corpus(hf_dir, gpt2_tiktoken_path, ca
     model = json.loads(captured.out)["models"][0]
     assert (model["T"], model["stride"], model["tokens"], model["windows"]) == (16, 8, 100, 12)
     assert model["text_truncated"] and "--max_tokens scored the first 100 tokens" in captured.err
+
+
+# ------------------------------------------------------------- defaults and boundaries (#22)
+
+
+def test_the_stream_by_hand_and_a_text_of_exactly_max_tokens_is_whole():
+    """Byte-level ids: end-of-text (256) before each document; max_tokens equal to the text's
+    tokens keeps it whole and says so; one fewer cuts the last byte."""
+    tok = RegexTokenizer(name="bytes")
+    stream = text_stream(["ab", "c"], tok)
+    assert stream.tokens.tolist() == [256, 97, 98, 256, 99]
+    assert (stream.text_tokens, stream.bytes, stream.documents) == (3, 3, 2)
+    whole = text_stream(["ab", "c"], tok, max_tokens=3)
+    assert whole.tokens.tolist() == [256, 97, 98, 256, 99] and not whole.truncated
+    cut = text_stream(["ab", "c"], tok, max_tokens=2)
+    assert cut.tokens.tolist() == [256, 97, 98] and cut.truncated and cut.text_tokens == 2
+
+
+def test_score_streams_defaults_stride_t_and_refuses_batch_size_0():
+    tok = RegexTokenizer(name="bytes")
+    model = tiny_gpt(seed=1, vocab_size=tok.vocab_size, T=8)
+    stream = text_stream("To be, or not to be", tok)  # 19 bytes: 19 predictions
+    score = score_stream(model, stream)
+    assert (score.stride, score.windows, score.tokens) == (8, 3, 19)  # ceil(19 / 8) blocks
+    assert score_stream(model, stream, stride=8, batch_size=1).nats == pytest.approx(score.nats)
+    with pytest.raises(MyGPT2Error, match="batch_size must be at least 1, got 0"):
+        score_stream(model, stream, batch_size=0)
+
+
+def test_validation_nats_and_count_leave_ignored_targets_out():
+    """batches_nll against F.cross_entropy by hand: -100 targets neither cost nor count."""
+    from torch.nn import functional as F
+
+    from mygpt2.evaluation.text import batches_nll
+
+    model = tiny_gpt(seed=2).train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 61, (3, 10), generator=g)
+    y = torch.randint(0, 61, (3, 10), generator=g)
+    y[0, :4] = -100
+    y[2, 9] = -100
+    nats, count = batches_nll(model, [(x[:2], y[:2]), (x[2:], y[2:])])
+    with torch.no_grad():
+        logits, _ = model.eval()(x)
+    expected = F.cross_entropy(logits.flatten(0, 1).double(), y.flatten(), reduction="sum")
+    assert count.item() == 30 - 5
+    assert nats.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_mygpt2_eval_defaults_to_disjoint_blocks(ckpt_path, tmp_path, capsys):
+    """Without --stride the command scores windows of T = 64 moving by 64, as its help says."""
+    text = tmp_path / "t.txt"
+    text.write_text(DOCS[0], encoding="utf-8")
+    assert main(["eval", f"--checkpoint={ckpt_path}", f"--data={text}", "--json=-"]) == 0
+    got = json.loads(capsys.readouterr().out)["models"][0]
+    assert (got["T"], got["stride"]) == (64, 64)
+    assert got["windows"] == math.ceil(got["tokens"] / 64) and got["tokens"] > 64
