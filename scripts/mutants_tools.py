@@ -674,6 +674,12 @@ ROWS: dict[str, list[tuple[str, str, str, str]]] = {
             "if batch_size < 0:",
             "batch_size 0 accepted",
         ),
+        (
+            "mygpt2/commands/eval.py",
+            'stride = opts["stride"] or T',
+            'stride = opts["stride"] or T // 2',
+            "mygpt2 eval's default stride T // 2, not T (its help says T)",
+        ),
     ],
     "tasks": [
         (
