@@ -7,7 +7,8 @@ same batch, buffer rows, learning rate and token count twice, each in its own pr
 - SAELens 6.x (`.venv/sae-lens`, see scripts/setup_saelens.sh): `LanguageModelSAETrainingRunner`
   with the model booted through TransformerLens's `TransformerBridge` from the same directory
   and the same tokens as a pre-tokenized dataset (no BOS added, wandb off, no checkpoints).
-Throughput is activation tokens per second of the training call, wall time, the model forwards
+Throughput is activation tokens per second of the training call, in wall time and per second
+of the process's CPU time (all its threads; less disturbed by other jobs), the model forwards
 included (model loading and imports excluded; mygpt2's call also writes its SAE, checkpoint and
 plot at the end, SAELens's writes nothing). Both processes use the same thread count;
 they run one after the other, so other load on the machine hits them at different times:
@@ -53,12 +54,13 @@ def ours(work: Path, a: dict) -> dict:
         lr=a["lr"], context=a["T"], model_batch=a["model_batch"],
         buffer_tokens=a["buffer_batches"] * a["model_batch"] * a["T"], checkpoint_every=10**9,
     )  # fmt: skip
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     train_sae(model, tokens, s, work / f"ours-{time.time_ns()}", source={}, progress=False,
               say=lambda *_: None)  # fmt: skip
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     steps = -(-a["tokens"] // a["batch"])
-    return {"tokens": steps * a["batch"], "seconds": seconds, "threads": torch.get_num_threads()}
+    threads = torch.get_num_threads()
+    return {"tokens": steps * a["batch"], "seconds": seconds, "cpu": cpu, "threads": threads}
 
 
 def saelens(work: Path, a: dict) -> dict:
@@ -93,11 +95,12 @@ def saelens(work: Path, a: dict) -> dict:
     )  # fmt: skip
     dataset = Dataset.from_dict({"input_ids": windows.tolist()})
     runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=bridge)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     runner.run()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     steps = a["tokens"] // a["batch"]
-    return {"tokens": steps * a["batch"], "seconds": seconds, "threads": torch.get_num_threads(),
+    threads = torch.get_num_threads()
+    return {"tokens": steps * a["batch"], "seconds": seconds, "cpu": cpu, "threads": threads,
             "bridge_matches_mygpt2": same}  # fmt: skip
 
 
@@ -180,16 +183,17 @@ def main() -> None:
                 if args.only in (None, name):
                     got[name] = side(name, work, a)
                     r = got[name]
-                    print(f"  {name:<8} {r['tokens'] / r['seconds']:>10,.0f} tokens/s "
-                          f"({r['tokens']:,} tokens in {r['seconds']:.1f} s, {r['threads']} "
-                          f"threads)" + ("" if name == "ours" else
+                    print(f"  {name:<8} {r['tokens'] / r['seconds']:>10,.0f} tokens/s wall, "
+                          f"{r['tokens'] / r['cpu']:>8,.0f} per CPU second ({r['tokens']:,} "
+                          f"tokens in {r['seconds']:.1f} s, {r['cpu']:.1f} s CPU, "
+                          f"{r['threads']} threads)" + ("" if name == "ours" else
                                          f"; bridge activations = mygpt2's: "
                                          f"{r['bridge_matches_mygpt2']}"), flush=True)  # fmt: skip
             if len(got) == 2:
-                rate = {n: r["tokens"] / r["seconds"] for n, r in got.items()}
-                print(
-                    f"  ratio mygpt2 / SAELens: {rate['ours'] / rate['saelens']:.2f}x", flush=True
-                )
+                o, t = got["ours"], got["saelens"]
+                wall = (o["tokens"] / o["seconds"]) / (t["tokens"] / t["seconds"])
+                cpu = (o["tokens"] / o["cpu"]) / (t["tokens"] / t["cpu"])
+                print(f"  ratio mygpt2 / SAELens: {wall:.2f}x wall, {cpu:.2f}x CPU", flush=True)
 
 
 if __name__ == "__main__":
