@@ -77,7 +77,7 @@ def cli(argv: list[str]) -> int:
         return 0
     if len(args.positional) != 1 or args.positional[0] not in ACTIONS:
         got = f" (got {' '.join(args.positional)!r})" if args.positional else ""
-        raise UsageError(f"say what to do: mygpt2 sae train|eval ...{got}. See mygpt2 sae --help.")
+        raise UsageError(f"say what to do: mygpt2 sae train|eval{got}; see mygpt2 sae --help.")
     action, extras = args.positional[0], args.extras
     if "sae_dir" not in extras:
         raise UsageError(f"mygpt2 sae {action} needs --sae_dir DIR.")
