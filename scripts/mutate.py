@@ -7,9 +7,12 @@ the edit is applied there, and the module's test files run in the copy:
     .venv/bin/python -m pytest -x -q -p no:cacheprovider <tests>
 
 with the copy as working directory and first on PYTHONPATH, under a per-mutant timeout. A
-failing (or erroring, or timed-out) run means the mutant was *caught*; a passing run means it
-*survived*: either a real gap in the tests or an equivalent mutant (same behaviour). The real
-working tree is only read, never written: others may be running tests in it.
+failing (or timed-out) run means the mutant was *caught*; a passing run means it *survived*:
+either a real gap in the tests or an equivalent mutant (same behaviour). When pytest itself
+fails (a collection or import error, not a failing test), the same copy runs again without
+the mutant: if that fails too, the copy caught someone's half-done edit, not the mutant, and
+the result is an *error*, left out of the score. The real working tree is only read, never
+written: others may be running tests in it.
 
 Mutants are written against the source as it is; when the original text is no longer found
 (the code moved on) the mutant is reported as *stale*, and *ambiguous* when the text occurs
@@ -822,7 +825,7 @@ RAN = ("caught", "survived", "timeout")  # the statuses that count in a score
 
 @dataclass
 class Result:
-    status: str  # caught, survived, timeout, stale, ambiguous, baseline-failed
+    status: str  # caught, survived, timeout, stale, ambiguous, baseline-failed, error
     seconds: float = 0.0
     detail: str = ""  # the first failing test, or why nothing ran
 
@@ -901,6 +904,14 @@ def run_mutant(m: Mutant, tests: list[str], timeout: float, threads: int | None)
             return Result("stale", detail="the file changed during the copy")
         target.write_text(text.replace(m.original, m.replacement), encoding="utf-8")
         outcome, seconds, detail = run_tests(copy, tests, timeout, threads)
+        if outcome == "failed" and not detail.startswith("rc=1 "):
+            # not a failing test but pytest itself (collection, import, usage): a half-done edit
+            # of someone else's in the copied tree does that too. The same copy without the
+            # mutant must pass, or the failure is not the mutant's.
+            target.write_text(text, encoding="utf-8")
+            again, _, why = run_tests(copy, tests, timeout, threads)
+            if again != "passed":
+                return Result("error", seconds, f"{detail}; without the mutant too: {why}")
     status = {"passed": "survived", "failed": "caught", "timeout": "timeout"}[outcome]
     return Result(status, seconds, detail)
 
