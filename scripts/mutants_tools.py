@@ -31,7 +31,10 @@ TESTS: dict[str, list[str]] = {
     "optim": ["tests/test_optim.py"],
     "evaluation": ["tests/test_evaluation.py"],
     "tasks": ["tests/test_evaluation.py", "tests/test_tasks.py"],
-    "run_evals": ["tests/test_run_evals.py"],
+    "run_evals": [
+        "tests/test_run_evals.py",
+        "tests/test_collectives.py::test_the_bpb_counts_are_summed_on_the_runs_device",
+    ],
     "health": ["tests/test_health.py"],
     "inspect": [
         "tests/test_inspect.py",
