@@ -705,3 +705,16 @@ def test_lm_evals_request_on_a_model_that_ends_the_text(client, engine):
     assert choice.logprobs.text_offset[-1] == len(PROMPT)
     assert -1e-6 < choice.logprobs.token_logprobs[-1] <= 0.0
     assert got.usage.completion_tokens == 1 and got.usage.total_tokens == n + 1
+
+
+def test_ids_past_the_tokenizers_are_padding_not_tokens():
+    """A model whose vocabulary is padded past its tokenizer's (here 300 rows, 280 ids):
+    requests may use ids 0..279 only, and a padding id has no text."""
+    tok = RegexTokenizer()
+    tok.train("ROMEO: héllo there, friend! wörld 日本語\n" * 40, vocab_size=280)
+    engine = Engine(tiny_gpt(seed=1, vocab_size=300, T=16), tok, "padded")
+    try:
+        assert engine.vocab_size == 280 and engine.eot_id == 279
+        assert engine.token_bytes(290) == b"" and engine.token_bytes(65) == b"A"
+    finally:
+        engine.close()
