@@ -191,13 +191,12 @@ def _steer_entry(entry: Any) -> tuple[Any, int, float]:
         raise MyGPT2Error(
             f"steer: {type(sae).__name__} is no SAE (load one with mygpt2.sae.load(DIR))."
         )
-    if isinstance(feature, bool) or not isinstance(feature, int):
-        raise MyGPT2Error(f"steer: a feature is a whole number, got {feature!r}.")
-    if not 0 <= feature < cfg.d_sae:
-        raise MyGPT2Error(
-            f"steer: feature {feature} is out of range; the SAE at '{cfg.hook_name}' has "
-            f"{cfg.d_sae} features, 0 to {cfg.d_sae - 1}."
-        )
+    from mygpt2.sae.model import check_feature  # the one feature check
+
+    try:
+        check_feature(feature, cfg.d_sae)
+    except MyGPT2Error as e:
+        raise MyGPT2Error(f"steer at '{cfg.hook_name}': {e}") from None
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise MyGPT2Error(f"steer: alpha is a finite number, got {alpha!r}.")
     return sae, feature, float(alpha)

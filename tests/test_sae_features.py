@@ -150,9 +150,11 @@ def test_rows_and_feature_choices():
     assert rows_of([1, 2, 3], 4).tolist() == [[1, 2, 3]]  # shorter than a row: the one row
     assert check_features(None, 3) == [0, 1, 2]
     assert check_features([2, 0, 2], 3) == [2, 0]
-    for bad in ([3], [-1], [True]):
+    for bad in ([3], [-1]):
         with pytest.raises(MyGPT2Error, match="out of range: the SAE has 3 features, 0 to 2"):
             check_features(bad, 3)
+    with pytest.raises(MyGPT2Error, match="a feature is a whole number, got True"):
+        check_features([True], 3)
     with pytest.raises(MyGPT2Error, match="empty"):
         rows_of([], 4)
 

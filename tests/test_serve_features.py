@@ -99,7 +99,10 @@ def test_bad_steer_is_a_400_naming_steer_before_any_token(ui):
     name = str(ui.root / "sae")
     ui.saes.saes["misfit"] = SAE(SAEConfig(d_in=48, d_sae=4, k=1, hook_name=HOOK))  # a stale one
     cases = [
-        ({"sae": name, "feature": 24, "alpha": 1}, "feature 24 is out of range; the SAE"),
+        (
+            {"sae": name, "feature": 24, "alpha": 1},
+            "feature 24 is out of range: the SAE has 24 features",
+        ),
         ({"sae": name, "feature": -1, "alpha": 1}, "feature -1 is out of range"),
         ({"sae": "elsewhere", "feature": 0, "alpha": 1}, "no SAE 'elsewhere' is registered"),
         ({"sae": name, "feature": 1.5, "alpha": 1}, "'feature' is an integer"),

@@ -132,7 +132,7 @@ def test_bad_steering_is_a_one_line_error():
     cases = [
         (
             [(sae, 12, 1.0)],
-            "feature 12 is out of range; the SAE at 'blocks.0.hook_resid_post' has 12",
+            "steer at 'blocks.0.hook_resid_post': feature 12 is out of range: the SAE has 12",
         ),
         ([(sae, -1, 1.0)], "feature -1 is out of range"),
         ([(sae, 1.5, 1.0)], "a feature is a whole number"),
@@ -221,7 +221,7 @@ def test_sample_steer_bad_input_is_one_line_and_exit_2(run, capsys, tmp_path):
     misfit = tmp_path / "misfit"
     save(SAE(SAEConfig(d_in=32, d_sae=8, k=2, hook_name="blocks.4.hook_resid_post")), misfit)
     cases = [
-        (f"{run.sae_dir}:16:1.0", "feature 16 is out of range; the SAE in"),
+        (f"{run.sae_dir}:16:1.0", "feature 16 is out of range: the SAE has 16 features"),
         (f"{run.sae_dir}:-1:1.0", "feature -1 is out of range"),
         (f"{run.sae_dir}:x:1.0", "--steer takes DIR:FEATURE:ALPHA"),
         (f"{run.sae_dir}:2:inf", "--steer takes DIR:FEATURE:ALPHA"),

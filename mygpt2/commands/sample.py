@@ -68,7 +68,7 @@ def read_steer(specs: list[str]) -> list[tuple[Any, int, float]]:
     checked against its size (the hook is checked against the model when sampling starts)."""
     import math
 
-    from mygpt2.sae import load
+    from mygpt2.sae import check_feature, load
 
     steer = []
     for spec in specs:
@@ -85,11 +85,10 @@ def read_steer(specs: list[str]) -> list[tuple[Any, int, float]]:
                 f"number; e.g. sae-out:12:4.0), got {spec!r}."
             ) from None
         sae = load(parts[0])
-        if not 0 <= feature < sae.cfg.d_sae:
-            raise UsageError(
-                f"--steer {spec}: feature {feature} is out of range; the SAE in '{parts[0]}' has "
-                f"{sae.cfg.d_sae} features, 0 to {sae.cfg.d_sae - 1}."
-            )
+        try:
+            check_feature(feature, sae.cfg.d_sae)
+        except MyGPT2Error as e:
+            raise UsageError(f"--steer {spec} ('{parts[0]}'): {e}") from None
         steer.append((sae, feature, alpha))
     return steer
 

@@ -13,12 +13,13 @@ Training is a run, in `mygpt2.sae_train`.
 """
 
 from mygpt2.sae.files import is_sae_dir, load, save
-from mygpt2.sae.model import SAE, SAEConfig
+from mygpt2.sae.model import SAE, SAEConfig, check_feature
 from mygpt2.sae.splice import check_fits, check_hook_name, hook_width, splice, to_rows
 
 __all__ = [
     "SAE",
     "SAEConfig",
+    "check_feature",
     "check_fits",
     "check_hook_name",
     "hook_width",

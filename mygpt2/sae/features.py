@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from mygpt2.errors import MyGPT2Error
+from mygpt2.sae.model import check_feature
 from mygpt2.sae.splice import check_fits
 from mygpt2.sae.stream import activations
 
@@ -70,12 +71,7 @@ def check_features(features: Sequence[int] | None, d_sae: int) -> list[int]:
     chosen = list(dict.fromkeys(features))  # in the order given, once each
     if not chosen:
         raise MyGPT2Error("no features chosen: give ids such as 0,5,12.")
-    for f in chosen:
-        if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f < d_sae:
-            raise MyGPT2Error(
-                f"feature {f!r} is out of range: the SAE has {d_sae} features, 0 to {d_sae - 1}."
-            )
-    return chosen
+    return [check_feature(f, d_sae) for f in chosen]
 
 
 def unembed_directions(model: Any, sae: Any, features: list[int]) -> tuple[torch.Tensor, str]:

@@ -108,6 +108,18 @@ def check_config(cfg: SAEConfig) -> None:
         )
 
 
+def check_feature(feature: Any, d_sae: int) -> int:
+    """`feature` as a feature id of an SAE with `d_sae` features, or a one-line error: the one
+    check that steering (API, command, server) and browsing make."""
+    if isinstance(feature, bool) or not isinstance(feature, int):
+        raise MyGPT2Error(f"a feature is a whole number, got {feature!r}.")
+    if not 0 <= feature < d_sae:
+        raise MyGPT2Error(
+            f"feature {feature} is out of range: the SAE has {d_sae} features, 0 to {d_sae - 1}."
+        )
+    return feature
+
+
 class SAE(nn.Module):
     """A sparse autoencoder: `encode(x)` -> features, `decode(f)` -> reconstruction,
     `forward(x)` = `decode(encode(x))`. Inputs are (..., d_in) in any float dtype; the

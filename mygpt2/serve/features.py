@@ -100,6 +100,8 @@ def _bad(message: str) -> APIError:
 
 def resolve_steer(saes: SAEs | None, steer: list[tuple[str, int, float]]) -> list[tuple]:
     """(sae, feature, alpha) entries for `generate_stream`, from the names a request sent."""
+    from mygpt2.sae.model import check_feature  # the one feature check
+
     out = []
     for sae_name, feature, alpha in steer:
         name = saes.name_of(sae_name) if saes is not None else None
@@ -108,11 +110,10 @@ def resolve_steer(saes: SAEs | None, steer: list[tuple[str, int, float]]) -> lis
             hint = f" Registered: {known}." if known else " Start the server with --sae_dir DIR."
             raise _bad(f"no SAE '{sae_name}' is registered with this server.{hint}")
         sae = saes.saes[name]
-        if not 0 <= feature < sae.cfg.d_sae:
-            raise _bad(
-                f"feature {feature} is out of range; the SAE '{name}' has {sae.cfg.d_sae} "
-                f"features, 0 to {sae.cfg.d_sae - 1}."
-            )
+        try:
+            check_feature(feature, sae.cfg.d_sae)
+        except MyGPT2Error as e:
+            raise _bad(f"SAE '{name}': {e}") from None
         out.append((sae, feature, alpha))
     return out
 
