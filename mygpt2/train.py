@@ -304,8 +304,9 @@ def evaluate(model: GPT, batches: Any, *, dtype: torch.dtype = torch.float32) ->
     """Mean loss per valid target over `batches` of (x, y) (`evaluation.batches_nll`), over
     all processes under DDP. `model` is the raw GPT, not a DDP or compiled one."""
     nats, count = batches_nll(model, batches, dtype)
-    all_reduce(nats, nats.device)
-    all_reduce(count, count.device)
+    device = next(model.parameters()).device  # the run's: the collectives check against it
+    all_reduce(nats, device)
+    all_reduce(count, device)
     return (nats / count.clamp(min=1)).item()
 
 
