@@ -106,11 +106,21 @@ def test_fp16_autocast_with_loss_scaling_keeps_small_gradients():
         assert error < 1e-2, f"{name}: relative error {error:.3g}"  # fp16 noise is ~1e-3
 
 
-def test_bf16_autocast_loss_and_gradients_are_those_of_bf16_logits():
+@pytest.mark.parametrize("kernel", ["eager", "compiled"])
+def test_bf16_autocast_loss_and_gradients_are_those_of_bf16_logits(kernel, monkeypatch):
     """Under bf16 autocast all three matmuls of the fused loss run in bf16: the loss and the
     gradients match F.cross_entropy on the same bf16 logits within bf16's rounding, and the
-    weight gradient, summed over chunks in float32, stays float32."""
+    weight gradient, summed over chunks in float32, stays float32. Both chunk kernels: the
+    eager ops, and the compiled one that large chunks take (forced here on small ones)."""
+    import mygpt2.loss
     from mygpt2.loss import linear_cross_entropy
+
+    if kernel == "compiled":
+        if mygpt2.loss._compiled_for_cpu() is None:
+            pytest.skip("torch.compile cannot work here (no C++ compiler or Python headers)")
+        monkeypatch.setattr(mygpt2.loss, "COMPILED_CHUNK_MIN_ELEMENTS", 0)
+    else:
+        monkeypatch.setattr(mygpt2.loss, "COMPILED_CHUNK_MIN_ELEMENTS", 2**62)
 
     torch.manual_seed(3)
     h = torch.randn(300, 64, requires_grad=True)
@@ -157,3 +167,33 @@ def test_a_mean_over_no_valid_target_is_zero_not_nan():
     y[4] = 7  # one valid target: its own -log softmax
     loss = linear_cross_entropy(h, w, y, 4, "mean")
     torch.testing.assert_close(loss, -torch.log_softmax(h[4] @ w.t(), -1)[7])
+
+
+def test_the_compiled_chunk_kernel_equals_the_eager_one():
+    """The two forms of a chunk's loss and gradient agree: the loss within float32 rounding,
+    the bf16 gradient within one bf16 step (their exp differ in the last float32 bits), rows
+    with an ignored target exactly zero in both, and the one-hot taken off in float32."""
+    from mygpt2.loss import _chunk_loss_and_grad_eager, _compiled_for_cpu
+
+    compiled = _compiled_for_cpu()
+    if compiled is None:
+        pytest.skip("torch.compile cannot work here (no C++ compiler or Python headers)")
+    gen = torch.Generator().manual_seed(5)
+    logits = (3 * torch.randn(37, 5003, generator=gen)).bfloat16()
+    logits[0, 11] = 40.0  # a near-certain target: p - 1 must not round to 0 - 1
+    targets = torch.randint(0, 5003, (37,), generator=gen)
+    targets[0] = 11
+    valid = torch.ones(37)
+    valid[[3, 20]] = 0.0
+    targets[[3, 20]] = 0  # as the caller passes ignored targets: clamped, then masked
+    for out_dtype in (torch.bfloat16, torch.float32):
+        want_loss, want = _chunk_loss_and_grad_eager(logits, targets, valid, out_dtype)
+        got_loss, got = compiled(logits, targets, valid, out_dtype)
+        assert got.dtype == want.dtype == out_dtype
+        torch.testing.assert_close(got_loss, want_loss, rtol=1e-6, atol=0)
+        step = 2**-8 if out_dtype == torch.bfloat16 else 1e-6  # bf16: 8 bits
+        assert (got.float() - want.float()).abs().max().item() <= step
+        assert torch.equal(got[[3, 20]].float(), torch.zeros(2, 5003))
+        logp = torch.log_softmax(logits[0].float(), -1)
+        assert got[0, 11].item() == pytest.approx(logp[11].exp().item() - 1.0, rel=1e-2)
+        assert got[0, 11].item() != -1.0
