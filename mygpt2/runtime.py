@@ -1,6 +1,8 @@
 """Where and how a run executes: device, precision, processes, and who prints.
 
-- `pick_device` resolves `device = auto` to CUDA, then MPS, then CPU.
+- `pick_device` resolves `device = auto` to CUDA, then MPS, then CPU, and caps PyTorch's
+  CPU threads at this process's share of the cores (`fit_threads`, with a one-line warning):
+  OMP_NUM_THREADS above the cores makes every parallel region wait for a descheduled thread.
 - `choose_dtype` resolves `dtype = auto` and says why: bf16 on GPUs that support it (fp16
   with a GradScaler otherwise), fp16 autocast on MPS; on a CPU bf16 where the CPU has native
   bf16 instructions (AVX-512 BF16, AMX, Arm BF16: read from /proc/cpuinfo at run time) while
@@ -53,8 +55,55 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 CPU_AUTO_BF16 = True
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def threads_within_cores(asked: int, what: str) -> int:
+    """A thread count that was asked for (`what` names where, e.g. a flag), lowered to the
+    cores this process may use, with a one-line warning saying so when it had to."""
+    cores = available_cores()
+    if asked <= cores:
+        return asked
+    warnings.warn(
+        f"{what} {asked} on {cores} cores: using {cores}; threads beyond the cores wait on "
+        "each other at every parallel step",
+        stacklevel=2,
+    )
+    return cores
+
+
+def fit_threads(local_processes: int = 1) -> str | None:
+    """Cap PyTorch's intra-op threads at this process's share of the cores (the cores split
+    over `local_processes` processes on this machine). Returns the warning it issued (what was
+    asked, what is used instead), or None when the count already fits."""
+    cores = available_cores()
+    share = max(1, cores // max(1, local_processes))
+    asked = torch.get_num_threads()
+    if asked <= share:
+        return None
+    torch.set_num_threads(share)
+    source = os.environ.get("OMP_NUM_THREADS")
+    origin = f" (OMP_NUM_THREADS={source})" if source else ""
+    where = (
+        f"{cores} cores" if local_processes <= 1 else f"{cores} cores / {local_processes} processes"
+    )
+    message = (
+        f"{asked} PyTorch threads{origin} on {where}: using {share}; threads beyond the "
+        "cores wait on each other at every parallel step"
+    )
+    warnings.warn(message, stacklevel=2)
+    return message
+
+
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """Resolve a device name; `auto` prefers CUDA, then MPS, then CPU."""
+    """Resolve a device name; `auto` prefers CUDA, then MPS, then CPU. Also fits PyTorch's
+    CPU threads to this process's cores (`fit_threads`; torchrun's LOCAL_WORLD_SIZE processes
+    share them), warning when it has to lower them."""
+    fit_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)

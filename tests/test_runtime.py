@@ -176,3 +176,47 @@ def test_measured_matmul_rate_leaves_the_global_rng_alone():
     state = torch.get_rng_state()
     assert measure_matmul_flops(n=64, seconds=0.01) > 0
     assert torch.equal(torch.get_rng_state(), state)  # exact resume depends on it
+
+
+def test_more_threads_than_cores_are_lowered_with_a_one_line_warning(monkeypatch):
+    """A thread count above this process's cores (set before, as a script or OMP_NUM_THREADS
+    can) is lowered by `pick_device` to the cores, once, saying what was asked and what is
+    used; under torchrun the cores are split over LOCAL_WORLD_SIZE processes."""
+    import warnings
+
+    import torch
+
+    from mygpt2.runtime import available_cores, pick_device
+
+    cores = available_cores()
+    before = torch.get_num_threads()
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(cores + 3)
+        with pytest.warns(UserWarning) as caught:
+            pick_device("cpu")
+        assert len(caught) == 1
+        message = str(caught[0].message)
+        assert f"{cores + 3} PyTorch threads on {cores} cores: using {cores}" in message
+        assert torch.get_num_threads() == cores
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # fits now: no second warning
+            pick_device("cpu")
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cores))  # more processes than cores
+        with pytest.warns(UserWarning, match="using 1;"):
+            pick_device("cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_thread_flag_above_the_cores_is_lowered_with_a_warning():
+    from mygpt2.runtime import available_cores, threads_within_cores
+
+    cores = available_cores()
+    with pytest.warns(
+        UserWarning, match=rf"--threads {cores + 5} on {cores} cores: using {cores};"
+    ):
+        assert threads_within_cores(cores + 5, "--threads") == cores
+    assert threads_within_cores(cores, "--threads") == cores  # fits: as asked, no warning

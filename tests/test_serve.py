@@ -718,3 +718,25 @@ def test_ids_past_the_tokenizers_are_padding_not_tokens():
         assert engine.token_bytes(290) == b"" and engine.token_bytes(65) == b"A"
     finally:
         engine.close()
+
+
+def test_a_threads_option_above_the_cores_is_lowered_with_a_warning():
+    """`mygpt2 serve --threads N` with N above this machine's cores runs on the cores and
+    says so in one line; at or below, the model's thread keeps what was asked."""
+    from mygpt2.runtime import available_cores
+
+    tok = RegexTokenizer()
+    tok.train("some text to learn a few merges from\n" * 20, vocab_size=270)
+    cores = available_cores()
+    with pytest.warns(UserWarning, match=rf"threads {cores + 4} on {cores} cores: using {cores};"):
+        engine = Engine(tiny_gpt(seed=1, vocab_size=300, T=16), tok, "t", threads=cores + 4)
+    try:
+        assert engine.threads == cores
+        assert engine._worker.submit(torch.get_num_threads).result() == cores
+    finally:
+        engine.close()
+    engine = Engine(tiny_gpt(seed=1, vocab_size=300, T=16), tok, "t", threads=1)
+    try:
+        assert engine.threads == 1
+    finally:
+        engine.close()

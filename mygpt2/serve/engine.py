@@ -39,6 +39,7 @@ from mygpt2.errors import MyGPT2Error
 from mygpt2.generate import generate_stream
 from mygpt2.inspect import attention, logit_lens
 from mygpt2.model import GPT
+from mygpt2.runtime import threads_within_cores
 from mygpt2.serve.completions import APIError, CompletionRequest, Limits
 from mygpt2.serve.features import SAEs, resolve_steer
 from mygpt2.tokenizer import RegexTokenizer
@@ -124,7 +125,8 @@ class Engine:
         # event loop (woken at every token) waits for a core, and a 60-token answer measured
         # 10x slower on 2 busy cores. One core is left to the loop unless `threads` says.
         # (The setting is per thread with OpenMP: the rest of the process keeps its own.)
-        self.threads = threads or max(1, torch.get_num_threads() - 1)
+        self.threads = threads_within_cores(threads, "threads") if threads else None
+        self.threads = self.threads or max(1, torch.get_num_threads() - 1)
         self._worker = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="mygpt2-model",
