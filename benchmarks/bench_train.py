@@ -16,11 +16,19 @@ Every runner, the reference included, runs with `runtime.keep_freed_memory()` on
 `mygpt2 train` does on a CPU: so the ratios credit our step, not the allocator setting (which
 speeds up the reference too).
 
-    python benchmarks/bench_train.py                 # both shapes, fp32 and bf16 autocast
+    python benchmarks/bench_train.py                 # both shapes, fp32 and bf16, 1 and all threads
     python benchmarks/bench_train.py --shapes small  # just the small shape
     python benchmarks/bench_train.py --loss-check    # fp32 vs bf16 val loss on Tiny Shakespeare
     python benchmarks/bench_train.py --loss-check --loss-tokenizer gpt2 --loss-steps 1000
     python benchmarks/bench_train.py --threads 1     # one thread (a machine shared with others)
+    python benchmarks/bench_train.py --threads 1 2 4 # each count in turn, and the scaling
+
+At each thread count the matmul rates are measured again (`runtime.measure_matmul_flops`),
+and every runner's tokens/s is shown as a fraction of the rate in its dtype ("of rate"); for
+our runners also the step's model FLOPs over the seconds the step spends in matmuls alone
+("matmuls", from torch.profiler): the fraction the step would reach if everything else were
+free. Then the scaling from the first thread count to the others, for each runner and for
+the bare matmul rates.
 
 The loss check's default is byte level, 600 steps, 3 seeds: there the runs are steady (seeds
 within 0.01 of each other) and a 0.02 bar can be read. With GPT-2's vocabulary at 300 steps
@@ -41,7 +49,13 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from mygpt2.config import Config, ModelConfig
 from mygpt2.model import GPT
 from mygpt2.optim import make_optimizer
-from mygpt2.runtime import cpu_flags, keep_freed_memory, measure_matmul_flops, native_bf16_flag
+from mygpt2.runtime import (
+    cpu_flags,
+    keep_freed_memory,
+    measure_matmul_flops,
+    native_bf16_flag,
+    threads_within_cores,
+)
 from mygpt2.train import train_step
 
 SHAPES = {
@@ -97,15 +111,26 @@ def hf_step_fn(shape: dict):
     return step
 
 
-def bench_shape(name: str, shape: dict, steps: int, warmup: int, compiled: bool) -> list[str]:
+def step_matmul_seconds(step, x, y) -> float:
+    """Seconds one step spends in matmuls (mm, addmm, bmm, from torch.profiler): what the
+    step would take if everything else were free."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(x, y)
+    names = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in names) / 1e6
+
+
+def bench_shape(
+    name: str, shape: dict, steps: int, warmup: int, compiled: bool, threads: list[int]
+) -> list[str]:
+    """Tokens/s of every runner at each thread count, each as a fraction of the matmul rate
+    measured at that thread count (MFU), and the scaling from the first count to the others."""
     B, T = shape["batch"], shape["T"]
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, VOCAB, (B, T), generator=gen)
     y = torch.roll(x, -1, dims=1)
-    peak = {
-        "fp32": measure_matmul_flops(torch.float32, seconds=1.0),
-        "bf16": measure_matmul_flops(torch.bfloat16, seconds=1.0),
-    }
     runners = {"hf fp32": hf_step_fn(shape)}
     model, runners["ours fp32"] = ours_step_fn(shape, torch.float32)
     if compiled:
@@ -113,25 +138,58 @@ def bench_shape(name: str, shape: dict, steps: int, warmup: int, compiled: bool)
     bf16_native = native_bf16_flag() is not None
     if bf16_native:  # without AVX-512 BF16 / AMX, bf16 matmuls are emulated and very slow
         _, runners["ours bf16 autocast"] = ours_step_fn(shape, torch.bfloat16)
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for i in range(warmup + steps):
-        for label, step in runners.items():  # interleaved: load hits every runner alike
-            t0 = time.perf_counter()
-            step(x, y)
-            if i >= warmup:
-                times[label].append(time.perf_counter() - t0)
     flops_tok = model.flops_per_token(T)
-    hf_rate = B * T / statistics.median(times["hf fp32"])
     lines = [
         f"\n{name}: {shape} vocab {VOCAB}, {model.num_params() / 1e6:.1f}M params, "
-        f"{flops_tok / 1e6:.1f} MFLOP/token; measured matmul fp32 "
-        f"{peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s"
+        f"{flops_tok / 1e6:.1f} MFLOP/token"
     ]
-    lines.append(f"  {'runner':<22}{'tokens/s':>10}{'vs hf fp32':>12}{'MFU':>8}")
-    for label, ts in times.items():
-        rate = B * T / statistics.median(ts)
-        mfu = flops_tok * rate / peak["bf16" if "bf16" in label else "fp32"]
-        lines.append(f"  {label:<22}{rate:>10,.0f}{rate / hf_rate:>11.2f}x{mfu:>8.0%}")
+    rates: dict[int, dict[str, float]] = {}  # threads -> runner (or matmul) -> tokens|FLOP/s
+    for n in threads:
+        torch.set_num_threads(n)
+        peak = {
+            "fp32": measure_matmul_flops(torch.float32, seconds=1.0),
+            "bf16": measure_matmul_flops(torch.bfloat16, seconds=1.0),
+        }
+        times: dict[str, list[float]] = {k: [] for k in runners}
+        for i in range(warmup + steps):
+            for label, step in runners.items():  # interleaved: load hits every runner alike
+                t0 = time.perf_counter()
+                step(x, y)
+                if i >= warmup:
+                    times[label].append(time.perf_counter() - t0)
+        rates[n] = {label: B * T / statistics.median(ts) for label, ts in times.items()}
+        rates[n].update({f"matmul {k}": v for k, v in peak.items()})
+        hf_rate = rates[n]["hf fp32"]
+        lines.append(
+            f"  {n} thread{'s' if n > 1 else ''}: measured matmul rate fp32 "
+            f"{peak['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:,.0f} GFLOP/s"
+        )
+        lines.append(
+            f"    {'runner':<22}{'tokens/s':>10}{'vs hf fp32':>12}{'of rate':>9}{'matmuls':>9}"
+        )
+        for label in runners:
+            rate = rates[n][label]
+            dtype = "bf16" if "bf16" in label else "fp32"
+            frac = flops_tok * rate / peak[dtype]
+            # the step's own matmuls alone, against the same rate: the ceiling for this step
+            mm = ""
+            if label.startswith("ours") and "compiled" not in label:
+                mm_frac = (
+                    flops_tok * B * T / step_matmul_seconds(runners[label], x, y) / peak[dtype]
+                )
+                mm = f"{mm_frac:>9.0%}"
+            lines.append(f"    {label:<22}{rate:>10,.0f}{rate / hf_rate:>11.2f}x{frac:>9.0%}{mm}")
+    if len(threads) > 1:
+        first = threads[0]
+        for n in threads[1:]:
+            parts = [
+                f"{label} {rates[n][label] / rates[first][label]:.2f}x" for label in rates[first]
+            ]
+            lines.append(f"  scaling {first} -> {n} threads: " + ", ".join(parts))
+    lines.append(
+        "  (of rate: the step's model FLOPs/s over the measured matmul rate; matmuls: the "
+        "same FLOPs over the time the step spends in matmuls alone, its ceiling)"
+    )
     if not bf16_native:
         lines.append(
             "  (bf16 autocast skipped: this CPU has no native bf16 (avx512_bf16 or amx_bf16 in "
@@ -206,7 +264,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled runner")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's default")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[],
+        help="thread counts to run at, in turn (default: 1 and torch's default, the cores)",
+    )
     parser.add_argument("--loss-check", action="store_true")
     parser.add_argument("--loss-steps", type=int, default=600)
     parser.add_argument("--loss-seeds", type=int, default=3)
@@ -218,16 +282,18 @@ def main() -> None:
     parser.add_argument("--shakespeare", type=Path, default=shared / "tinyshakespeare.txt")
     parser.add_argument("--tiktoken-file", type=Path, default=shared / "gpt2.tiktoken")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = [threads_within_cores(n, "--threads") for n in args.threads]
+    threads = threads or sorted({1, torch.get_num_threads()})
     keep_freed_memory()  # as mygpt2 train does on a CPU; for every runner alike
     flags = " ".join(sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, threads {threads}, "
         f"{platform.processor() or platform.machine()} ({flags}), {time.strftime('%Y-%m-%d')}"
     )
     if args.loss_check:
         import tempfile
+
+        torch.set_num_threads(threads[-1])
 
         with tempfile.TemporaryDirectory() as tmp:
             print(
@@ -247,7 +313,9 @@ def main() -> None:
     for name in args.shapes:
         steps = args.steps if name == "small" else max(3, args.steps // 2)
         print(
-            "\n".join(bench_shape(name, SHAPES[name], steps, args.warmup, not args.no_compile)),
+            "\n".join(
+                bench_shape(name, SHAPES[name], steps, args.warmup, not args.no_compile, threads)
+            ),
             flush=True,
         )
 
