@@ -59,7 +59,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         w, hh = weight.to(compute), h.to(compute)  # one cast each, not one per chunk
         valid = (targets != IGNORE_INDEX).to(torch.float32)
         targets = targets.clamp(min=0)
-        compiled = _compiled_chunk_loss_and_grad(h.device, compute)
+        rows = min(chunk_rows, h.shape[0])
+        big = rows * weight.shape[0] >= COMPILED_CHUNK_MIN_ELEMENTS  # else not worth compiling
+        compiled = _compiled_chunk_loss_and_grad(h.device, compute) if big else None
         grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
         grad_w = None  # float32: the chunks' products are summed at full precision
         total = torch.zeros((), dtype=torch.float32, device=h.device)
@@ -70,8 +72,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 valid[s : s + chunk_rows],
             )
             logits = hc @ w.t()  # (rows, vocab), in the matmul dtype
-            fused = compiled if logits.numel() >= COMPILED_CHUNK_MIN_ELEMENTS else None
-            loss, p = (fused or _chunk_loss_and_grad_eager)(logits, tc, vc, compute)
+            loss, p = (compiled or _chunk_loss_and_grad_eager)(logits, tc, vc, compute)
             total += loss
             del logits
             grad_h[s : s + chunk_rows] = p @ w
