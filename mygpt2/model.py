@@ -52,6 +52,7 @@ from mygpt2.hooks import (
 )
 from mygpt2.loss import linear_cross_entropy
 from mygpt2.packing import packed_linear
+from mygpt2.rmsnorm import RMSNorm
 
 __all__ = ["GPT", "ModelConfig"]
 
@@ -87,7 +88,7 @@ class Linear(nn.Module):
 def make_norm(cfg: ModelConfig, width: int) -> nn.Module:
     """GPT-2's LayerNorm, or with `norm="rmsnorm"` RMSNorm: no centring and no bias."""
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(width, eps=1e-5)
+        return RMSNorm(width, eps=1e-5)
     return nn.LayerNorm(width, bias=cfg.bias)
 
 
@@ -123,8 +124,8 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.q_norm = self.k_norm = None
         if cfg.qk_norm:  # each head's queries and keys at unit RMS, times a gain the heads share
-            self.q_norm = nn.RMSNorm(cfg.n_emb // cfg.n_heads, eps=1e-5)
-            self.k_norm = nn.RMSNorm(cfg.n_emb // cfg.n_heads, eps=1e-5)
+            self.q_norm = RMSNorm(cfg.n_emb // cfg.n_heads, eps=1e-5)
+            self.k_norm = RMSNorm(cfg.n_emb // cfg.n_heads, eps=1e-5)
 
     def forward(
         self,
@@ -144,11 +145,9 @@ class CausalSelfAttention(nn.Module):
         at = f"blocks.{layer}.attn."
         if hooks is not None:
             q, k, v = hooks(at + "hook_q", q), hooks(at + "hook_k", k), hooks(at + "hook_v", v)
-        if self.q_norm is not None:  # gains in q's dtype (autocast keeps them float32), and
-            # v's dtype out: CUDA autocast runs rms_norm in float32, SDPA wants one dtype
-            qn, kn = self.q_norm, self.k_norm
-            q = F.rms_norm(q, (hs,), qn.weight.to(q.dtype), qn.eps).to(v.dtype)
-            k = F.rms_norm(k, (hs,), kn.weight.to(k.dtype), kn.eps).to(v.dtype)
+        if self.q_norm is not None:  # v's dtype out: SDPA wants one dtype
+            q = self.q_norm(q).to(v.dtype)
+            k = self.k_norm(k).to(v.dtype)
             if hooks is not None:
                 q, k = hooks(at + "q_norm.hook_out", q), hooks(at + "k_norm.hook_out", k)
         if rope is not None:  # the cache keeps rotated keys: each stays at its own position
