@@ -50,6 +50,7 @@ def attention_pattern(
     softmax taken in float32. A query that sees no key (left padding) gets zeros, as SDPA
     gives, not NaN. The model's written-out attention and the health probe both call this."""
     scores = (q @ k.transpose(-2, -1)).div_(math.sqrt(q.size(-1)))  # (B, nh, t, S)
+    may_see_nothing = mask is not None  # a causal mask lets every query see itself
     if is_causal and mask is None:  # no cache: t == S
         mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
     if mask is not None:  # in place: the scores of long texts are large
@@ -57,7 +58,7 @@ def attention_pattern(
     if hooks is not None:
         scores = hooks(at + "hook_attn_scores", scores)
     pattern = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-    if mask is not None:
+    if may_see_nothing:
         pattern = pattern.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
     return pattern
 
