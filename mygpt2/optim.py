@@ -10,7 +10,10 @@ Optimizers (`--optimizer`):
   (matrices only) is the classic L2 term added to the gradient, not AdamW's decoupled one.
 
 Two optimizers under one step are one `Optimizers` object, which `train_step`, the grad scaler
-and checkpoints use as they use one torch optimizer.
+and checkpoints use as they use one torch optimizer. It steps torch's Muon through
+`muon_step`: the same update, with each parameter group's matrices (one shape per group)
+orthogonalised together in batched matmuls, where torch runs the 15 small products of five
+Newton-Schulz iterations matrix by matrix (its step was a fifth of the CPU speedrun's).
 
 `torch.optim.Muon` arrived in torch 2.9, and the package allows older torch: it is looked up
 only when `--optimizer muon` asks for it (`muon_class`), so an AdamW or SGD run trains and
@@ -93,8 +96,12 @@ class Optimizers:
     def step(self, closure: Any = None) -> None:
         if closure is not None:
             raise ValueError("Optimizers.step takes no closure")
+        muon = muon_class()
         for opt in self.optimizers:
-            opt.step()
+            if muon is not None and type(opt) is muon:
+                muon_step(opt)
+            else:
+                opt.step()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
@@ -106,6 +113,56 @@ class Optimizers:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for opt, saved in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(saved)
+
+
+@torch.no_grad()
+def muon_step(opt: torch.optim.Optimizer) -> None:
+    """One step of torch's Muon `opt`, each group's same-shaped matrices stacked: momentum
+    (Nesterov or not), Newton-Schulz orthogonalisation in bf16 (torch's coefficients, steps
+    and eps, each matrix scaled to unit Frobenius norm first), the learning rate adjusted to
+    the shape as torch does, decoupled weight decay. Its state dict stays torch's."""
+    from torch.optim._muon import _adjust_lr  # the rate rule itself, not a copy of it
+
+    for group in opt.param_groups:
+        params: list[torch.Tensor] = []
+        grads: list[torch.Tensor] = []
+        bufs: list[torch.Tensor] = []
+        opt._init_group(group, params, grads, bufs)  # momentum buffers created as torch does
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(params):
+            if p.grad.ndim != 2:
+                raise ValueError("Muon optimizes 2-D matrices only")
+            by_shape.setdefault(tuple(p.shape), []).append(i)
+        lr, momentum = float(group["lr"]), group["momentum"]
+        if bufs:
+            torch._foreach_lerp_(bufs, grads, 1 - momentum)
+        for shape, idx in by_shape.items():
+            if group["nesterov"]:
+                updates = [grads[i].lerp(bufs[i], momentum) for i in idx]
+            else:
+                updates = [bufs[i] for i in idx]
+            ortho = _newton_schulz(torch.stack(updates), group)
+            rate = _adjust_lr(lr, group["adjust_lr_fn"], torch.Size(shape))
+            for i, o in zip(idx, ortho, strict=True):
+                params[i].mul_(1 - lr * group["weight_decay"])
+                params[i].add_(o, alpha=-rate)
+
+
+def _newton_schulz(g: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+    """torch's quintic Newton-Schulz iteration on a stack of matrices (n, rows, cols) at once:
+    bf16, each scaled to Frobenius norm <= 1, worked on in its wide orientation."""
+    a, b, c = group["ns_coefficients"]
+    x = g.bfloat16()
+    tall = g.size(1) > g.size(2)
+    if tall:
+        x = x.transpose(1, 2)
+    norms = torch.stack([m.norm() for m in x])  # each matrix's, as torch takes it
+    x = x / norms.clamp(min=group["eps"])[:, None, None]
+    for _ in range(group["ns_steps"]):
+        gram = x @ x.transpose(1, 2)
+        update = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.baddbmm(x, update, x, beta=a)
+    return x.transpose(1, 2) if tall else x
 
 
 def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:

@@ -383,3 +383,41 @@ def test_fractional_warmup_and_decay_lengths_round_as_documented():
     assert [get_lr(s, wsd) for s in range(11)] == pytest.approx(
         [1.0] * 7 + [0.75, 0.5, 0.25, 0.0]
     )  # the decay starts at 10 - 4 = 6
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_batched_muon_step_equals_torchs_muon(nesterov):
+    """`muon_step` stacks each group's same-shaped matrices: after five steps on the same
+    gradients its parameters and momentum buffers equal torch's own Muon.step's, for wide,
+    tall and square matrices, with weight decay and the shape-adjusted rate."""
+    from mygpt2.optim import muon_class, muon_step
+
+    muon = muon_class()
+    if muon is None:
+        pytest.skip("this torch has no torch.optim.Muon")
+    torch.manual_seed(0)
+    shapes = [(16, 48), (16, 48), (64, 16), (64, 16), (64, 16), (32, 32)]
+    start = [torch.randn(s) for s in shapes]
+    ours = [t.clone().requires_grad_() for t in start]
+    theirs = [t.clone().requires_grad_() for t in start]
+
+    def groups(ps):
+        by = {}
+        for p in ps:
+            by.setdefault(tuple(p.shape), []).append(p)
+        return [{"params": g} for g in by.values()]
+
+    kw = dict(lr=0.05, weight_decay=0.1, momentum=0.9, nesterov=nesterov)
+    opt_ours, opt_theirs = muon(groups(ours), **kw), muon(groups(theirs), **kw)
+    for _ in range(5):
+        grads = [torch.randn(s) for s in shapes]
+        for p, q, g in zip(ours, theirs, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        muon_step(opt_ours)
+        opt_theirs.step()
+    for p, q in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            opt_ours.state[p]["momentum_buffer"], opt_theirs.state[q]["momentum_buffer"]
+        )
+    assert opt_ours.state_dict().keys() == opt_theirs.state_dict().keys()
