@@ -197,6 +197,25 @@ def layer_norm(
     return normalized * ln.weight if bias is None else torch.addcmul(bias, normalized, ln.weight)
 
 
+class _ReluSquared(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        r = torch.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, grad):
+        (r,) = ctx.saved_tensors
+        return torch.mul(grad, r).mul_(2.0)  # 0 where x <= 0, as relu's own gradient
+
+
+def relu_squared(x: torch.Tensor) -> torch.Tensor:
+    """relu(x)^2 with one kept tensor and a two-op backward (autograd through relu and
+    square keeps both and runs three kernels); the same values, the same gradient."""
+    return _ReluSquared.apply(x)
+
+
 def mlp_width(cfg: ModelConfig) -> int:
     """The MLP's hidden width: 4 n_emb, or for SwiGLU's three matrices 8/3 n_emb rounded up to
     a multiple of 64, about the same parameter count (Llama's choice)."""
@@ -233,7 +252,7 @@ class MLP(nn.Module):
         if self.kind == "gelu":
             h = F.gelu(h, approximate="tanh")
         elif self.kind == "relu2":
-            h = F.relu(h).square()
+            h = relu_squared(h)
         else:
             h = F.silu(h) * up
         if hooks is not None:

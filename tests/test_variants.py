@@ -417,3 +417,23 @@ def test_the_llama_variant_exports_to_llama_for_causal_lm(tmp_path: Path, tied: 
         theirs = hf(idx).logits
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
     assert (hf.lm_head.weight is hf.model.embed_tokens.weight) == tied
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_squared_equals_autograd_through_relu_and_square(dtype):
+    """The relu2 MLP's own backward gives bit for bit what autograd through F.relu(x).square()
+    gives, zeros at and below 0 included."""
+    from mygpt2.model import relu_squared
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 9, 64).to(dtype)
+    x[0, 0, :4] = 0.0
+    g = torch.randn(4, 9, 64).to(dtype)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = relu_squared(a), torch.nn.functional.relu(b).square()
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(ya, yb) and torch.equal(a.grad, b.grad)
+    assert torch.autograd.gradcheck(
+        relu_squared, (torch.randn(3, 5, dtype=torch.float64, requires_grad=True),)
+    )
