@@ -22,6 +22,7 @@ speeds up the reference too).
     python benchmarks/bench_train.py --loss-check --loss-tokenizer gpt2 --loss-steps 1000
     python benchmarks/bench_train.py --threads 1     # one thread (a machine shared with others)
     python benchmarks/bench_train.py --threads 1 2 4 # each count in turn, and the scaling
+    python benchmarks/bench_train.py --where         # and where our step's time goes
 
 At each thread count the matmul rates are measured again (`runtime.measure_matmul_flops`),
 and every runner's tokens/s is shown as a fraction of the rate in its dtype ("of rate"); for
@@ -122,8 +123,46 @@ def step_matmul_seconds(step, x, y) -> float:
     return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in names) / 1e6
 
 
+def where_the_time_goes(step, x, y, steps: int = 2) -> dict[str, float]:
+    """Seconds per step by part, from torch.profiler's op tree: each op's own time goes to the
+    loss head, attention or the optimizer when it runs inside one (LinearCrossEntropy,
+    CausalAttention, Optimizer.step), else to matmuls, casts and copies, or the rest
+    (elementwise: norms, activations, residual adds, gradient clipping)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step(x, y)
+    parts: dict[str, float] = {}
+    owners = (("LinearCrossEntropy", "loss head"), ("CausalAttention", "attention"))
+    for event in prof.events():
+        if event.cpu_children:  # count leaves only: their self time adds up to the step
+            continue
+        part, up = None, event.cpu_parent
+        while up is not None and part is None:
+            if up.name.startswith("Optimizer.step"):
+                part = "optimizer"
+            part = part or next((p for key, p in owners if key in up.name), None)
+            up = up.cpu_parent
+        if part is None:
+            if event.name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"):
+                part = "matmuls"
+            elif event.name in ("aten::copy_", "aten::_to_copy", "aten::clone"):
+                part = "casts and copies"
+            else:
+                part = "rest"
+        parts[part] = parts.get(part, 0.0) + event.self_cpu_time_total / 1e6 / steps
+    return parts
+
+
 def bench_shape(
-    name: str, shape: dict, steps: int, warmup: int, compiled: bool, threads: list[int]
+    name: str,
+    shape: dict,
+    steps: int,
+    warmup: int,
+    compiled: bool,
+    threads: list[int],
+    where: bool = False,
 ) -> list[str]:
     """Tokens/s of every runner at each thread count, each as a fraction of the matmul rate
     measured at that thread count (MFU), and the scaling from the first count to the others."""
@@ -179,6 +218,16 @@ def bench_shape(
                 )
                 mm = f"{mm_frac:>9.0%}"
             lines.append(f"    {label:<22}{rate:>10,.0f}{rate / hf_rate:>11.2f}x{frac:>9.0%}{mm}")
+    if where:
+        for n in threads:
+            torch.set_num_threads(n)
+            label = "ours bf16 autocast" if bf16_native else "ours fp32"
+            parts = where_the_time_goes(runners[label], x, y)
+            total = sum(parts.values())
+            shares = ", ".join(f"{k} {v * 1e3:,.0f} ms" for k, v in sorted(parts.items()))
+            lines.append(
+                f"  where {label}'s step goes, {n} thread(s), {total * 1e3:,.0f} ms: {shares}"
+            )
     if len(threads) > 1:
         first = threads[0]
         for n in threads[1:]:
@@ -271,6 +320,9 @@ def main() -> None:
         default=[],
         help="thread counts to run at, in turn (default: 1 and torch's default, the cores)",
     )
+    parser.add_argument(
+        "--where", action="store_true", help="also: where our step's time goes (torch.profiler)"
+    )
     parser.add_argument("--loss-check", action="store_true")
     parser.add_argument("--loss-steps", type=int, default=600)
     parser.add_argument("--loss-seeds", type=int, default=3)
@@ -314,7 +366,9 @@ def main() -> None:
         steps = args.steps if name == "small" else max(3, args.steps // 2)
         print(
             "\n".join(
-                bench_shape(name, SHAPES[name], steps, args.warmup, not args.no_compile, threads)
+                bench_shape(
+                    name, SHAPES[name], steps, args.warmup, not args.no_compile, threads, args.where
+                )
             ),
             flush=True,
         )
