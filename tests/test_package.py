@@ -30,6 +30,7 @@ LAYERS = {
         "loss",
         "hooks",
         "attention",
+        "rmsnorm",
         "packing",
         "model",
         "dynamics",
