@@ -124,7 +124,7 @@ def step_matmul_seconds(step, x, y) -> float:
 
 
 def where_the_time_goes(step, x, y, steps: int = 2) -> dict[str, float]:
-    """Seconds per step by part, from torch.profiler's op tree: each op's own time goes to the
+    """Seconds per step by part, from torch.profiler's op tree: each op's self time goes to the
     loss head, attention or the optimizer when it runs inside one (LinearCrossEntropy,
     CausalAttention, Optimizer.step), else to matmuls, casts and copies, or the rest
     (elementwise: norms, activations, residual adds, gradient clipping)."""
@@ -135,10 +135,8 @@ def where_the_time_goes(step, x, y, steps: int = 2) -> dict[str, float]:
             step(x, y)
     parts: dict[str, float] = {}
     owners = (("LinearCrossEntropy", "loss head"), ("CausalAttention", "attention"))
-    for event in prof.events():
-        if event.cpu_children:  # count leaves only: their self time adds up to the step
-            continue
-        part, up = None, event.cpu_parent
+    for event in prof.events():  # self times: each microsecond counted once
+        part, up = None, event
         while up is not None and part is None:
             if up.name.startswith("Optimizer.step"):
                 part = "optimizer"
