@@ -10,10 +10,10 @@ Optimizers (`--optimizer`):
   (matrices only) is the classic L2 term added to the gradient, not AdamW's decoupled one.
 
 Two optimizers under one step are one `Optimizers` object, which `train_step`, the grad scaler
-and checkpoints use as they use one torch optimizer. It steps torch's Muon through
-`muon_step`: the same update, with each parameter group's matrices (one shape per group)
-orthogonalised together in batched matmuls, where torch runs the 15 small products of five
-Newton-Schulz iterations matrix by matrix (its step was a fifth of the CPU speedrun's).
+and checkpoints use as they use one torch optimizer. Muon is torch's, stepped by `muon_step`:
+the same update, with each parameter group's same-shaped matrices orthogonalised together in
+batched matmuls, where torch runs the 15 small products of five Newton-Schulz iterations
+matrix by matrix (its step was a fifth of the CPU speedrun's).
 
 `torch.optim.Muon` arrived in torch 2.9, and the package allows older torch: it is looked up
 only when `--optimizer muon` asks for it (`muon_class`), so an AdamW or SGD run trains and
@@ -29,6 +29,7 @@ last `decay_ratio * max_steps` steps; `constant` holds `lr`. A parameter group m
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -68,8 +69,36 @@ MUON_TORCH = "2.9"  # the first torch release with torch.optim.Muon
 
 
 def muon_class() -> type[torch.optim.Optimizer] | None:
-    """torch's Muon, or None on a torch without it."""
-    return getattr(torch.optim, "Muon", None)
+    """torch's Muon with a batched step (`muon_step`), or None on a torch without Muon. A
+    subclass, so torch's own step machinery (profiler label, step hooks, the count schedulers
+    check) and its state dict stay as they are."""
+    muon = getattr(torch.optim, "Muon", None)
+    return None if muon is None else _batched_muon(muon)
+
+
+@functools.cache  # one class per torch Muon class, so isinstance checks agree
+def _batched_muon(muon: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    class Muon(muon):  # torch's name: profiler labels, logs and reprs read as before
+        """`torch.optim.Muon` whose step orthogonalises same-shaped matrices together."""
+
+        @torch.no_grad()
+        def step(self, closure: Any = None) -> Any:
+            if closure is not None or not _has_muon_internals():
+                return super().step(closure)  # torch's own, matrix by matrix
+            muon_step(self)
+            return None
+
+    return Muon
+
+
+def _has_muon_internals() -> bool:
+    """Whether this torch's Muon has the pieces `muon_step` builds on (its group set-up and
+    its rate rule, private names): torch 2.9-2.13 do; elsewhere torch's own step runs."""
+    try:
+        from torch.optim._muon import _adjust_lr  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(getattr(torch.optim, "Muon", None), "_init_group")
 
 
 def check_optimizer(name: str) -> None:
@@ -96,12 +125,8 @@ class Optimizers:
     def step(self, closure: Any = None) -> None:
         if closure is not None:
             raise ValueError("Optimizers.step takes no closure")
-        muon = muon_class()
         for opt in self.optimizers:
-            if muon is not None and type(opt) is muon:
-                muon_step(opt)
-            else:
-                opt.step()
+            opt.step()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
@@ -128,11 +153,11 @@ def muon_step(opt: torch.optim.Optimizer) -> None:
         grads: list[torch.Tensor] = []
         bufs: list[torch.Tensor] = []
         opt._init_group(group, params, grads, bufs)  # momentum buffers created as torch does
-        by_shape: dict[tuple[int, ...], list[int]] = {}
+        by_shape: dict[tuple[Any, ...], list[int]] = {}  # (rows, cols, dtype): one stack each
         for i, p in enumerate(params):
             if p.grad.ndim != 2:
                 raise ValueError("Muon optimizes 2-D matrices only")
-            by_shape.setdefault(tuple(p.shape), []).append(i)
+            by_shape.setdefault((*p.shape, p.dtype), []).append(i)
         lr, momentum = float(group["lr"]), group["momentum"]
         if bufs:
             torch._foreach_lerp_(bufs, grads, 1 - momentum)
@@ -142,7 +167,7 @@ def muon_step(opt: torch.optim.Optimizer) -> None:
             else:
                 updates = [bufs[i] for i in idx]
             ortho = _newton_schulz(torch.stack(updates), group)
-            rate = _adjust_lr(lr, group["adjust_lr_fn"], torch.Size(shape))
+            rate = _adjust_lr(lr, group["adjust_lr_fn"], torch.Size(shape[:2]))
             for i, o in zip(idx, ortho, strict=True):
                 params[i].mul_(1 - lr * group["weight_decay"])
                 params[i].add_(o, alpha=-rate)

@@ -390,11 +390,12 @@ def test_batched_muon_step_equals_torchs_muon(nesterov):
     """`muon_step` stacks each group's same-shaped matrices: after five steps on the same
     gradients its parameters and momentum buffers equal torch's own Muon.step's, for wide,
     tall and square matrices, with weight decay and the shape-adjusted rate."""
-    from mygpt2.optim import muon_class, muon_step
+    from mygpt2.optim import muon_class
 
     muon = muon_class()
     if muon is None:
         pytest.skip("this torch has no torch.optim.Muon")
+    assert issubclass(muon, torch.optim.Muon) and muon is not torch.optim.Muon
     torch.manual_seed(0)
     shapes = [(16, 48), (16, 48), (64, 16), (64, 16), (64, 16), (32, 32)]
     start = [torch.randn(s) for s in shapes]
@@ -408,12 +409,14 @@ def test_batched_muon_step_equals_torchs_muon(nesterov):
         return [{"params": g} for g in by.values()]
 
     kw = dict(lr=0.05, weight_decay=0.1, momentum=0.9, nesterov=nesterov)
-    opt_ours, opt_theirs = muon(groups(ours), **kw), muon(groups(theirs), **kw)
+    opt_ours, opt_theirs = muon(groups(ours), **kw), torch.optim.Muon(groups(theirs), **kw)
+    hooked = []
+    opt_ours.register_step_post_hook(lambda *_: hooked.append(1))  # torch's step machinery
     for _ in range(5):
         grads = [torch.randn(s) for s in shapes]
         for p, q, g in zip(ours, theirs, grads, strict=True):
             p.grad, q.grad = g.clone(), g.clone()
-        muon_step(opt_ours)
+        opt_ours.step()
         opt_theirs.step()
     for p, q in zip(ours, theirs, strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
@@ -421,3 +424,26 @@ def test_batched_muon_step_equals_torchs_muon(nesterov):
             opt_ours.state[p]["momentum_buffer"], opt_theirs.state[q]["momentum_buffer"]
         )
     assert opt_ours.state_dict().keys() == opt_theirs.state_dict().keys()
+    assert len(hooked) == 5  # the hooks and the profiler label of Optimizer.step still run
+
+
+def test_batched_muon_falls_back_to_torchs_step_without_its_internals(monkeypatch):
+    """On a torch whose Muon lacks the private pieces `muon_step` uses, the subclass runs
+    torch's own step: the same parameters, bit for bit."""
+    import mygpt2.optim
+    from mygpt2.optim import muon_class
+
+    if muon_class() is None:
+        pytest.skip("this torch has no torch.optim.Muon")
+    monkeypatch.setattr(mygpt2.optim, "_has_muon_internals", lambda: False)
+    torch.manual_seed(3)
+    start = torch.randn(8, 24)
+    ours, theirs = start.clone().requires_grad_(), start.clone().requires_grad_()
+    opt_ours = muon_class()([ours], lr=0.05, weight_decay=0.1)
+    opt_theirs = torch.optim.Muon([theirs], lr=0.05, weight_decay=0.1)
+    for _ in range(3):
+        g = torch.randn(8, 24)
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        opt_ours.step()
+        opt_theirs.step()
+    assert torch.equal(ours, theirs)
