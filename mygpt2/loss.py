@@ -33,6 +33,7 @@ Design choices:
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
@@ -140,6 +141,29 @@ def _compiled_chunk_loss_and_grad(device: torch.device, compute: torch.dtype):
     return _compiled_for_cpu()
 
 
+class _CompiledOrEager:
+    """The compiled kernel, or the eager ops from the first time it fails to build (a found
+    compiler that cannot compile, say): the same values either way, with one warning."""
+
+    def __init__(self, compiled):
+        self.compiled, self.failed = compiled, False
+
+    def __call__(self, *args):
+        if not self.failed:
+            try:
+                return self.compiled(*args)
+            except Exception as e:  # inductor's errors have no common base class
+                self.failed = True
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                warnings.warn(
+                    f"the compiled loss kernel could not be built ({type(e).__name__}: "
+                    f"{first[:200]}); the loss runs on the eager ops, with the same values, "
+                    "slower",
+                    stacklevel=2,
+                )
+        return _chunk_loss_and_grad_eager(*args)
+
+
 @functools.cache
 def _compiled_for_cpu():
     from mygpt2.runtime import compile_problem  # torch.compile's needs, checked once
@@ -147,7 +171,7 @@ def _compiled_for_cpu():
     if compile_problem(torch.device("cpu")) is not None:
         return None
     # dynamic: the last chunk's rows differ, and one kernel serves every row count
-    return torch.compile(_chunk_loss_and_grad, dynamic=True)
+    return _CompiledOrEager(torch.compile(_chunk_loss_and_grad, dynamic=True))
 
 
 def _compute_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:

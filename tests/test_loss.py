@@ -197,3 +197,35 @@ def test_the_compiled_chunk_kernel_equals_the_eager_one():
         logp = torch.log_softmax(logits[0].float(), -1)
         assert got[0, 11].item() == pytest.approx(logp[11].exp().item() - 1.0, rel=1e-2)
         assert got[0, 11].item() != -1.0
+    assert not compiled.failed  # the compiled kernel ran, not the eager fallback
+
+
+def test_a_compiled_kernel_that_cannot_be_built_falls_back_to_the_eager_ops(monkeypatch):
+    """A compiler that is found but fails (inductor raises at the first call): one warning
+    naming the failure, the eager ops' values, and no second attempt."""
+    import mygpt2.loss
+
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("CppCompileError: C++ compile error\nmore detail")
+
+    monkeypatch.setattr(
+        mygpt2.loss, "_compiled_for_cpu", lambda: mygpt2.loss._CompiledOrEager(broken)
+    )
+    monkeypatch.setattr(mygpt2.loss, "COMPILED_CHUNK_MIN_ELEMENTS", 0)
+    torch.manual_seed(4)
+    h = torch.randn(40, 16, requires_grad=True)
+    w = torch.randn(300, 16, requires_grad=True)
+    y = torch.randint(0, 300, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.warns(UserWarning) as caught:
+        loss = mygpt2.loss.linear_cross_entropy(h, w, y, 16, "sum")  # 3 chunks
+    assert len(caught) == 1 and "could not be built (RuntimeError: CppCompileError" in str(
+        caught[0].message
+    )
+    assert len(calls) == 1  # not retried for the next chunks
+    monkeypatch.setattr(mygpt2.loss, "COMPILED_CHUNK_MIN_ELEMENTS", 2**62)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = mygpt2.loss.linear_cross_entropy(h, w, y, 16, "sum")
+    assert loss.item() == want.item()
