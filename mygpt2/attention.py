@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from mygpt2.hooks import Hooks
@@ -105,6 +106,7 @@ class _CausalAttention(torch.autograd.Function):
         return torch.bmm(pattern, v3).view(B, nh, t, hs)
 
     @staticmethod
+    @once_differentiable  # a second derivative is refused, never computed wrong
     def backward(ctx, grad):
         q3, k3, v3, pattern = ctx.saved_tensors
         g = grad.reshape(q3.shape)
@@ -126,4 +128,9 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     differentiated each: on a CPU in bf16 this form runs attention's forward and backward
     2-2.5x faster (GPT-2 124M and the speedrun model, docs/BENCHMARKS.md). Equal to SDPA in
     float64 within rounding (tested, gradients included)."""
-    return _CausalAttention.apply(q, k, v)
+    if torch.is_autocast_enabled(q.device.type):  # the products' dtype, as autocast gives
+        dtype = torch.get_autocast_dtype(q.device.type)
+    else:
+        dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    with torch.autocast(q.device.type, enabled=False):  # backward must meet forward's dtypes
+        return _CausalAttention.apply(q.to(dtype), k.to(dtype), v.to(dtype))

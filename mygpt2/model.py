@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from mygpt2.attention import attention_written_out, fused_is_slow
@@ -205,6 +206,7 @@ class _ReluSquared(torch.autograd.Function):
         return r * r
 
     @staticmethod
+    @once_differentiable  # a second derivative is refused, never computed wrong
     def backward(ctx, grad):
         (r,) = ctx.saved_tensors
         return torch.mul(grad, r).mul_(2.0)  # 0 where x <= 0, as relu's own gradient

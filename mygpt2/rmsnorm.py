@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.autograd.function import once_differentiable
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -33,6 +34,7 @@ class _RMSNorm(torch.autograd.Function):
         return y.to(x.dtype)
 
     @staticmethod
+    @once_differentiable  # a second derivative is refused (F.rms_norm has one)
     def backward(ctx, grad):
         x, r, weight = ctx.saved_tensors
         x_hat = x.to(r.dtype) * r  # a new tensor: x itself when it is float32

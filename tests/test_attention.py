@@ -187,3 +187,20 @@ def test_bf16_training_attention_is_as_exact_as_the_written_out_ops():
     assert rel(ours[0], want_y) <= 1.2 * rel(old[0], want_y)
     assert rel(ours[1], want_g) <= 1.2 * rel(old[1], want_g)
     assert torch.equal(ops[0], ours[0])  # the model's call takes this path
+
+
+def test_causal_attention_takes_autocasts_dtype_and_refuses_a_second_derivative():
+    """float32 inputs under bf16 autocast compute in bf16 (as autocast's matmuls would) and
+    backward meets the same dtypes; a second derivative is refused, not computed wrong."""
+    from mygpt2.attention import causal_attention
+
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = causal_attention(q, k, v)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert q.grad.dtype == k.grad.dtype == v.grad.dtype == torch.float32
+    q, k, v = (t.double().requires_grad_() for t in _qkv())
+    (gq,) = torch.autograd.grad(causal_attention(q, k, v).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable"):
+        gq.sum().backward()  # an error, never a silently wrong second derivative
