@@ -202,5 +202,5 @@ def test_causal_attention_takes_autocasts_dtype_and_refuses_a_second_derivative(
     assert q.grad.dtype == k.grad.dtype == v.grad.dtype == torch.float32
     q, k, v = (t.double().requires_grad_() for t in _qkv())
     (gq,) = torch.autograd.grad(causal_attention(q, k, v).sum(), q, create_graph=True)
-    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable"):
+    with pytest.raises(RuntimeError, match=r"does not require grad|once_differentiable"):
         gq.sum().backward()  # an error, never a silently wrong second derivative
