@@ -24,7 +24,8 @@ Design choices:
   float32 copy (3x faster at GPT-2's vocabulary; the eager passes were a quarter of a bf16
   124M step on a CPU with AMX, docs/BENCHMARKS.md). Float32 logits, small chunks, a machine
   where compiling cannot work and a forward that is itself being compiled keep the eager
-  ops, which compute the same values.
+  ops, which compute the same values; a kernel that fails to build falls back to them once,
+  with a warning.
 - `linear_cross_entropy` is the entry point: `reduction="sum"` as above, `"mean"` divides by
   the number of valid targets (at least 1) outside the function, so autograd carries the
   1 / count into `grad_loss`.
