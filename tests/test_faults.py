@@ -192,19 +192,26 @@ def test_a_read_only_out_dir_is_one_line_and_exit_1(corpus, tmp_path, capsys, mo
     assert (tmp_path / "checkpoint.pt").read_bytes() == b"the previous run"
 
 
+def disk_full_on_save(n: int):
+    """A `torch.save` that raises ENOSPC on its n-th call and saves as usual otherwise, and
+    the list of the steps it was called for."""
+    real_save, calls = torch.save, []
+
+    def save(obj, fh, *rest, **kw):
+        calls.append(obj["step"])
+        if len(calls) == n:
+            raise OSError(28, "No space left on device")
+        return real_save(obj, fh, *rest, **kw)
+
+    return save, calls
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="ENOSPC injection uses Linux errno values")
 def test_disk_full_while_training_keeps_the_last_checkpoint(corpus, tmp_path, capsys, monkeypatch):
     """ENOSPC on the second checkpoint write, then on a metrics.jsonl append: exit 1, one
     line naming the file, the previous checkpoint intact, no temporary files, lock released."""
     args = tiny_args(corpus, tmp_path, max_steps=6, eval_interval=2)
-    real_save, saves = torch.save, []
-
-    def full_on_the_second(obj, fh, *rest, **kw):
-        saves.append(obj["step"])
-        if len(saves) == 2:
-            raise OSError(28, "No space left on device")
-        return real_save(obj, fh, *rest, **kw)
-
+    full_on_the_second, saves = disk_full_on_save(2)
     monkeypatch.setattr(torch, "save", full_on_the_second)
     assert main(["train", *args]) == 1
     monkeypatch.undo()

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from test_faults import disk_full_on_save
 from test_train import make_corpus, run_main, tiny_args
 
 from mygpt2.checkpoint import load_checkpoint
@@ -179,14 +180,7 @@ def test_when_the_save_fails_too_the_line_says_which_checkpoint_is_left(
 ):
     """The plot fails at step 4's evaluation and the disk is full for step 4's checkpoint:
     one line with both causes, and step 2's checkpoint intact."""
-    real_save, saves = torch.save, []
-
-    def full_on_the_second(obj, fh, *rest, **kw):
-        saves.append(obj["step"])
-        if len(saves) == 2:
-            raise OSError(28, "No space left on device")
-        return real_save(obj, fh, *rest, **kw)
-
+    full_on_the_second, saves = disk_full_on_save(2)
     monkeypatch.setattr(torch, "save", full_on_the_second)
     monkeypatch.setattr(MetricsLog, "plot", fails_on_call(2, ValueError("no font")))
     args = tiny_args(corpus, tmp_path, max_steps=6, eval_interval=2)
