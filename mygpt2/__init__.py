@@ -40,6 +40,7 @@ _API = {
     "save_safetensors": "mygpt2.hf",
     "generate": "mygpt2.generate",
     "generate_stream": "mygpt2.generate",
+    "generation_weights": "mygpt2.generate",
     "RegexTokenizer": "mygpt2.tokenizer",
     "load_tokenizer": "mygpt2.tokenizer",
     "train": "mygpt2.train",

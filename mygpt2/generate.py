@@ -147,22 +147,71 @@ class KVCache:
         return self.k.shape[3]
 
 
-def new_cache(model: GPT, pad: torch.Tensor) -> KVCache:
-    """An empty KV cache for rows left-padded by `pad`. On a CPU it holds the output head in
-    the layout a one-token product reads fastest: transposed, or for bf16 weights on CPUs
-    with native bf16 packed for oneDNN with every block weight. Packing copies the weights
-    (0.2 s for GPT-2 124M), so it is done per generation: packed copies kept across calls
-    could go stale when the weights change."""
+@dataclass(frozen=True)
+class GenerationWeights:
+    """A model's weights in the layouts a one-token step reads fastest on a CPU, made by
+    `generation_weights`: for bf16 weights on CPUs with native bf16 every block weight and the
+    output head packed for oneDNN, on other CPUs the output head transposed; nothing on a GPU.
+
+    Making them copies the weights (0.2 s for GPT-2 124M in bf16, about a tenth of a
+    200-token generation), so `generate_stream` makes them per call unless given a set:
+    `mygpt2 serve` and `mygpt2 sample` make one when the model is loaded and pass it to every
+    generation. A set is a snapshot: a generation given one made before the weights changed
+    (an optimizer step, `load_state_dict`, `model.to(...)`) stops with an error instead of
+    running on the old weights. (Writes through `weight.data` bypass the version counter that
+    tells: make a new set after them.)"""
+
+    packed: dict[torch.nn.Module, torch.Tensor]  # keyed by the model's `Linear` modules
+    head: torch.Tensor | None
+    # every copied weight with what identified its values then: the tensor, its version
+    # counter (bumped by in-place writes), where its data lives and its dtype (`.to()` moves)
+    sources: tuple[tuple[torch.Tensor, int, int, torch.dtype], ...]
+
+    def stale(self, model: GPT) -> bool:
+        """Whether `model`'s weights are no longer the ones these were made from."""
+        now = _weight_identities(model)
+        return len(now) != len(self.sources) or any(
+            a[0] is not b[0] or a[1:] != b[1:] for a, b in zip(now, self.sources, strict=False)
+        )
+
+
+def _weights_to_copy(model: GPT) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, Linear)] + [model.lm_head.weight]
+
+
+def _weight_identities(model: GPT) -> tuple[tuple[torch.Tensor, int, int, torch.dtype], ...]:
+    return tuple((w, w._version, w.data_ptr(), w.dtype) for w in _weights_to_copy(model))
+
+
+def generation_weights(model: GPT) -> GenerationWeights:
+    """`model`'s weights laid out for one-token steps (see `GenerationWeights`)."""
     cfg, weight = model.config, model.transformer.wte.weight
-    cache = KVCache.empty(cfg, len(pad), weight.device, weight.dtype)
-    cache.pad = pad
+    packed: dict[torch.nn.Module, torch.Tensor] = {}
+    head = None
     if can_pack(weight):
         for m in model.modules():
             if isinstance(m, Linear):
-                cache.packed[m] = pack_weight(m.weight.detach().t())
-        cache.head = pack_weight(model.lm_head.weight.detach()[: cfg.vocab_size])
-    elif weight.device.type == "cpu":  # made per call: a cached copy could go stale unnoticed
-        cache.head = model.lm_head.weight[: cfg.vocab_size].t().contiguous()
+                packed[m] = pack_weight(m.weight.detach().t())
+        head = pack_weight(model.lm_head.weight.detach()[: cfg.vocab_size])
+    elif weight.device.type == "cpu":
+        head = model.lm_head.weight.detach()[: cfg.vocab_size].t().contiguous()
+    return GenerationWeights(packed, head, _weight_identities(model))
+
+
+def new_cache(model: GPT, pad: torch.Tensor, weights: GenerationWeights | None = None) -> KVCache:
+    """An empty KV cache for rows left-padded by `pad`, holding `weights` (by default made
+    now by `generation_weights`) for the model's modules to read."""
+    if weights is None:
+        weights = generation_weights(model)
+    elif weights.stale(model):
+        raise MyGPT2Error(
+            "the generation weights were made before the model's weights changed (or for "
+            "another model); make them again with generation_weights(model)."
+        )
+    weight = model.transformer.wte.weight
+    cache = KVCache.empty(model.config, len(pad), weight.device, weight.dtype)
+    cache.pad = pad
+    cache.packed, cache.head = weights.packed, weights.head
     return cache
 
 
@@ -230,6 +279,7 @@ def generate_stream(
     stop_tokens: Sequence[int] = (),
     use_cache: bool = True,
     steer: Sequence[tuple[Any, int, float]] = (),
+    weights: GenerationWeights | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield a (B,) tensor of next-token ids per step, as soon as they are sampled.
 
@@ -237,7 +287,8 @@ def generate_stream(
     has stopped or after `max_new_tokens` steps. Prompts longer than `T` are cropped from the
     left with a warning. `steer`: (sae, feature, alpha) entries, each adding
     `alpha * sae.W_dec[feature]` at the SAE's hook while generating (the hooks stay installed
-    until the stream ends or is closed).
+    until the stream ends or is closed). `weights`: the model's `GenerationWeights`, made once
+    by a caller that generates many times (by default made per call).
     """
     cfg = model.config
     settings = check_sampling(temperature, top_k, top_p, cfg.vocab_size)
@@ -283,7 +334,7 @@ def generate_stream(
         model.eval()
         if steering:
             stack.enter_context(model.hooks(steering))
-        cache = new_cache(model, pad) if use_cache else None
+        cache = new_cache(model, pad, weights) if use_cache else None
         logits, _ = model(tokens, cache=cache)
         for _ in range(max_new_tokens):
             nxt = sample_next(logits[:, -1, : cfg.vocab_size], temperature, top_k, top_p, generator)

@@ -26,7 +26,7 @@ from mygpt2.checkpoint import load_model_and_tokenizer
 from mygpt2.config import Config
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import atomic_write
-from mygpt2.generate import generate_stream, steering_hooks
+from mygpt2.generate import GenerationWeights, generate_stream, generation_weights, steering_hooks
 from mygpt2.model import GPT
 from mygpt2.runtime import DtypeChoice, choose_dtype, pick_device
 from mygpt2.sampling_settings import check_sampling
@@ -61,9 +61,10 @@ def stream_text(
     seed: int | None,
     write: Callable[[str], None],
     steer: Sequence[Any] = (),
+    weights: GenerationWeights | None = None,
 ) -> tuple[str, int, float]:
     """Generate one continuation, passing text pieces to `write` as they are decoded.
-    Returns (text, number of tokens, seconds). `steer`: as `generate_stream`'s."""
+    Returns (text, number of tokens, seconds). `steer` and `weights`: as `generate_stream`'s."""
     s = cfg.sample
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pieces, n, t0 = [], 0, time.perf_counter()
@@ -77,6 +78,7 @@ def stream_text(
         seed=seed,
         stop_tokens=[tok.eot_id],
         steer=steer,
+        weights=weights,
     ):
         token = int(step[0])
         if token < 0 or token == tok.eot_id:
@@ -132,11 +134,14 @@ def sample(
     if steer:
         steering_hooks(model, steer)  # checked against the model before anything is written
     prompt_ids = encode_start(tok, start, s.allow_special)
+    weights = generation_weights(model)  # laid out once for every sample
     texts, total_tokens, total_time = [], 0, 0.0
     for i in range(s.num_samples):
         seed = cfg.run.seed + i
         write(f"--- sample {i + 1}/{s.num_samples} (seed {seed}) ---\n{start}")
-        text, n, dt = stream_text(model, tok, prompt_ids, cfg, seed, write, steer=steer)
+        text, n, dt = stream_text(
+            model, tok, prompt_ids, cfg, seed, write, steer=steer, weights=weights
+        )
         write("\n")
         texts.append(start + text)
         total_tokens += n

@@ -7,6 +7,7 @@ Models are tiny and random-initialised inside the tests (see models.py): nothing
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,17 @@ import torch
 from models import SHAPES, hf_model, prompt_ids, tiny_gpt
 
 from mygpt2.errors import MyGPT2Error
-from mygpt2.generate import KVCache, generate, generate_stream, new_cache, sample_next
+from mygpt2.generate import (
+    KVCache,
+    generate,
+    generate_stream,
+    generation_weights,
+    new_cache,
+    sample_next,
+)
 from mygpt2.hf import from_pretrained
 from mygpt2.model import Linear
-from mygpt2.packing import can_pack
+from mygpt2.packing import can_pack, pack_weight, packed_linear
 
 # ------------------------------------------------------------ reference and cache
 
@@ -392,3 +400,68 @@ def test_weights_are_packed_only_for_bf16_on_cpus_with_native_bf16(monkeypatch):
     monkeypatch.setenv("MYGPT2_CPU_FLAGS", "")
     cache = new_cache(model, torch.zeros(1, dtype=torch.long))
     assert not cache.head.is_mkldnn and not cache.packed
+
+
+# ------------------------------------------------------------ weights laid out once
+
+
+@needs_native_bf16
+def test_generation_weights_made_once_give_the_per_call_tokens(monkeypatch):
+    monkeypatch.setenv("MYGPT2_CPU_FLAGS", "avx512f avx512_bf16")
+    model = tiny_gpt(seed=6, vocab_size=300, pad_vocab=True, T=32).bfloat16()
+    per_call = [generate(model, [1, 2, 3], 12, temperature=0.9, seed=s) for s in (1, 2)]
+    weights = generation_weights(model)
+    assert weights.head.is_mkldnn and len(weights.packed) == 4 * model.config.n_layers
+
+    packs = []
+    monkeypatch.setattr(
+        sys.modules["mygpt2.generate"], "pack_weight", lambda w: packs.append(w) or pack_weight(w)
+    )
+    reused = [
+        generate(model, [1, 2, 3], 12, temperature=0.9, seed=s, weights=weights) for s in (1, 2)
+    ]
+    assert reused == per_call and not packs  # the same tokens, nothing packed again
+    generate(model, [1, 2, 3], 2)
+    assert len(packs) == len(weights.packed) + 1  # per call without them: every weight again
+
+
+def test_generation_weights_hold_the_head_transposed_for_float32_cpus():
+    model = tiny_gpt(seed=6, vocab_size=300, pad_vocab=True)
+    weights = generation_weights(model)
+    assert not weights.packed
+    assert torch.equal(weights.head, model.lm_head.weight[:300].t())
+    assert generate(model, [5, 6], 8, temperature=0, weights=weights) == generate(
+        model, [5, 6], 8, temperature=0
+    )
+
+
+@pytest.mark.parametrize("change", ["in place", "load_state_dict", "to bf16", "another model"])
+def test_generation_weights_made_before_the_weights_changed_are_refused(change):
+    model = tiny_gpt(seed=6)
+    weights = generation_weights(model)
+    if change == "in place":  # as an optimizer step writes
+        with torch.no_grad():
+            model.transformer.h[0].mlp.c_fc.weight.add_(0.1)
+    elif change == "load_state_dict":
+        model.load_state_dict(tiny_gpt(seed=7).state_dict())
+    elif change == "to bf16":
+        model = model.bfloat16()
+    else:
+        model = tiny_gpt(seed=6)
+    with pytest.raises(MyGPT2Error, match=r"made before the model's weights changed"):
+        generate(model, [1, 2], 4, weights=weights)
+    fresh = generation_weights(model)
+    assert not fresh.stale(model) and len(generate(model, [1, 2], 4, weights=fresh)[0]) == 4
+
+
+@needs_native_bf16
+def test_packed_gelu_is_the_gelu_of_the_product_rounded_once():
+    torch.manual_seed(0)
+    x = torch.randn(3, 64).bfloat16()
+    w = (torch.randn(64, 256) / 8).bfloat16()  # (in, out), as Linear keeps it
+    b = torch.randn(256).bfloat16()
+    fused = packed_linear(x, pack_weight(w.t()), b, gelu=True)
+    exact = torch.nn.functional.gelu(x.double() @ w.double() + b.double(), approximate="tanh")
+    # one rounding to bf16: within half a bf16 step (2^-8 relative) of the exact value
+    assert fused.dtype == torch.bfloat16
+    assert ((fused.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()

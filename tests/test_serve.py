@@ -35,7 +35,7 @@ from models import tiny_gpt  # noqa: E402
 from mygpt2.checkpoint import save_checkpoint  # noqa: E402
 from mygpt2.cli import main  # noqa: E402
 from mygpt2.commands.args import load_config  # noqa: E402
-from mygpt2.generate import generate  # noqa: E402
+from mygpt2.generate import generate, generate_stream  # noqa: E402
 from mygpt2.inspect import attention, logit_lens, token_losses  # noqa: E402
 from mygpt2.sample import load_model, sample  # noqa: E402
 from mygpt2.serve.app import Background, create_app  # noqa: E402
@@ -740,3 +740,41 @@ def test_a_threads_option_above_the_cores_is_lowered_with_a_warning():
         assert engine.threads == 1
     finally:
         engine.close()
+
+
+def test_completions_reuse_the_weights_laid_out_when_the_engine_started(
+    client, engine, monkeypatch
+):
+    """The engine lays the weights out for one-token steps once (`generation_weights`), and
+    every completion generates with that set instead of copying the weights again."""
+    import mygpt2.serve.engine as engine_module
+
+    given = []
+
+    def spy(*args, **kwargs):
+        given.append(kwargs.get("weights"))
+        return generate_stream(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "generate_stream", spy)
+    for seed in (1, 2):
+        client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=3, seed=seed)
+    assert len(given) == 2 and all(w is engine.weights for w in given)
+    assert not engine.weights.stale(engine.model) and engine.weights.head is not None
+
+
+def test_mygpt2_sample_lays_the_weights_out_once_for_all_samples(run_dir, monkeypatch):
+    import mygpt2.sample as sample_module
+
+    made, given = [], []
+    real_weights, real_stream = sample_module.generation_weights, sample_module.generate_stream
+    monkeypatch.setattr(
+        sample_module, "generation_weights", lambda m: made.append(real_weights(m)) or made[-1]
+    )
+    monkeypatch.setattr(
+        sample_module,
+        "generate_stream",
+        lambda *a, **k: given.append(k["weights"]) or real_stream(*a, **k),
+    )
+    texts, _ = sample_text(run_dir, "--num_samples=3", "--max_new_tokens=4")
+    assert len(texts) == 3 and len(made) == 1 and all(w is made[0] for w in given)
+    assert len(given) == 3

@@ -149,9 +149,11 @@ def interactive(
     """Read a prompt, stream the continuation, repeat; settings change with /commands."""
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
+    from mygpt2.generate import generation_weights
     from mygpt2.sample import encode_start, load_model, stream_text
 
     model, tok = load_model(cfg)
+    weights = generation_weights(model)  # laid out once for every prompt
     if steer:
         from mygpt2.generate import steering_hooks
 
@@ -210,7 +212,14 @@ def interactive(
             prompt_ids = encode_start(tok, line, s.allow_special)
             write_stdout(line)
             _, n, dt = stream_text(
-                model, tok, prompt_ids, cfg, cfg.run.seed, write_stdout, steer=steer
+                model,
+                tok,
+                prompt_ids,
+                cfg,
+                cfg.run.seed,
+                write_stdout,
+                steer=steer,
+                weights=weights,
             )
             print(f"\n[{n} tokens, {n / dt if dt > 0 else 0:,.1f} tokens/s]", flush=True)
         except KeyboardInterrupt:
