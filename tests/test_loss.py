@@ -57,11 +57,35 @@ def test_linear_cross_entropy_in_many_chunks_matches_plain(reduction):
     y[::4] = -100
     plain = F.cross_entropy(h @ w.t(), y, ignore_index=-100, reduction=reduction)
     gh, gw = torch.autograd.grad(plain, (h, w))
-    chunked = linear_cross_entropy(h, w, y, 7, reduction)  # 8 chunks, the last one short
+    chunked = linear_cross_entropy(h, w, y, 7, reduction)  # 8 chunks of 7 or fewer rows
     ch, cw = torch.autograd.grad(chunked, (h, w))
     torch.testing.assert_close(chunked, plain)
     torch.testing.assert_close(ch, gh)
     torch.testing.assert_close(cw, gw)
+
+
+@pytest.mark.parametrize(
+    ("rows", "most", "sizes"),
+    [
+        (768, 667, [384, 384]),
+        (1024, 667, [512, 512]),
+        (50, 7, [6, 6, 6, 7] * 2),
+        (10, 4, [3, 3, 4]),
+    ],
+)
+def test_rows_go_in_the_fewest_chunks_within_a_row_of_each_other(rows, most, sizes, monkeypatch):
+    from mygpt2 import loss
+
+    seen = []
+    real = loss._chunk_loss_and_grad_eager
+    monkeypatch.setattr(
+        loss,
+        "_chunk_loss_and_grad_eager",
+        lambda logits, *a: seen.append(len(logits)) or real(logits, *a),
+    )
+    h, w = torch.randn(rows, 4), torch.randn(6, 4)
+    loss.linear_cross_entropy(h, w, torch.randint(0, 6, (rows,)), most)
+    assert seen == sizes
 
 
 @pytest.mark.parametrize("return_logits", [False, True])
