@@ -2,8 +2,9 @@
 
 oneDNN's bf16 matmul reorders a plain weight into its blocked layout at every call. In training
 the reorder is small beside the product; when generating, each step multiplies one row by every
-weight, and the reorder costs more than the product. Packed once per generation, the product
-reads the weight at memory speed, half of float32's bytes: GPT-2 124M generates about twice as
+weight, and the reorder costs more than the product. Packed once (`mygpt2.generate`'s
+`GenerationWeights`: per generation, or once for all of a server's), the product reads the
+weight at memory speed, half of float32's bytes: GPT-2 124M generates about twice as
 many tokens per second as in float32 (benchmarks/bench_generate.py, docs/BENCHMARKS.md).
 
     if can_pack(weight):
