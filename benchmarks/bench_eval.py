@@ -39,7 +39,7 @@ from torch.nn import functional as F
 
 from mygpt2.evaluation.text import TextStream, score_stream, sliding_windows
 from mygpt2.hf import from_pretrained
-from mygpt2.runtime import native_bf16_flag
+from mygpt2.runtime import native_bf16_flag, threads_within_cores
 
 SHAPES = {
     "small": dict(n_layer=4, n_head=4, n_embd=128),
@@ -143,7 +143,7 @@ def main() -> None:
     global clock
     clock = CLOCK[args.clock]
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads_within_cores(args.threads, "--threads"))
     import transformers
 
     print(

@@ -34,6 +34,7 @@ import torch
 
 from mygpt2.generate import generate, generation_weights
 from mygpt2.hf import from_pretrained
+from mygpt2.runtime import threads_within_cores
 
 SHAPES = {
     "small": dict(n_layer=4, n_head=4, n_embd=128),
@@ -176,7 +177,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads_within_cores(args.threads, "--threads"))
     warnings.filterwarnings("ignore")
     import transformers
 

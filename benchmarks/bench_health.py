@@ -30,6 +30,7 @@ from mygpt2.dynamics.health import HealthProbe
 from mygpt2.dynamics.plots import save_health_png
 from mygpt2.model import GPT
 from mygpt2.optim import make_optimizer
+from mygpt2.runtime import threads_within_cores
 from mygpt2.train import train_step
 
 SHAPES = {  # the demo's model, and GPT-2 124M at a CPU-sized batch
@@ -122,7 +123,7 @@ def main() -> None:
         "--block", type=int, default=0, help="also time 2 x BLOCK blocks of N steps each way"
     )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads_within_cores(args.threads, "--threads"))
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} thread(s), CPU time"

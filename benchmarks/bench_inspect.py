@@ -44,6 +44,7 @@ import torch
 from mygpt2.generate import generate
 from mygpt2.hf import from_pretrained
 from mygpt2.model import GPT
+from mygpt2.runtime import threads_within_cores
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {
@@ -319,7 +320,7 @@ def main() -> None:
     parser.add_argument("--clock", choices=list(CLOCK), default="wall")
     args = parser.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads_within_cores(args.threads, "--threads"))
     global clock
     clock = CLOCK[args.clock]
     warnings.filterwarnings("ignore")
