@@ -30,6 +30,7 @@ last `decay_ratio * max_steps` steps; `constant` holds `lr`. A parameter group m
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import Any
 
@@ -76,9 +77,37 @@ def muon_class() -> type[torch.optim.Optimizer] | None:
     return None if muon is None else _batched_muon(muon)
 
 
+@functools.cache  # one class per torch class, so isinstance checks agree
+def without_dynamo(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """torch's optimizer class `base`, never importing `torch._dynamo`.
+
+    torch wraps `step`, `zero_grad`, `add_param_group` and the state-dict methods of its
+    optimizers so that `torch.compile` leaves them alone, and the first call of such a wrapper
+    imports `torch._dynamo`: 0.8 s at the start of every training run (a twentieth of the CPU
+    speedrun, docs/BENCHMARKS.md). mygpt2 never steps an optimizer inside compiled code, so
+    this subclass calls torch's own methods from under those wrappers (`inspect.unwrap`, which
+    follows `functools.wraps`): the same code, the same state dicts. `step` runs with
+    gradients off, as torch's wrapper runs a non-differentiable optimizer's."""
+    raw_step = inspect.unwrap(base.step)
+
+    class Lean(base):
+        add_param_group = inspect.unwrap(base.add_param_group)
+        zero_grad = inspect.unwrap(base.zero_grad)
+        state_dict = inspect.unwrap(base.state_dict)
+        load_state_dict = inspect.unwrap(base.load_state_dict)
+
+        def step(self, closure: Any = None) -> Any:
+            with torch.no_grad():
+                return raw_step(self, closure)
+
+    # torch's name: profiler labels, logs and reprs read as before
+    Lean.__name__ = Lean.__qualname__ = base.__name__
+    return Lean
+
+
 @functools.cache  # one class per torch Muon class, so isinstance checks agree
 def _batched_muon(muon: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
-    class Muon(muon):  # torch's name: profiler labels, logs and reprs read as before
+    class Muon(without_dynamo(muon)):  # torch's name: profiler labels, logs, reprs as before
         """`torch.optim.Muon` whose step orthogonalises same-shaped matrices together."""
 
         @torch.no_grad()
@@ -213,7 +242,7 @@ def make_optimizer(
         return Optimizers(muon, _adamw(rest, cfg, device))
     params = [p for _, p in named]
     if t.optimizer == "sgd":
-        return torch.optim.SGD(
+        return without_dynamo(torch.optim.SGD)(
             _decay_groups("sgd", params, cfg), lr=t.lr, momentum=t.momentum, nesterov=True
         )
     return _adamw(params, cfg, device)
@@ -230,7 +259,8 @@ def _decay_groups(kind: str, params: list[torch.Tensor], cfg: Config) -> list[di
 def _adamw(params: list[torch.Tensor], cfg: Config, device: torch.device) -> torch.optim.AdamW:
     # one fused kernel instead of a chain of foreach ops: on a CPU the step is ~6x faster
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(_decay_groups("adamw", params, cfg), lr=cfg.train.lr, fused=fused)
+    groups = _decay_groups("adamw", params, cfg)
+    return without_dynamo(torch.optim.AdamW)(groups, lr=cfg.train.lr, fused=fused)
 
 
 def settings(kind: str, params: list[torch.Tensor], cfg: Config) -> dict[str, Any]:

@@ -51,6 +51,7 @@ from mygpt2.fileio import atomic_write, load_torch_file
 from mygpt2.guard import StopSignals, data_identity
 from mygpt2.lock import DirectoryLock
 from mygpt2.metrics import MetricsLog
+from mygpt2.optim import without_dynamo
 from mygpt2.sae import files
 from mygpt2.sae.measure import batch_stats
 from mygpt2.sae.model import SAE, TRAINABLE, SAEConfig
@@ -180,11 +181,13 @@ def losses(sae: SAE, x: torch.Tensor, since: torch.Tensor, s: Settings) -> dict[
 
 def _adam(sae: SAE, lr: float) -> torch.optim.Optimizer:
     """Adam, fused (one kernel for all parameters: on a CPU over 10x faster than the loop of
-    tensor ops) where the device has it."""
+    tensor ops) where the device has it; without torch's import of torch._dynamo
+    (`optim.without_dynamo`)."""
+    adam = without_dynamo(torch.optim.Adam)
     try:
-        return torch.optim.Adam(sae.parameters(), lr=lr, fused=True)
+        return adam(sae.parameters(), lr=lr, fused=True)
     except (RuntimeError, ValueError):
-        return torch.optim.Adam(sae.parameters(), lr=lr)
+        return adam(sae.parameters(), lr=lr)
 
 
 def step(sae: SAE, opt: torch.optim.Optimizer, x: torch.Tensor, since: torch.Tensor, s: Settings):

@@ -447,3 +447,68 @@ def test_batched_muon_falls_back_to_torchs_step_without_its_internals(monkeypatc
         opt_ours.step()
         opt_theirs.step()
     assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("base", "options"),
+    [
+        (torch.optim.AdamW, {"fused": True}),
+        (torch.optim.AdamW, {"fused": False}),
+        (torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
+    ],
+)
+def test_an_optimizer_without_dynamo_steps_and_saves_as_torchs(base, options):
+    from mygpt2.optim import without_dynamo
+
+    torch.manual_seed(0)
+    start = [torch.randn(6, 4), torch.randn(4)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(3)]
+    runs = []
+    for cls in (base, without_dynamo(base)):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = cls(
+            [{"params": params[:1], "weight_decay": 0.1}, {"params": params[1:]}],
+            lr=0.01,
+            **options,
+        )
+        for step_grads in grads:
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+            opt.zero_grad()
+        assert all(p.grad is None for p in params)
+        runs.append((params, opt.state_dict()))
+    (ours, our_state), (theirs, their_state) = runs[1], runs[0]
+    assert without_dynamo(base).__name__ == base.__name__  # logs and profiler labels as before
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))  # bit for bit
+    assert our_state["param_groups"] == their_state["param_groups"]
+    for k, saved in their_state["state"].items():
+        for name, value in saved.items():
+            assert torch.equal(torch.as_tensor(our_state["state"][k][name]), torch.as_tensor(value))
+
+
+def test_training_never_imports_torch_dynamo(tmp_path):
+    """Constructing, stepping and saving a torch optimizer imports torch._dynamo (0.8 s);
+    mygpt2's optimizers (`optim.without_dynamo`) do none of it, with every optimizer."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from mygpt2.config import Config, ModelConfig\n"
+        "from mygpt2.model import GPT\n"
+        "from mygpt2.optim import make_optimizer\n"
+        "for name in ('adamw', 'muon', 'sgd'):\n"
+        "    cfg = Config()\n"
+        "    cfg.model = ModelConfig(n_layers=2, n_heads=2, n_emb=16, T=8, vocab_size=40)\n"
+        "    cfg.train.optimizer = name\n"
+        "    model = GPT(cfg.model)\n"
+        "    opt = make_optimizer(model, cfg, torch.device('cpu'))\n"
+        "    x = torch.randint(0, 40, (2, 8))\n"
+        "    model(x, x)[1].backward()\n"
+        "    opt.step(); opt.zero_grad(); opt.load_state_dict(opt.state_dict())\n"
+        "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo'))[:3])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
