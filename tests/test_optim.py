@@ -387,9 +387,10 @@ def test_fractional_warmup_and_decay_lengths_round_as_documented():
 
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_batched_muon_step_equals_torchs_muon(nesterov):
-    """`muon_step` stacks each group's same-shaped matrices: after five steps on the same
-    gradients its parameters and momentum buffers equal torch's own Muon.step's, for wide,
-    tall and square matrices, with weight decay and the shape-adjusted rate."""
+    """`muon_step` stacks same-shaped matrices (in the wide orientation, across groups): after
+    five steps on the same gradients its parameters and momentum buffers equal torch's own
+    Muon.step's, for wide, tall and square matrices, a tall group stacked with a wide one of
+    another rate, with weight decay and the shape-adjusted rate."""
     from mygpt2.optim import muon_class
 
     muon = muon_class()
@@ -397,7 +398,7 @@ def test_batched_muon_step_equals_torchs_muon(nesterov):
         pytest.skip("this torch has no torch.optim.Muon")
     assert issubclass(muon, torch.optim.Muon) and muon is not torch.optim.Muon
     torch.manual_seed(0)
-    shapes = [(16, 48), (16, 48), (64, 16), (64, 16), (64, 16), (32, 32)]
+    shapes = [(16, 48), (16, 48), (64, 16), (64, 16), (64, 16), (32, 32), (48, 16), (48, 16)]
     start = [torch.randn(s) for s in shapes]
     ours = [t.clone().requires_grad_() for t in start]
     theirs = [t.clone().requires_grad_() for t in start]
@@ -406,7 +407,7 @@ def test_batched_muon_step_equals_torchs_muon(nesterov):
         by = {}
         for p in ps:
             by.setdefault(tuple(p.shape), []).append(p)
-        return [{"params": g} for g in by.values()]
+        return [{"params": g, "lr": 0.05 * (i + 1)} for i, g in enumerate(by.values())]
 
     kw = dict(lr=0.05, weight_decay=0.1, momentum=0.9, nesterov=nesterov)
     opt_ours, opt_theirs = muon(groups(ours), **kw), torch.optim.Muon(groups(theirs), **kw)
