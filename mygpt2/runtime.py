@@ -345,12 +345,14 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
 
 
 def measure_matmul_flops(
-    dtype: torch.dtype = torch.float32, sizes: tuple[int, ...] = (1024, 2048), seconds: float = 0.3
+    dtype: torch.dtype = torch.float32, sizes: tuple[int, ...] = (1024, 2048), seconds: float = 0.1
 ) -> float:
     """Measured square-matmul FLOP/s on this CPU, the best of `sizes` (n x n times n x n),
     `seconds` in all: the practical peak MFU is judged against. More than one size, since
     one can miss threads: with AMX, oneDNN ran bf16 n = 1024 on one of two threads
-    (1,334 GFLOP/s on two, 1,422 on one) and n = 2048 on both (2,534; 2026-12-06)."""
+    (1,334 GFLOP/s on two, 1,422 on one) and n = 2048 on both (2,534; 2026-12-06).
+    0.1 s: four measurements each at 0.1 and 0.3 s spread alike (about +-5% on a 2-core
+    machine), and every training run pays it at its start."""
     gen = torch.Generator().manual_seed(0)  # leave the global RNG alone (exact resume)
     best = 0.0
     for n in sizes:
