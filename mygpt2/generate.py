@@ -126,10 +126,11 @@ class KVCache:
         """Store this step's keys/values for `layer`; return all keys/values so far."""
         t = k.shape[2]
         end = self.length + t
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
+        keys, values = self.k[layer], self.v[layer]  # (B, nh, T, hs) views
+        keys.narrow(2, self.length, t).copy_(k)  # narrow: fewer ops than slice indexing
+        values.narrow(2, self.length, t).copy_(v)
         self._pending = t
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
     def advance(self) -> None:
         """Commit the tokens written by the last forward pass."""
