@@ -203,12 +203,15 @@ def main() -> None:
                         flush=True,
                     )
                 else:
-                    seed = args.seeds[r % len(args.seeds)] if args.seeds else cfg.run.seed
-                    res = run_ours(out, text, [*args.extra, "--seed", str(seed)])
+                    # --seeds given: this repeat's seed; else the preset's, or the extra flags'
+                    seed = args.seeds[r % len(args.seeds)] if args.seeds else None
+                    seed_flag = [] if seed is None else ["--seed", str(seed)]
+                    res = run_ours(out, text, [*args.extra, *seed_flag])
                     res["full_val"] = our_full_val_loss(out, ours_val)
                     ours.append(res)
                     print(
-                        f"mygpt2   #{r} (seed {seed}): {res['wall_s']:6.1f} s wall "
+                        f"mygpt2   #{r}{f' (seed {seed})' if seed is not None else ''}: "
+                        f"{res['wall_s']:6.1f} s wall "
                         f"({res['elapsed_s']:.1f} s "
                         f"training), step {res['step']}, run's val {res['run_val']:.4f}, "
                         f"full val {res['full_val']:.4f}  (load {load:.1f})",

@@ -29,8 +29,9 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -104,7 +105,7 @@ class KVCache:
     # Every block weight packed for oneDNN (bf16 on CPUs with native bf16, `mygpt2.packing`),
     # keyed by its `Linear`: the model's modules read it from here, and it goes when the
     # cache goes, so no weights are left on the model and concurrent generations never meet.
-    packed: dict[torch.nn.Module, torch.Tensor] = field(default_factory=dict)
+    packed: Mapping[torch.nn.Module, torch.Tensor] = field(default_factory=dict)
     _pending: int = 0  # tokens written by the current forward, committed by advance()
 
     @classmethod
@@ -148,7 +149,7 @@ class KVCache:
         return self.k.shape[3]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: it holds tensors
 class GenerationWeights:
     """A model's weights in the layouts a one-token step reads fastest on a CPU, made by
     `generation_weights`: for bf16 weights on CPUs with native bf16 every block weight and the
@@ -157,46 +158,51 @@ class GenerationWeights:
     Making them copies the weights (0.2 s for GPT-2 124M in bf16, about a tenth of a
     200-token generation), so `generate_stream` makes them per call unless given a set:
     `mygpt2 serve` and `mygpt2 sample` make one when the model is loaded and pass it to every
-    generation. A set is a snapshot: a generation given one made before the weights changed
-    (an optimizer step, `load_state_dict`, `model.to(...)`) stops with an error instead of
-    running on the old weights. (Writes through `weight.data` bypass the version counter that
-    tells: make a new set after them.)"""
+    generation. A set is a snapshot: a generation given one made before the weights it copied
+    changed (a step of mygpt2's optimizers, `load_state_dict`, `model.to(...)`) stops with an
+    error instead of running on the old weights. The check reads each weight's version
+    counter, which writes through `weight.data` and the fused kernels of a torch optimizer
+    of your own (`fused=True`) leave alone: make a new set after those. Held by a server, a set
+    keeps its copies for the server's life (as much again as the bf16 weights; on other CPUs
+    the output head, 154 MB for GPT-2 124M in float32)."""
 
-    packed: dict[torch.nn.Module, torch.Tensor]  # keyed by the model's `Linear` modules
+    packed: Mapping[torch.nn.Module, torch.Tensor]  # keyed by the model's `Linear` modules
     head: torch.Tensor | None
-    # every copied weight with what identified its values then: the tensor, its version
+    # each copied weight with what identified its values then: its module path, its version
     # counter (bumped by in-place writes), where its data lives and its dtype (`.to()` moves)
-    sources: tuple[tuple[torch.Tensor, int, int, torch.dtype], ...]
+    sources: tuple[tuple[str, int, int, torch.dtype], ...]
 
     def stale(self, model: GPT) -> bool:
-        """Whether `model`'s weights are no longer the ones these were made from."""
-        now = _weight_identities(model)
-        return len(now) != len(self.sources) or any(
-            a[0] is not b[0] or a[1:] != b[1:] for a, b in zip(now, self.sources, strict=False)
-        )
+        """Whether the weights these were copied from are no longer `model`'s as they were."""
+        return self.sources != _identities(model, [name for name, *_ in self.sources])
 
 
-def _weights_to_copy(model: GPT) -> list[torch.Tensor]:
-    return [m.weight for m in model.modules() if isinstance(m, Linear)] + [model.lm_head.weight]
-
-
-def _weight_identities(model: GPT) -> tuple[tuple[torch.Tensor, int, int, torch.dtype], ...]:
-    return tuple((w, w._version, w.data_ptr(), w.dtype) for w in _weights_to_copy(model))
+def _identities(model: GPT, names: list[str]) -> tuple[tuple[str, int, int, torch.dtype], ...]:
+    weights = dict(model.named_parameters(remove_duplicate=False))
+    found = [(n, weights.get(n)) for n in names]
+    return tuple(
+        (n, -1, 0, torch.float32) if w is None else (n, w._version, w.data_ptr(), w.dtype)
+        for n, w in found
+    )
 
 
 def generation_weights(model: GPT) -> GenerationWeights:
     """`model`'s weights laid out for one-token steps (see `GenerationWeights`)."""
     cfg, weight = model.config, model.transformer.wte.weight
     packed: dict[torch.nn.Module, torch.Tensor] = {}
-    head = None
+    head, copied = None, []
     if can_pack(weight):
-        for m in model.modules():
+        for name, m in model.named_modules():
             if isinstance(m, Linear):
                 packed[m] = pack_weight(m.weight.detach().t())
+                copied.append(f"{name}.weight")
         head = pack_weight(model.lm_head.weight.detach()[: cfg.vocab_size])
+        copied.append("lm_head.weight")
     elif weight.device.type == "cpu":
         head = model.lm_head.weight.detach()[: cfg.vocab_size].t().contiguous()
-    return GenerationWeights(packed, head, _weight_identities(model))
+        copied.append("lm_head.weight")
+    # read-only: every generation's cache holds this one mapping
+    return GenerationWeights(MappingProxyType(packed), head, _identities(model, copied))
 
 
 def new_cache(model: GPT, pad: torch.Tensor, weights: GenerationWeights | None = None) -> KVCache:

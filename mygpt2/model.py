@@ -71,17 +71,16 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(n_in, n_out))
         self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
 
-    def forward(self, x: torch.Tensor, cache: Any = None, gelu: bool = False) -> torch.Tensor:
-        """`x @ weight + bias`, with `gelu` then tanh-GELU; with a generation's `cache` that
-        holds this weight packed for oneDNN (bf16 on CPUs with native bf16,
-        `mygpt2.generate.GenerationWeights`), through that, the GELU in the same kernel."""
+    def forward(self, x: torch.Tensor, cache: Any = None) -> torch.Tensor:
+        """`x @ weight + bias`; with a generation's `cache` that holds this weight packed for
+        oneDNN (bf16 on CPUs with native bf16, `mygpt2.generate.GenerationWeights`), through
+        that."""
         packed = cache.packed.get(self) if cache is not None and cache.packed else None
         if packed is not None:
-            return packed_linear(x, packed, self.bias, gelu)
+            return packed_linear(x, packed, self.bias)
         rows = x.reshape(-1, x.size(-1))
         y = rows @ self.weight if self.bias is None else torch.addmm(self.bias, rows, self.weight)
-        y = y.view(*x.shape[:-1], -1)
-        return F.gelu(y, approximate="tanh") if gelu else y
+        return y.view(*x.shape[:-1], -1)
 
     def extra_repr(self) -> str:
         n_in, n_out = self.weight.shape
@@ -244,7 +243,7 @@ class MLP(nn.Module):
         self, x: torch.Tensor, hooks: Hooks | None = None, at: str = "", cache: Any = None
     ) -> torch.Tensor:
         if hooks is None and self.kind == "gelu":
-            h = self.c_fc(x, cache, gelu=True)
+            h = F.gelu(self.c_fc(x, cache), approximate="tanh")
             return self.dropout(self.c_proj(h, cache))
         h, up = self.c_fc(x, cache), None  # (B, t, hidden), swiglu (B, t, 2 hidden)
         if self.kind == "swiglu":

@@ -86,8 +86,11 @@ def without_dynamo(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimi
     imports `torch._dynamo`: 0.8 s at the start of every training run (a twentieth of the CPU
     speedrun, docs/BENCHMARKS.md). mygpt2 never steps an optimizer inside compiled code, so
     this subclass calls torch's own methods from under those wrappers (`inspect.unwrap`, which
-    follows `functools.wraps`): the same code, the same state dicts. `step` runs with
-    gradients off, as torch's wrapper runs a non-differentiable optimizer's."""
+    follows `functools.wraps`): the same code, the same state dicts. `step` sets gradient
+    mode as torch's wrapper does (on only for a `differentiable` optimizer), and after a fused
+    step bumps the version counter of every parameter it wrote, which the fused kernels leave
+    alone (`generate.GenerationWeights` tells changed weights by it). The class is made here,
+    so pickle an optimizer's state dict (as mygpt2 does), not the optimizer itself."""
     raw_step = inspect.unwrap(base.step)
 
     class Lean(base):
@@ -97,8 +100,18 @@ def without_dynamo(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimi
         load_state_dict = inspect.unwrap(base.load_state_dict)
 
         def step(self, closure: Any = None) -> Any:
-            with torch.no_grad():
-                return raw_step(self, closure)
+            with torch.set_grad_enabled(self.defaults.get("differentiable", False)):
+                loss = raw_step(self, closure)
+            fused = [
+                p
+                for group in self.param_groups
+                if group.get("fused")
+                for p in group["params"]
+                if p.grad is not None
+            ]
+            if fused:
+                torch.autograd.graph.increment_version(fused)
+            return loss
 
     # torch's name: profiler labels, logs and reprs read as before
     Lean.__name__ = Lean.__qualname__ = base.__name__
@@ -179,11 +192,13 @@ def muon_step(opt: torch.optim.Optimizer) -> None:
     Matrices are stacked by their shape in the wide orientation (rows <= columns), across
     groups: an MLP's (C, 4C) input and (4C, C) output matrices go in one batch. The
     iteration is per matrix, so stacking changes no value; it only runs fewer, larger
-    products (the speedrun model's Muon step 4.3 -> 3.6 ms, docs/BENCHMARKS.md)."""
+    products (the speedrun model's Newton-Schulz work 4.3 -> 3.6 ms a step,
+    docs/BENCHMARKS.md)."""
     from torch.optim._muon import _adjust_lr  # the rate rule itself, not a copy of it
 
-    # (wide shape, dtype, Newton-Schulz settings) -> [(group, param, update, transposed)]
-    batches: dict[tuple[Any, ...], list[tuple[dict[str, Any], torch.Tensor, Any, bool]]] = {}
+    # (wide shape, dtype, Newton-Schulz settings) -> [(group, param, grad, buffer, tall)]: the
+    # Nesterov update is made batch by batch, so one batch's copies are alive at a time
+    batches: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
     for group in opt.param_groups:
         params: list[torch.Tensor] = []
         grads: list[torch.Tensor] = []
@@ -196,13 +211,17 @@ def muon_step(opt: torch.optim.Optimizer) -> None:
             torch._foreach_lerp_(bufs, grads, 1 - momentum)
         ns = (tuple(group["ns_coefficients"]), group["ns_steps"], group["eps"])
         for p, g, buf in zip(params, grads, bufs, strict=True):
-            update = g.lerp(buf, momentum) if group["nesterov"] else buf
-            tall = update.size(0) > update.size(1)
-            wide = update.t() if tall else update
-            batches.setdefault((*wide.shape, p.dtype, ns), []).append((group, p, wide, tall))
+            tall = p.size(0) > p.size(1)
+            wide = (p.size(1), p.size(0)) if tall else tuple(p.shape)
+            batches.setdefault((*wide, p.dtype, ns), []).append((group, p, g, buf, tall))
     for (*_, ns), items in batches.items():
-        ortho = _newton_schulz(torch.stack([wide for _, _, wide, _ in items]), *ns)
-        for (group, p, _, tall), o in zip(items, ortho, strict=True):
+        updates = []
+        for group, _, g, buf, tall in items:
+            update = g.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+            updates.append(update.t() if tall else update)
+        ortho = _newton_schulz(torch.stack(updates), *ns)
+        del updates
+        for (group, p, _, _, tall), o in zip(items, ortho, strict=True):
             lr = float(group["lr"])
             rate = _adjust_lr(lr, group["adjust_lr_fn"], p.shape)
             p.mul_(1 - lr * group["weight_decay"])

@@ -38,13 +38,8 @@ def pack_weight(weight_out_in: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight_out_in.contiguous(), 1)
 
 
-def packed_linear(
-    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False
-) -> torch.Tensor:
-    """`x @ W + bias` for a weight packed by `pack_weight` (no gradients flow through it);
-    with `gelu`, tanh-GELU of it in the same kernel, applied before the result is rounded
-    to bf16 (one pass over the output fewer, and one rounding)."""
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`x @ W + bias` for a weight packed by `pack_weight` (no gradients flow through it)."""
     rows = x.reshape(-1, x.size(-1))
-    post, algorithm = ("gelu", "tanh") if gelu else ("none", "")
-    y = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, post, [], algorithm)
+    y = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
     return y.view(*x.shape[:-1], -1)
