@@ -91,10 +91,26 @@ class BlockPairDataset(Dataset):
             y = torch.cat([y, torch.full((pad,), IGNORE_INDEX, dtype=torch.int64)])
         return x, y
 
+    def batch(self, indices: range | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items `indices` stacked, (len, T) each: what stacking `self[i]` gives, read from the
+        tokens in one gather when every block is whole (a Python call per item was a
+        millisecond of a 40 ms speedrun step)."""
+        if any(not 0 <= i < self.length for i in indices):
+            return _stack([self[i] for i in indices])  # which raises IndexError, as self[i]
+        starts = np.fromiter((self.start(i) for i in indices), dtype=np.int64)
+        if not len(starts) or starts.max() + self.T + 1 > len(self.tokens):  # short last block
+            return _stack([self[i] for i in indices])
+        blocks = torch.from_numpy(
+            self.tokens[starts[:, None] + np.arange(self.T + 1)].astype(np.int64)
+        )
+        return blocks[:, :-1].contiguous(), blocks[:, 1:].contiguous()
 
-def _collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.stack([x for x, _ in items])
-    y = torch.stack([y for _, y in items])
+
+def _stack(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+
+def _pinned(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if torch.cuda.is_available():  # pinned host memory makes the copy to the GPU async
         x, y = x.pin_memory(), y.pin_memory()
     return x, y
@@ -166,7 +182,7 @@ class TrainLoader:
         """The next micro-batch (x, y), each (batch_size, T) int64."""
         if self.position >= len(self):
             raise StopIteration
-        batch = _collate([self.dataset[i] for i in self.indices(self.position)])
+        batch = _pinned(*self.dataset.batch(self.indices(self.position)))
         self.position += 1
         return batch
 
@@ -239,7 +255,7 @@ class ValLoader:
         for k in range(self.num_batches):
             b = (self.rank + k * self.world_size) % self.total_batches
             stop = min((b + 1) * self.batch_size, len(self.dataset))
-            yield _collate([self.dataset[i] for i in range(b * self.batch_size, stop)])
+            yield _pinned(*self.dataset.batch(range(b * self.batch_size, stop)))
 
 
 def check_block_sizes(n_train: int, n_val: int, T: int) -> None:

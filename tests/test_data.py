@@ -56,6 +56,35 @@ def test_blocks_match_brute_force(n: int, T: int) -> None:
         assert got_x.tolist() == x and got_y.tolist() == y
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(2, 300),
+    T=st.integers(1, 40),
+    shuffle=st.booleans(),
+    passes=st.integers(1, 3),
+    data=st.data(),
+)
+def test_a_batch_is_its_items_stacked(n: int, T: int, shuffle: bool, passes: int, data) -> None:
+    """`BlockPairDataset.batch` (one gather when the blocks are whole) gives exactly what
+    stacking the items one by one gives: shuffled or not, over several passes, with the
+    padded last block among them."""
+    tokens = (np.arange(n) * 7 % 1000).astype(np.uint16)
+    ds = BlockPairDataset(tokens, T, pad_id=PAD, shuffle=shuffle, seed=3)
+    ds = BlockPairDataset(tokens, T, len(ds) * passes, pad_id=PAD, shuffle=shuffle, seed=3)
+    first = data.draw(st.integers(0, len(ds) - 1))
+    indices = range(first, data.draw(st.integers(first + 1, len(ds))))
+    x, y = ds.batch(indices)
+    assert x.dtype == y.dtype == torch.int64 and x.is_contiguous() and y.is_contiguous()
+    assert torch.equal(x, torch.stack([ds[i][0] for i in indices]))
+    assert torch.equal(y, torch.stack([ds[i][1] for i in indices]))
+
+
+def test_a_batch_past_the_end_raises_as_an_item_does() -> None:
+    ds = BlockPairDataset(np.arange(50, dtype=np.uint16), 8, pad_id=PAD)
+    with pytest.raises(IndexError, match="outside"):
+        ds.batch(range(len(ds) - 1, len(ds) + 1))
+
+
 def test_padding_only_on_last_block_and_targets_ignored(tmp_path) -> None:
     tokens = memmap_tokens(tmp_path, 25)
     ds = BlockPairDataset(tokens, 8, pad_id=PAD)
