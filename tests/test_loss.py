@@ -253,3 +253,20 @@ def test_a_compiled_kernel_that_cannot_be_built_falls_back_to_the_eager_ops(monk
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want = mygpt2.loss.linear_cross_entropy(h, w, y, 16, "sum")
     assert loss.item() == want.item()
+
+
+def test_float32_logits_take_their_log_softmax_in_place():
+    """The eager chunk kernel overwrites float32 logits with their gradient (no second
+    buffer of their size) and gives the functional form's values."""
+    from mygpt2.loss import _chunk_loss_and_grad, _chunk_loss_and_grad_eager
+
+    gen = torch.Generator().manual_seed(2)
+    logits = 4 * torch.randn(9, 301, generator=gen)
+    targets = torch.randint(0, 301, (9,), generator=gen)
+    valid = torch.ones(9)
+    valid[4] = 0.0
+    want_loss, want = _chunk_loss_and_grad(logits.clone(), targets, valid, torch.float32)
+    got_loss, got = _chunk_loss_and_grad_eager(logits, targets, valid, torch.float32)
+    assert got.data_ptr() == logits.data_ptr()  # the logits' own memory
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
