@@ -103,8 +103,9 @@ class KVCache:
     # For bf16 weights on CPUs with native bf16 it is the head packed by `packing.pack_weight`.
     head: torch.Tensor | None = None
     # Every block weight packed for oneDNN (bf16 on CPUs with native bf16, `mygpt2.packing`),
-    # keyed by its `Linear`: the model's modules read it from here, and it goes when the
-    # cache goes, so no weights are left on the model and concurrent generations never meet.
+    # keyed by its `Linear`: the model's modules read it from here (a `GenerationWeights`'
+    # read-only mapping, shared by the generations given that set), so no weights are left
+    # on the model.
     packed: Mapping[torch.nn.Module, torch.Tensor] = field(default_factory=dict)
     _pending: int = 0  # tokens written by the current forward, committed by advance()
 

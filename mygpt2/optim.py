@@ -11,8 +11,8 @@ Optimizers (`--optimizer`):
 
 Two optimizers under one step are one `Optimizers` object, which `train_step`, the grad scaler
 and checkpoints use as they use one torch optimizer. Muon is torch's, stepped by `muon_step`:
-the same update, with each parameter group's same-shaped matrices orthogonalised together in
-batched matmuls, where torch runs the 15 small products of five Newton-Schulz iterations
+the same update, with same-shaped matrices (in the wide orientation, across parameter groups)
+orthogonalised together in batched matmuls, where torch runs the 15 small products of five Newton-Schulz iterations
 matrix by matrix (its step was a fifth of the CPU speedrun's).
 
 `torch.optim.Muon` arrived in torch 2.9, and the package allows older torch: it is looked up
@@ -123,7 +123,6 @@ def _batched_muon(muon: type[torch.optim.Optimizer]) -> type[torch.optim.Optimiz
     class Muon(without_dynamo(muon)):  # torch's name: profiler labels, logs, reprs as before
         """`torch.optim.Muon` whose step orthogonalises same-shaped matrices together."""
 
-        @torch.no_grad()
         def step(self, closure: Any = None) -> Any:
             if closure is not None or not _has_muon_internals():
                 return super().step(closure)  # torch's own, matrix by matrix

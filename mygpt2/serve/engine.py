@@ -127,8 +127,11 @@ class Engine:
         # event loop (woken at every token) waits for a core, and a 60-token answer measured
         # 10x slower on 2 busy cores. One core is left to the loop unless `threads` says.
         # (The setting is per thread with OpenMP: the rest of the process keeps its own.)
-        self.threads = threads_within_cores(threads, "threads") if threads else None
-        self.threads = self.threads or max(1, torch.get_num_threads() - 1)
+        self.threads = (
+            threads_within_cores(threads, "threads")
+            if threads
+            else max(1, torch.get_num_threads() - 1)
+        )
         self._worker = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="mygpt2-model",
