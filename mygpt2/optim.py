@@ -213,29 +213,31 @@ def muon_step(opt: torch.optim.Optimizer) -> None:
             tall = p.size(0) > p.size(1)
             wide = (p.size(1), p.size(0)) if tall else tuple(p.shape)
             batches.setdefault((*wide, p.dtype, ns), []).append((group, p, g, buf, tall))
-    for (*_, ns), items in batches.items():
-        updates = []
-        for group, _, g, buf, tall in items:
+    for (rows, cols, _, ns), items in batches.items():
+        # each update cast to bf16 straight into its slot of the stack (torch casts, then
+        # transposes a tall one: the same values), one pass instead of a stack and a cast
+        stack = torch.empty(len(items), rows, cols, dtype=torch.bfloat16, device=items[0][1].device)
+        for slot, (group, _, g, buf, tall) in zip(stack, items, strict=True):
             update = g.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-            updates.append(update.t() if tall else update)
-        ortho = _newton_schulz(torch.stack(updates), *ns)
-        del updates
+            slot.copy_(update.t() if tall else update)
+        ortho = _newton_schulz(stack, *ns)
+        del stack
         for (group, p, _, _, tall), o in zip(items, ortho, strict=True):
             lr = float(group["lr"])
             rate = _adjust_lr(lr, group["adjust_lr_fn"], p.shape)
-            p.mul_(1 - lr * group["weight_decay"])
+            if group["weight_decay"]:  # a factor of exactly 1 changes nothing: no pass
+                p.mul_(1 - lr * group["weight_decay"])
             p.add_(o.t() if tall else o, alpha=-rate)
 
 
 def _newton_schulz(
-    g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
+    x: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
 ) -> torch.Tensor:
-    """torch's quintic Newton-Schulz iteration on a stack of wide matrices (n, rows, cols),
-    rows <= cols, at once: bf16, each scaled to Frobenius norm <= 1 first."""
+    """torch's quintic Newton-Schulz iteration on a bf16 stack of wide matrices (n, rows, cols),
+    rows <= cols, at once, each scaled to Frobenius norm <= 1 first (`x` is overwritten)."""
     a, b, c = coefficients
-    x = g.bfloat16()
-    norms = torch.stack([m.norm() for m in x])  # each matrix's, as torch takes it
-    x = x / norms.clamp(min=eps)[:, None, None]
+    norms = torch.linalg.vector_norm(x, dim=(1, 2))  # each matrix's, as torch's m.norm()
+    x = x.div_(norms.clamp_(min=eps)[:, None, None])
     for _ in range(steps):
         gram = x @ x.transpose(1, 2)
         update = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
