@@ -9,4 +9,4 @@ import sys
 from mygpt2.cli import run
 
 if __name__ == "__main__":
-    sys.exit(run("sample", sys.argv[1:]))
+    sys.exit(run("sample", sys.argv[1:], whole_process=True))

@@ -272,3 +272,47 @@ def test_the_demo_runs_with_the_package_alone(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "demo finished" in run.stdout
     assert (tmp_path / "out-demo" / "generated.txt").is_file()
+
+
+FREEZE_PROBE = """
+import gc, sys, types
+from mygpt2 import cli
+command = types.ModuleType("probe_command")
+def probe(argv):
+    print("during", gc.get_freeze_count(), flush=True)
+    command.made = [[] for _ in range(2000)]  # objects the command made and keeps
+    return 3
+command.cli = probe
+sys.modules["probe_command"] = command
+cli.COMMANDS["probe"] = ("probe_command", "reports what the collector has frozen")
+before = gc.get_freeze_count()
+status = {call}
+print("before", before, "status", status, "after", gc.get_freeze_count())
+"""
+
+
+@pytest.mark.parametrize(
+    "call, frozen",
+    [
+        ("cli.main(['probe'])", False),  # a caller living on (tests, notebooks): nothing frozen
+        ("cli.run('probe', [], whole_process=True)", True),  # the root scripts
+        ("(sys.argv.__setitem__(slice(1, None), ['probe']), cli.entry())[1]", True),  # console
+    ],
+)
+def test_a_whole_process_freezes_its_imports_and_its_end_for_the_collector(call, frozen):
+    """Run as a process's entry point, the command runs with the objects its imports made
+    frozen out of the cyclic collector's scans, and everything is frozen once it returns (the
+    interpreter's last collection skips them); called within a longer life, nothing is."""
+    out = subprocess.run(
+        [sys.executable, "-c", FREEZE_PROBE.format(call=call)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()
+    during, before, status, after = int(out[1]), int(out[3]), int(out[5]), int(out[7])
+    assert before == 0 and status == 3
+    if frozen:
+        assert during > 0 and after > during + 1000  # the command's own, frozen at its end
+    else:
+        assert during == after == 0
