@@ -107,19 +107,16 @@ def run(command: str, argv: list[str], *, whole_process: bool = False) -> int:
 
     `whole_process`: the caller is a process's entry point (the console script, `python -m
     mygpt2.cli`, the root scripts), which exits when this returns; callers within a longer
-    life (tests, notebooks) leave it off. Then the objects that exist once the command's
-    modules are imported (torch's: some 10^5, alive until exit) are frozen out of the cyclic
-    garbage collector's scans, each full collection of a run walked them all (0.16 s of the
-    speedrun's 15), and so is everything once the command is done: the interpreter's last
-    collection would walk it all again (0.25 s) to free memory the process gives back anyway.
-    Nothing of ours relies on a finaliser at exit (files are closed and renamed explicitly)."""
+    life (tests, notebooks) leave it off. Then, once the command is done, every object is
+    frozen out of the cyclic garbage collector's scans: the interpreter's last collection
+    would otherwise walk them all (torch's alone are some 10^5) to free memory the process
+    gives back anyway, 0.3 s of the speedrun's exit. Only objects still alive in reference
+    cycles at exit lose their finalisers by it; mygpt2 closes its files, logs and progress
+    bars explicitly and writes files by renaming complete ones."""
     module_name, _ = COMMANDS[command]
     warnings.showwarning = _show_warning  # library warnings read as one line, no source path
     try:
-        module = importlib.import_module(module_name)
-        if whole_process:
-            gc.freeze()
-        status = module.cli(argv)
+        status = importlib.import_module(module_name).cli(argv)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
     except BrokenPipeError:
         if not _output_closed():
