@@ -130,8 +130,10 @@ class MetricsLog:
             save_health_png(rows, self.out_dir / "health.png")
 
     def close(self) -> None:
+        """Flush and close the TensorBoard writer, if any (idempotent)."""
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
 
 
 def _scalars(row: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:

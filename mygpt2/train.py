@@ -84,6 +84,7 @@ def train(
     and how it was started) make the resume line; without them it is a plain --resume."""
     dist_info = Distributed.from_env(cfg.run.device)
     reporter = Reporter(enabled=dist_info.is_main)
+    run: Run | None = None
     try:
         command = run_command(argv, program)  # for the lock file; never from sys.argv
         with guarded(cfg, dist_info.is_main, reporter.say, command) as signals:
@@ -136,6 +137,8 @@ def train(
                 fail(run, failure, argv, program)
             return finish(run, run.step > first, argv, program)
     finally:
+        if run is not None:  # after any error too: TensorBoard's buffered events reach the disk
+            run.log.close()
         reporter.close()
         dist_info.close()
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 from test_faults import disk_full_on_save
-from test_train import make_corpus, run_main, tiny_args
+from test_train import make_corpus, run_main, tiny_args, tiny_config
 
 from mygpt2.checkpoint import load_checkpoint
 from mygpt2.dynamics.health import HealthProbe
@@ -203,3 +203,28 @@ def test_a_failed_snapshot_at_the_last_step_still_stops_with_exit_1(
     assert "keeping a snapshot failed after step 2 (KeyError: 'weights' at mygpt2/" in err
     assert "saved the checkpoint at step 2 in" in err
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
+def test_a_crash_in_the_step_itself_still_closes_the_tensorboard_writer(
+    corpus, tmp_path, monkeypatch
+):
+    """An error no tool catches (here in the training step) propagates, and the run's
+    TensorBoard writer is closed on the way out, so its buffered events reach the disk (the
+    console script exits without collecting reference cycles, `cli.run`)."""
+    import mygpt2.metrics
+
+    closed: list[int] = []
+
+    class Writer:  # the part of SummaryWriter the log uses
+        def add_scalar(self, *args):
+            pass
+
+        def close(self):
+            closed.append(1)
+
+    monkeypatch.setattr(mygpt2.metrics, "_tensorboard_writer", lambda path: Writer())
+    monkeypatch.setattr(train_module, "step_run", fails_on_call(1, RuntimeError("boom")))
+    cfg = tiny_config(corpus, tmp_path, max_steps=4, tensorboard="true")
+    with pytest.raises(RuntimeError, match="boom"):
+        train_module.train(cfg)
+    assert closed == [1]
