@@ -218,6 +218,8 @@ def muon_step(opt: torch.optim.Optimizer) -> None:
         # transposes a tall one: the same values), one pass instead of a stack and a cast
         stack = torch.empty(len(items), rows, cols, dtype=torch.bfloat16, device=items[0][1].device)
         for slot, (group, _, g, buf, tall) in zip(stack, items, strict=True):
+            # (torch's own step, for bf16 weights without Nesterov, also divides its momentum
+            # buffer in place by the norm, `grad.bfloat16()` being the buffer itself; not here)
             update = g.lerp(buf, group["momentum"]) if group["nesterov"] else buf
             slot.copy_(update.t() if tall else update)
         ortho = _newton_schulz(stack, *ns)

@@ -385,12 +385,14 @@ def test_fractional_warmup_and_decay_lengths_round_as_documented():
     )  # the decay starts at 10 - 4 = 6
 
 
+@pytest.mark.parametrize("weight_decay", [0.1, 0.0])
 @pytest.mark.parametrize("nesterov", [True, False])
-def test_batched_muon_step_equals_torchs_muon(nesterov):
+def test_batched_muon_step_equals_torchs_muon(nesterov, weight_decay):
     """`muon_step` stacks same-shaped matrices (in the wide orientation, across groups): after
     five steps on the same gradients its parameters and momentum buffers equal torch's own
-    Muon.step's, for wide, tall and square matrices, a tall group stacked with a wide one of
-    another rate, with weight decay and the shape-adjusted rate."""
+    Muon.step's bit for bit, for wide, tall and square matrices, a tall group stacked with a
+    wide one of another rate, with weight decay (or none: its pass is skipped) and the
+    shape-adjusted rate."""
     from mygpt2.optim import muon_class
 
     muon = muon_class()
@@ -409,7 +411,7 @@ def test_batched_muon_step_equals_torchs_muon(nesterov):
             by.setdefault(tuple(p.shape), []).append(p)
         return [{"params": g, "lr": 0.05 * (i + 1)} for i, g in enumerate(by.values())]
 
-    kw = dict(lr=0.05, weight_decay=0.1, momentum=0.9, nesterov=nesterov)
+    kw = dict(lr=0.05, weight_decay=weight_decay, momentum=0.9, nesterov=nesterov)
     opt_ours, opt_theirs = muon(groups(ours), **kw), torch.optim.Muon(groups(theirs), **kw)
     hooked = []
     opt_ours.register_step_post_hook(lambda *_: hooked.append(1))  # torch's step machinery
@@ -420,8 +422,8 @@ def test_batched_muon_step_equals_torchs_muon(nesterov):
         opt_ours.step()
         opt_theirs.step()
     for p, q in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
-        torch.testing.assert_close(
+        assert torch.equal(p, q)
+        assert torch.equal(
             opt_ours.state[p]["momentum_buffer"], opt_theirs.state[q]["momentum_buffer"]
         )
     assert opt_ours.state_dict().keys() == opt_theirs.state_dict().keys()
