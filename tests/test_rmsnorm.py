@@ -71,3 +71,29 @@ def test_the_module_is_nn_rmsnorm_with_the_same_state_and_output():
     assert isinstance(ours, nn.RMSNorm) and list(ours.state_dict()) == ["weight"]
     x = torch.randn(3, 5, 16)
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_a_retained_graph_gives_the_same_gradients_twice_and_the_output_is_its_own(dtype, weighted):
+    """Backward reads the normalised input it kept and leaves it as it was: a second
+    backward through a retained graph gives the same gradients bit for bit, and writing into
+    the output does not reach what backward reads."""
+    torch.manual_seed(2)
+    x = torch.randn(5, 3, 16).to(dtype).requires_grad_()
+    w = (1 + 0.1 * torch.randn(16)).requires_grad_() if weighted else None
+    y = rms_norm(x, w, 1e-5)
+    g = torch.randn_like(y)
+    y.backward(g, retain_graph=True)
+    first = [x.grad.clone()] + ([w.grad.clone()] if weighted else [])
+    x.grad = None
+    if weighted:
+        w.grad = None
+    y.backward(g)
+    second = [x.grad] + ([w.grad] if weighted else [])
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+    z = rms_norm(x, w, 1e-5)
+    with torch.no_grad():
+        z.mul_(0)  # the caller's tensor, not the kept one
+    assert torch.equal(torch.autograd.grad(z, x, g)[0], first[0])
