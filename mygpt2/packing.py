@@ -40,6 +40,6 @@ def pack_weight(weight_out_in: torch.Tensor) -> torch.Tensor:
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`x @ W + bias` for a weight packed by `pack_weight` (no gradients flow through it)."""
-    rows = x.reshape(-1, x.size(-1))
-    y = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
-    return y.view(*x.shape[:-1], -1)
+    # oneDNN takes (..., in) as it is: no reshapes around it, which cost as much as the
+    # product itself for the small weights of a one-token step
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
