@@ -20,7 +20,7 @@ Design choices:
   exceed.
 - On a CPU with bf16 or fp16 logits, each chunk's loss and gradient come from one function
   compiled with `torch.compile` (`_chunk_loss_and_grad`): it reads the reduced-precision
-  logits once and writes the gradient once, where the eager ops make five passes over a
+  logits once and writes the gradient once, where the eager ops make four passes over a
   float32 copy (3x faster at GPT-2's vocabulary; the eager passes were a quarter of a bf16
   124M step on a CPU with AMX, docs/BENCHMARKS.md). Float32 logits, small chunks, a machine
   where compiling cannot work and a forward that is itself being compiled keep the eager
@@ -37,6 +37,7 @@ import functools
 import itertools
 import math
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -82,7 +83,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         for s, e in itertools.pairwise(bounds):
             hc, tc, vc = hh[s:e], targets[s:e], valid[s:e]
             logits = torch.mm(hc, w.t(), out=buffer[: e - s])  # in the matmul dtype
-            loss, p = (compiled or _chunk_loss_and_grad_eager)(logits, tc, vc, compute)
+            logits_of = functools.partial(_rows_logits, hc, w)  # for rows whose loss underflows
+            loss, p = (compiled or _chunk_loss_and_grad_eager)(logits, tc, vc, compute, logits_of)
             total += loss
             grad_h[s:e] = p @ w
             if compute == torch.bfloat16:  # fp32's range: a bf16 product, summed in float32
@@ -110,6 +112,11 @@ class LinearCrossEntropy(torch.autograd.Function):
         return grad_h.mul_(scale).to(h_dtype), grad_w.mul_(scale).to(w_dtype), None, None
 
 
+def _rows_logits(h: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The logits of the rows of `h` that the boolean mask `rows` picks."""
+    return h[rows] @ weight.t()
+
+
 def _chunk_loss_and_grad(
     logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, out_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,21 +133,34 @@ def _chunk_loss_and_grad(
 
 
 def _chunk_loss_and_grad_eager(
-    logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, out_dtype: torch.dtype
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    valid: torch.Tensor,
+    out_dtype: torch.dtype,
+    logits_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`_chunk_loss_and_grad` for eager PyTorch, in place: the same values in fewer passes
     than the functional form takes without a compiler (tests hold the two equal). Float32
-    `logits` are overwritten (the gradient comes back in their memory)."""
-    # one row-wise kernel, reading the (maybe bf16) logits and writing float32: the row
-    # stays in cache while its max, sum and logs are taken. Float32 logits take their own
-    # log-softmax in place (the same values): no second buffer of their size to fill, which
-    # made bench_train's small fp32 step 6-7% faster
+    `logits` are overwritten (the gradient comes back in their memory). `logits_of(rows)`
+    gives the chunk's logits again for the rows of a boolean mask: the loss of a row whose
+    target's probability underflows is taken from them (without it, such a loss is inf)."""
+    # one row-wise softmax, reading the (maybe bf16) logits and writing float32: one exp a
+    # logit, where a log-softmax and then exp took two (the second exp pass was 4-7 ms of a
+    # chunk of 384 rows at GPT-2's vocabulary, about a twentieth of bench_train's small fp32
+    # step). Float32 logits take theirs in place: no second buffer of their size to fill.
     if logits.dtype == torch.float32:
-        logp = torch.log_softmax(logits, dim=-1, out=logits)
+        probs = torch.softmax(logits, dim=-1, out=logits)
     else:
-        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
-    loss = -logp.gather(1, targets[:, None]).squeeze(1).dot(valid)
-    probs = logp.exp_()
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+    picked = probs.gather(1, targets[:, None]).squeeze(1)  # each row's target's probability
+    losses = picked.log().neg_()
+    # a probability under 1e-30 (a loss above 69 nats) has lost digits or underflowed to 0:
+    # those rows' losses come from their logits again, exactly
+    lost = (picked < 1e-30) & (valid > 0)
+    if logits_of is not None and bool(lost.any()):
+        again = logits_of(lost).float()
+        losses[lost] = torch.logsumexp(again, -1) - again.gather(1, targets[lost][:, None])[:, 0]
+    loss = losses.dot(valid)
     probs[torch.arange(len(targets), device=targets.device), targets] -= 1.0
     if out_dtype == torch.float32:  # masking (and the cast) in one pass
         return loss, probs.mul_(valid[:, None])
@@ -163,7 +183,8 @@ class _CompiledOrEager:
     def __init__(self, compiled):
         self.compiled, self.failed = compiled, False
 
-    def __call__(self, *args):
+    def __call__(self, logits, targets, valid, out_dtype, logits_of=None):
+        args = (logits, targets, valid, out_dtype)  # the compiled form's loss cannot underflow
         if not self.failed:
             try:
                 return self.compiled(*args)
@@ -176,7 +197,7 @@ class _CompiledOrEager:
                     "slower",
                     stacklevel=2,
                 )
-        return _chunk_loss_and_grad_eager(*args)
+        return _chunk_loss_and_grad_eager(*args, logits_of)
 
 
 @functools.cache

@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from mygpt2.config import ModelConfig
+from mygpt2.loss import linear_cross_entropy
 from mygpt2.model import GPT
 
 
@@ -255,7 +256,7 @@ def test_a_compiled_kernel_that_cannot_be_built_falls_back_to_the_eager_ops(monk
     assert loss.item() == want.item()
 
 
-def test_float32_logits_take_their_log_softmax_in_place():
+def test_float32_logits_take_their_softmax_in_place():
     """The eager chunk kernel overwrites float32 logits with their gradient (no second
     buffer of their size) and gives the functional form's values."""
     from mygpt2.loss import _chunk_loss_and_grad, _chunk_loss_and_grad_eager
@@ -270,3 +271,28 @@ def test_float32_logits_take_their_log_softmax_in_place():
     assert got.data_ptr() == logits.data_ptr()  # the logits' own memory
     torch.testing.assert_close(got_loss, want_loss, rtol=1e-6, atol=0)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_loss_whose_target_probability_underflows_is_exact_not_inf(autocast):
+    """The eager kernel takes each row's loss as -log of its softmax at the target; where
+    that probability underflows (here e^-300), the row's loss comes from its logits again:
+    F.cross_entropy's value, not inf, and the gradients still equal its."""
+    torch.manual_seed(3)
+    h = torch.randn(6, 4, dtype=torch.float64)
+    w = torch.randn(50, 4, dtype=torch.float64)
+    y = torch.randint(0, 50, (6,))
+    h[2] = torch.tensor([10.0, 0, 0, 0], dtype=torch.float64)
+    w[:, 0] = 0.0
+    w[7, 0], w[9, 0] = -30.0, 1.0  # row 2: logit -300 at its target 7, 10 at token 9
+    y[2], y[4] = 7, -100
+    h, w = h.float().requires_grad_(), w.float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        got = linear_cross_entropy(h, w, y, 4, "sum")  # chunks of 3 + 3 rows
+        want = F.cross_entropy(h @ w.t(), y, ignore_index=-100, reduction="sum")
+    assert torch.isfinite(got) and want.item() > 300
+    torch.testing.assert_close(got, want.float(), rtol=1e-5 if not autocast else 1e-2, atol=0)
+    got_grads = torch.autograd.grad(got, (h, w))
+    want_grads = torch.autograd.grad(want, (h, w))
+    for g, r in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, r.float(), rtol=1e-4, atol=1e-5 if not autocast else 0.05)
