@@ -84,7 +84,11 @@ class LinearCrossEntropy(torch.autograd.Function):
             hc, tc, vc = hh[s:e], targets[s:e], valid[s:e]
             logits = torch.mm(hc, w.t(), out=buffer[: e - s])  # in the matmul dtype
             logits_of = functools.partial(_rows_logits, hc, w)  # for rows whose loss underflows
-            loss, p = (compiled or _chunk_loss_and_grad_eager)(logits, tc, vc, compute, logits_of)
+            if compiled is None and torch.compiler.is_compiling():  # the compiler fuses this form
+                loss, p = _chunk_loss_and_grad(logits, tc, vc, compute)
+            else:
+                kernel = compiled or _chunk_loss_and_grad_eager
+                loss, p = kernel(logits, tc, vc, compute, logits_of)
             total += loss
             grad_h[s:e] = p @ w
             if compute == torch.bfloat16:  # fp32's range: a bf16 product, summed in float32

@@ -140,9 +140,12 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         B, t, C = x.shape
         hs = C // self.n_heads
-        # q, k, v side by side in one product, each (B, t, nh, hs); one view and one unbind
-        # (a split and three views cost a one-token step as much as the 768-wide product)
-        q, k, v = self.c_attn(x, cache).view(B, t, 3, self.n_heads, hs).unbind(2)
+        # q, k, v side by side in one product. (One view of it, then a split, would dispatch
+        # fewer ops, but torch.compile's AOTAutograd 2.13 replays that view on the wrong base.)
+        q, k, v = self.c_attn(x, cache).split(self.n_emb, dim=2)
+        q = q.view(B, t, self.n_heads, hs)  # (B, t, nh, hs)
+        k = k.view(B, t, self.n_heads, hs)  # (B, t, nh, hs)
+        v = v.view(B, t, self.n_heads, hs)  # (B, t, nh, hs)
         at = f"blocks.{layer}.attn." if hooks is not None else ""
         if hooks is not None:
             q, k, v = hooks(at + "hook_q", q), hooks(at + "hook_k", k), hooks(at + "hook_v", v)
@@ -179,7 +182,7 @@ class CausalSelfAttention(nn.Module):
             )  # (B, nh, t, hs)
         if hooks is not None:  # the hook sees (B, t, nh, hs)
             y = hooks(at + "hook_z", y.transpose(1, 2)).transpose(1, 2)
-        y = self.c_proj(y.transpose(1, 2).reshape(B, t, C), cache)
+        y = self.c_proj(y.transpose(1, 2).contiguous().view(B, t, C), cache)
         return self.resid_dropout(y) if self.training else y  # dropout is off in eval
 
 
