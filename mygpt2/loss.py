@@ -15,17 +15,18 @@ Design choices:
   float32 to the float32 gradients, which are cast to the inputs' dtypes only at the end.
 - Under autocast the three matmuls (logits, gradient of `h`, gradient of `weight`) run in the
   autocast dtype, with `h` and `weight` cast once per call rather than once per chunk; the
-  log-softmax, the loss and the sum of the chunks' weight gradients are float32. Only the
+  softmax, the loss and the sum of the chunks' weight gradients are float32. Only the
   weight gradient's product stays fp32 under fp16, whose range a sum over many rows could
   exceed.
 - On a CPU with bf16 or fp16 logits, each chunk's loss and gradient come from one function
   compiled with `torch.compile` (`_chunk_loss_and_grad`): it reads the reduced-precision
-  logits once and writes the gradient once, where the eager ops make four passes over a
-  float32 copy (3x faster at GPT-2's vocabulary; the eager passes were a quarter of a bf16
-  124M step on a CPU with AMX, docs/BENCHMARKS.md). Float32 logits, small chunks, a machine
-  where compiling cannot work and a forward that is itself being compiled keep the eager
-  ops, which compute the same values; a kernel that fails to build falls back to them once,
-  with a warning.
+  logits once and writes the gradient once, where the eager ops pass over a float32 copy
+  several times (3x faster than the eager ops of the time at GPT-2's vocabulary; those were
+  a quarter of a bf16 124M step on a CPU with AMX, docs/BENCHMARKS.md). Float32 logits, small
+  chunks and a machine where compiling cannot work take the eager ops
+  (`_chunk_loss_and_grad_eager`), which compute the same values; a kernel that fails to
+  build falls back to them once, with a warning. A forward that is itself being compiled
+  takes the functional form, which its own graph fuses.
 - `linear_cross_entropy` is the entry point: `reduction="sum"` as above, `"mean"` divides by
   the number of valid targets (at least 1) outside the function, so autograd carries the
   1 / count into `grad_loss`.
@@ -96,7 +97,8 @@ class LinearCrossEntropy(torch.autograd.Function):
                 grad_w = part.float() if grad_w is None else grad_w.add_(part)
             else:  # float32, or fp16, whose range a sum over many rows could overflow
                 pf, hf = p.float(), hc.float()
-                grad_w = pf.t() @ hf if grad_w is None else grad_w.addmm_(pf.t(), hf)
+                with torch.autocast(h.device.type, enabled=False):  # fp32 under fp16 too
+                    grad_w = pf.t() @ hf if grad_w is None else grad_w.addmm_(pf.t(), hf)
             del logits, p  # float32's gradient is the buffer itself, the next chunk's logits
         ctx.grads = (grad_h, grad_w)
         ctx.dtypes = (h.dtype, weight.dtype)
@@ -146,25 +148,36 @@ def _chunk_loss_and_grad_eager(
     """`_chunk_loss_and_grad` for eager PyTorch, in place: the same values in fewer passes
     than the functional form takes without a compiler (tests hold the two equal). Float32
     `logits` are overwritten (the gradient comes back in their memory). `logits_of(rows)`
-    gives the chunk's logits again for the rows of a boolean mask: the loss of a row whose
-    target's probability underflows is taken from them (without it, such a loss is inf)."""
-    # one row-wise softmax, reading the (maybe bf16) logits and writing float32: one exp a
-    # logit, where a log-softmax and then exp took two (the second exp pass was 4-7 ms of a
-    # chunk of 384 rows at GPT-2's vocabulary, about a twentieth of bench_train's small fp32
-    # step). Float32 logits take theirs in place: no second buffer of their size to fill.
-    if logits.dtype == torch.float32:
-        probs = torch.softmax(logits, dim=-1, out=logits)
-    else:
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-    picked = probs.gather(1, targets[:, None]).squeeze(1)  # each row's target's probability
-    losses = picked.log().neg_()
-    # a probability under 1e-30 (a loss above 69 nats) has lost digits or underflowed to 0:
-    # those rows' losses come from their logits again, exactly
-    lost = (picked < 1e-30) & (valid > 0)
-    if logits_of is not None and bool(lost.any()):
-        again = logits_of(lost).float()
-        losses[lost] = torch.logsumexp(again, -1) - again.gather(1, targets[lost][:, None])[:, 0]
-    loss = losses.dot(valid)
+    gives the chunk's logits again for the rows of a boolean mask: on a CPU, the loss of a
+    row whose target's probability underflows is taken from them (without it, inf)."""
+    if logits.device.type == "cpu":
+        # one row-wise softmax, reading the (maybe bf16) logits and writing float32: one exp
+        # a logit, where a log-softmax and then exp took two (the second exp pass was 4-7 ms
+        # of a chunk of 384 rows at GPT-2's vocabulary, about a twentieth of bench_train's
+        # small fp32 step). Float32 logits take theirs in place: no second buffer to fill.
+        if logits.dtype == torch.float32:
+            probs = torch.softmax(logits, dim=-1, out=logits)
+        else:
+            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        picked = probs.gather(1, targets[:, None]).squeeze(1)  # each target's probability
+        # ignored rows (valid 0) weigh nothing: their -log p may be inf, and inf * 0 is NaN
+        losses = picked.log().neg_().masked_fill_(valid == 0, 0.0)
+        # float32 keeps every digit down to 1.2e-38 (a loss of 87 nats); from 1e-30 (69 nats)
+        # on, with a margin, a row's loss comes from its logits again, exactly. The check
+        # reads one flag back from the tensors, free on a CPU, a sync on an accelerator.
+        lost = (picked < 1e-30) & (valid > 0)
+        if logits_of is not None and bool(lost.any()):
+            again = logits_of(lost).float()
+            picked_logit = again.gather(1, targets[lost][:, None])[:, 0]
+            losses[lost] = torch.logsumexp(again, -1) - picked_logit
+        loss = losses.dot(valid)
+    else:  # no read-back a chunk on an accelerator: a log-softmax (exact), then its exp
+        if logits.dtype == torch.float32:
+            logp = torch.log_softmax(logits, dim=-1, out=logits)
+        else:
+            logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+        loss = -logp.gather(1, targets[:, None]).squeeze(1).dot(valid)
+        probs = logp.exp_()
     probs[torch.arange(len(targets), device=targets.device), targets] -= 1.0
     if out_dtype == torch.float32:  # masking (and the cast) in one pass
         return loss, probs.mul_(valid[:, None])
@@ -174,7 +187,7 @@ def _chunk_loss_and_grad_eager(
 def _compiled_chunk_loss_and_grad(device: torch.device, compute: torch.dtype):
     """The compiled `_chunk_loss_and_grad` where it pays and can work: a CPU, bf16/fp16
     logits, a C++ compiler at hand, and not inside a forward being compiled (whose graph
-    fuses the eager ops itself). Else None."""
+    fuses the functional form itself). Else None."""
     if device.type != "cpu" or compute == torch.float32 or torch.compiler.is_compiling():
         return None
     return _compiled_for_cpu()

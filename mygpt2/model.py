@@ -183,7 +183,7 @@ class CausalSelfAttention(nn.Module):
         if hooks is not None:  # the hook sees (B, t, nh, hs)
             y = hooks(at + "hook_z", y.transpose(1, 2)).transpose(1, 2)
         y = self.c_proj(y.transpose(1, 2).contiguous().view(B, t, C), cache)
-        return self.resid_dropout(y) if self.training else y  # dropout is off in eval
+        return self.resid_dropout(y) if self.resid_dropout.training else y  # off: identity
 
 
 def layer_norm(
@@ -246,7 +246,7 @@ class MLP(nn.Module):
     ) -> torch.Tensor:
         if hooks is None and self.kind == "gelu":
             h = self.c_proj(F.gelu(self.c_fc(x, cache), approximate="tanh"), cache)
-            return self.dropout(h) if self.training else h  # dropout is off in eval
+            return self.dropout(h) if self.dropout.training else h  # off: identity
         h, up = self.c_fc(x, cache), None  # (B, t, hidden), swiglu (B, t, 2 hidden)
         if self.kind == "swiglu":
             h, up = h.chunk(2, dim=-1)  # the gate's input, the linear half
@@ -263,7 +263,7 @@ class MLP(nn.Module):
         if hooks is not None:
             h = hooks(at + "hook_post", h)
         h = self.c_proj(h, cache)
-        return self.dropout(h) if self.training else h
+        return self.dropout(h) if self.dropout.training else h
 
 
 class Block(nn.Module):
@@ -411,7 +411,7 @@ class GPT(nn.Module):
         rope = None
         if self.config.pos_emb == "rope":  # positions go into each layer's queries and keys
             rope = rotary(pos, self.config.n_emb // self.config.n_heads)
-        if self.training:  # dropout is off in eval
+        if self.transformer.drop.training:  # in eval an identity, not worth a call
             x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache, i, mask, hooks, rope)

@@ -273,26 +273,45 @@ def test_float32_logits_take_their_softmax_in_place():
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16, torch.float16])
 def test_a_loss_whose_target_probability_underflows_is_exact_not_inf(autocast):
     """The eager kernel takes each row's loss as -log of its softmax at the target; where
-    that probability underflows (here e^-300), the row's loss comes from its logits again:
-    F.cross_entropy's value, not inf, and the gradients still equal its."""
+    that probability underflows (here about e^-310), the row's loss comes from its logits
+    again: F.cross_entropy's value, not inf; an ignored row whose (clamped) target underflows
+    weighs nothing, not NaN; and the gradients still equal F.cross_entropy's. In chunks of
+    three rows, so the underflowing row sits in the second chunk."""
     torch.manual_seed(3)
     h = torch.randn(6, 4, dtype=torch.float64)
     w = torch.randn(50, 4, dtype=torch.float64)
-    y = torch.randint(0, 50, (6,))
-    h[2] = torch.tensor([10.0, 0, 0, 0], dtype=torch.float64)
+    y = torch.randint(1, 50, (6,))
+    h[[1, 4], 0], h[[1, 4], 1:] = 10.0, 0.0
     w[:, 0] = 0.0
-    w[7, 0], w[9, 0] = -30.0, 1.0  # row 2: logit -300 at its target 7, 10 at token 9
-    y[2], y[4] = 7, -100
+    w[[0, 7], 0], w[9, 0] = -30.0, 1.0  # rows 1 and 4: logit -300 at tokens 0 and 7, 10 at 9
+    y[4], y[1] = 7, -100  # row 4 underflows; row 1 is ignored, its target clamped to 0
     h, w = h.float().requires_grad_(), w.float().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         got = linear_cross_entropy(h, w, y, 4, "sum")  # chunks of 3 + 3 rows
         want = F.cross_entropy(h @ w.t(), y, ignore_index=-100, reduction="sum")
     assert torch.isfinite(got) and want.item() > 300
-    torch.testing.assert_close(got, want.float(), rtol=1e-5 if not autocast else 1e-2, atol=0)
+    tol = 1e-5 if autocast is None else 1e-2
+    torch.testing.assert_close(got, want.float(), rtol=tol, atol=0)
     got_grads = torch.autograd.grad(got, (h, w))
     want_grads = torch.autograd.grad(want, (h, w))
     for g, r in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(g, r.float(), rtol=1e-4, atol=1e-5 if not autocast else 0.05)
+        torch.testing.assert_close(g, r.float(), rtol=1e-4, atol=1e-5 if autocast is None else 0.05)
+
+
+def test_fp16_autocast_over_many_chunks_sums_the_weight_gradient_in_float32():
+    """Under fp16 autocast the weight gradient's product stays float32 (an fp16 product
+    there made the second chunk's in-place sum fail on mixed dtypes)."""
+    torch.manual_seed(6)
+    h = torch.randn(20, 8, requires_grad=True)
+    w = torch.randn(40, 8, requires_grad=True)
+    y = torch.randint(0, 40, (20,))
+    with torch.autocast("cpu", dtype=torch.float16):
+        got = linear_cross_entropy(h, w, y, 6, "sum")  # 4 chunks
+        want = F.cross_entropy(h @ w.t(), y, reduction="sum")
+    torch.testing.assert_close(got, want.float(), rtol=1e-2, atol=0)
+    (gw,) = torch.autograd.grad(got, (w,))
+    (ww,) = torch.autograd.grad(want, (w,))
+    torch.testing.assert_close(gw, ww, rtol=0, atol=0.05)

@@ -140,6 +140,29 @@ def test_dropout_only_in_training_mode():
         torch.testing.assert_close(model(idx)[0], first, atol=1e-6, rtol=0)
 
 
+def test_each_dropout_module_follows_its_own_mode():
+    """Monte Carlo dropout: a model in eval with its dropout modules switched back to train
+    still drops (the skip of eval's identity calls reads each module's own flag); and the
+    modules in eval inside a training model drop nothing but the attention's own dropout_p."""
+    model = tiny_gpt(seed=16, dropout=0.3)
+    idx = torch.tensor([prompt_ids(61, 24)])
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(dropouts) == 1 + 2 * model.config.n_layers  # embeddings, each attn and mlp
+    with torch.no_grad():
+        model.eval()
+        clean = model(idx)[0]
+        for m in dropouts:
+            m.train()
+        assert not torch.allclose(model(idx)[0], model(idx)[0])
+        model.train()
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.eval()
+        for block in model.transformer.h:
+            block.attn.eval()  # its SDPA dropout_p reads the attention module's mode
+        torch.testing.assert_close(model(idx)[0], clean, atol=1e-6, rtol=0)
+
+
 # ------------------------------------------------------------------ sizes by hand
 
 
