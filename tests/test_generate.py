@@ -471,3 +471,17 @@ def test_generation_weights_made_before_the_weights_changed_are_refused(change):
         generate(model, [1, 2], 4, weights=weights)
     fresh = generation_weights(model)
     assert not fresh.stale(model) and len(generate(model, [1, 2], 4, weights=fresh)[0]) == 4
+
+
+def test_greedy_picks_argmaxs_index_with_ties_and_nan():
+    """Greedy takes `max`'s index, faster than `argmax` on a CPU: the same index, the first
+    of equal maxima, a NaN's where a row has one, in bf16 and float32 logits."""
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randint(0, 4, (6, 50257), generator=gen).float()  # many equal maxima
+    logits[1, 777] = float("nan")
+    logits[2] = float("-inf")
+    logits[3, 123] = 9.0
+    for dtype in (torch.float32, torch.bfloat16):
+        got = sample_next(logits.to(dtype), temperature=0)
+        assert torch.equal(got, logits.to(dtype).float().argmax(dim=-1))
+    assert got[1] == 777 and got[2] == 0 and got[3] == 123
