@@ -137,8 +137,8 @@ ROWS: dict[str, list[tuple[str, str, str, str]]] = {
         ),
         (
             ATT,
-            "device=q.device).tril()",
-            "device=q.device).tril(1)",
+            "mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()",
+            "mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril(1)",
             "causal mask off by one: a query sees the next key",
         ),
         (
@@ -195,24 +195,30 @@ ROWS: dict[str, list[tuple[str, str, str, str]]] = {
             'hooks(at + "hook_pattern", pattern)',
             "a hook's replacement of hook_pattern is ignored",
         ),
+        (
+            ATT,
+            "above = ~torch.ones(t, t, dtype=torch.bool, device=q.device).tril()",
+            "above = ~torch.ones(t, t, dtype=torch.bool, device=q.device).tril(1)",
+            "causal_attention's mask off by one: a query sees the next key",
+        ),
     ],
     "loss": [
         (
             LOSS,
-            "total -= logp.gather(1, tc[:, None]).squeeze(1).dot(vc)",
-            "total -= logp.gather(1, tc[:, None]).squeeze(1).sum()",
-            "ignored (-100) targets counted in the loss",
+            "losses = picked.log().neg_().masked_fill_(valid == 0, 0.0)",
+            "losses = picked.log().neg_()",
+            "an ignored row whose (clamped) target underflows makes the loss NaN (inf x 0)",
         ),
         (
             LOSS,
-            "probs[torch.arange(len(tc), device=tc.device), tc] -= 1.0",
-            "probs[torch.arange(len(tc), device=tc.device), tc] += 1.0",
+            "probs[torch.arange(len(targets), device=targets.device), targets] -= 1.0",
+            "probs[torch.arange(len(targets), device=targets.device), targets] += 1.0",
             "gradient: softmax plus one-hot (sign flipped)",
         ),
         (
             LOSS,
-            "p = probs.mul_(vc[:, None])",
-            "p = probs",
+            "return loss, probs.mul_(valid[:, None])",
+            "return loss, probs",
             "ignored rows still get a gradient (float32 path)",
         ),
         (
@@ -235,9 +241,9 @@ ROWS: dict[str, list[tuple[str, str, str, str]]] = {
         ),
         (
             LOSS,
-            "for s in range(0, h.shape[0], chunk_rows):",
-            "for s in range(0, h.shape[0] - 1, chunk_rows):",
-            "off by one: the last row is skipped when it starts a chunk",
+            "bounds = [n * i // pieces for i in range(pieces + 1)]",
+            "bounds = [n * i // pieces for i in range(pieces)]",
+            "off by one: the last chunk's rows are skipped",
         ),
         (
             LOSS,
@@ -253,15 +259,27 @@ ROWS: dict[str, list[tuple[str, str, str, str]]] = {
         ),
         (
             LOSS,
-            "torch.log_softmax(hc @ w.t(), dim=-1, dtype=torch.float32)",
-            "torch.log_softmax(hc @ w.t(), dim=-1)",
-            "under bf16 autocast the log-softmax and one-hot taken in bf16, not float32",
+            "probs = torch.softmax(logits, dim=-1, dtype=torch.float32)",
+            "probs = torch.softmax(logits, dim=-1)",
+            "under bf16 autocast the eager kernel's softmax and one-hot taken in bf16",
         ),
         (
             LOSS,
             "if torch.is_autocast_enabled(h.device.type):",
             "if False:",
             "autocast ignored: the matmuls run in float32",
+        ),
+        (
+            LOSS,
+            "lost = (picked < 1e-30) & (valid > 0)",
+            "lost = (picked < 0) & (valid > 0)",
+            "a row whose target's probability underflows keeps an inf loss",
+        ),
+        (
+            LOSS,
+            "masked = not bool(valid.all())",
+            "masked = False",
+            "a chunk with ignored rows skips the masking pass",
         ),
     ],
     "bpe": [

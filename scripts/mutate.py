@@ -145,8 +145,8 @@ MUTANTS_BY_MODULE: dict[str, list[Mutant]] = {
         Mutant(
             "model",
             M,
-            "y = y.transpose(1, 2).contiguous().view(B, t, C)",
-            "y = y.contiguous().view(B, t, C)",
+            "self.c_proj(y.transpose(1, 2).contiguous().view(B, t, C), cache)",
+            "self.c_proj(y.contiguous().view(B, t, C), cache)",
             "heads merged without transposing back",
         ),
         Mutant(
@@ -315,8 +315,8 @@ MUTANTS_BY_MODULE: dict[str, list[Mutant]] = {
         Mutant(
             "generate",
             G,
-            "return logits.argmax(dim=-1)",
-            "return logits.argmin(dim=-1)",
+            "return logits.max(dim=-1).indices",
+            "return logits.min(dim=-1).indices",
             "greedy picks the least likely token",
         ),
         Mutant(
