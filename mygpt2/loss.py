@@ -85,7 +85,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             hc, tc, vc = hh[s:e], targets[s:e], valid[s:e]
             logits = torch.mm(hc, w.t(), out=buffer[: e - s])  # in the matmul dtype
             logits_of = functools.partial(_rows_logits, hc, w)  # for rows whose loss underflows
-            if compiled is None and torch.compiler.is_compiling():  # the compiler fuses this form
+            if torch.compiler.is_compiling():  # (compiled is None then) its graph fuses this form
                 loss, p = _chunk_loss_and_grad(logits, tc, vc, compute)
             else:
                 kernel = compiled or _chunk_loss_and_grad_eager
@@ -154,11 +154,8 @@ def _chunk_loss_and_grad_eager(
         # one row-wise softmax, reading the (maybe bf16) logits and writing float32: one exp
         # a logit, where a log-softmax and then exp took two (the second exp pass was 4-7 ms
         # of a chunk of 384 rows at GPT-2's vocabulary, about a twentieth of bench_train's
-        # small fp32 step). Float32 logits take theirs in place: no second buffer to fill.
-        if logits.dtype == torch.float32:
-            probs = torch.softmax(logits, dim=-1, out=logits)
-        else:
-            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        # small fp32 step)
+        probs = _rowwise_float32(torch.softmax, logits)
         picked = probs.gather(1, targets[:, None]).squeeze(1)  # each target's probability
         # ignored rows (valid 0) weigh nothing: their -log p may be inf, and inf * 0 is NaN
         losses = picked.log().neg_().masked_fill_(valid == 0, 0.0)
@@ -175,10 +172,7 @@ def _chunk_loss_and_grad_eager(
         # a float32 chunk's time at GPT-2's vocabulary)
         masked = not bool(valid.all())
     else:  # no read-back a chunk on an accelerator: a log-softmax (exact), then its exp
-        if logits.dtype == torch.float32:
-            logp = torch.log_softmax(logits, dim=-1, out=logits)
-        else:
-            logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+        logp = _rowwise_float32(torch.log_softmax, logits)
         loss = -logp.gather(1, targets[:, None]).squeeze(1).dot(valid)
         probs, masked = logp.exp_(), True
     probs[torch.arange(len(targets), device=targets.device), targets] -= 1.0
@@ -187,6 +181,14 @@ def _chunk_loss_and_grad_eager(
     if out_dtype == torch.float32:  # masking (and the cast) in one pass
         return loss, probs.mul_(valid[:, None])
     return loss, torch.mul(probs, valid[:, None], out=torch.empty_like(probs, dtype=out_dtype))
+
+
+def _rowwise_float32(fn: Callable[..., torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+    """`fn` (softmax or log-softmax) over each row, in float32: float32 logits in place (no
+    second buffer of their size to fill), others read once into a new float32 tensor."""
+    if logits.dtype == torch.float32:
+        return fn(logits, dim=-1, out=logits)
+    return fn(logits, dim=-1, dtype=torch.float32)
 
 
 def _compiled_chunk_loss_and_grad(device: torch.device, compute: torch.dtype):

@@ -11,9 +11,9 @@ Optimizers (`--optimizer`):
 
 Two optimizers under one step are one `Optimizers` object, which `train_step`, the grad scaler
 and checkpoints use as they use one torch optimizer. Muon is torch's, stepped by `muon_step`:
-the same update, with same-shaped matrices (in the wide orientation, across parameter groups)
-orthogonalised together in batched matmuls, where torch runs the 15 small products of five Newton-Schulz iterations
-matrix by matrix (its step was a fifth of the CPU speedrun's).
+the same update, with same-shaped matrices (in the wide orientation, across parameter
+groups) orthogonalised together in batched matmuls, where torch runs the 15 small products of
+five Newton-Schulz iterations matrix by matrix (its step was a fifth of the CPU speedrun's).
 
 `torch.optim.Muon` arrived in torch 2.9, and the package allows older torch: it is looked up
 only when `--optimizer muon` asks for it (`muon_class`), so an AdamW or SGD run trains and

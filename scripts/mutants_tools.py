@@ -259,8 +259,8 @@ ROWS: dict[str, list[tuple[str, str, str, str]]] = {
         ),
         (
             LOSS,
-            "probs = torch.softmax(logits, dim=-1, dtype=torch.float32)",
-            "probs = torch.softmax(logits, dim=-1)",
+            "return fn(logits, dim=-1, dtype=torch.float32)",
+            "return fn(logits, dim=-1)",
             "under bf16 autocast the eager kernel's softmax and one-hot taken in bf16",
         ),
         (
