@@ -5,7 +5,8 @@ step by step so that background load hits both alike; the median step time is re
 reference is a plain loop: `GPT2LMHeadModel(...)(input_ids, labels=...)`, `loss.backward()`,
 `torch.optim.AdamW.step()`. Ours is one call of `mygpt2.train.train_step`, the training loop's
 own step (token-weighted loss, gradient clipping, AdamW with `mygpt2.optim.make_optimizer`'s
-decay groups), on a `mygpt2.model.GPT`.
+decay groups), on a `mygpt2.model.GPT`; the compiled runners wrap that model in `torch.compile`,
+as `mygpt2 train --compile true` does.
 
 MFU is model FLOPs (`GPT.flops_per_token`, 6N + attention) per second against the machine's
 measured matmul rate in the same dtype, not against a datasheet. bf16 rows run only where the
@@ -175,6 +176,8 @@ def bench_shape(
     bf16_native = native_bf16_flag() is not None
     if bf16_native:  # without AVX-512 BF16 / AMX, bf16 matmuls are emulated and very slow
         _, runners["ours bf16 autocast"] = ours_step_fn(shape, torch.bfloat16)
+        if compiled:  # what `mygpt2 train --dtype bfloat16 --compile true` runs
+            _, runners["ours bf16 compiled"] = ours_step_fn(shape, torch.bfloat16, compile=True)
     flops_tok = model.flops_per_token(T)
     lines = [
         f"\n{name}: {shape} vocab {VOCAB}, {model.num_params() / 1e6:.1f}M params, "
@@ -310,7 +313,11 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled runner")
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="skip the compiled runners (fp32, and bf16 where native)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
