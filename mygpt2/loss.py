@@ -60,7 +60,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, weight, targets, chunk_rows):
+    def forward(ctx, h, weight, targets, chunk_rows, vocab):
         compute = _compute_dtype(h, weight)
         w, hh = weight.to(compute), h.to(compute)  # one cast each, not one per chunk
         valid = (targets != IGNORE_INDEX).to(torch.float32)
@@ -84,7 +84,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         for s, e in itertools.pairwise(bounds):
             hc, tc, vc = hh[s:e], targets[s:e], valid[s:e]
             logits = torch.mm(hc, w.t(), out=buffer[: e - s])  # in the matmul dtype
-            logits_of = functools.partial(_rows_logits, hc, w)  # for rows whose loss underflows
+            if vocab < w.shape[0]:  # padding rows (pad_vocab): probability 0, gradient 0
+                logits[:, vocab:] = -math.inf
+            logits_of = functools.partial(_rows_logits, hc, w, vocab)  # for underflowing rows
             if torch.compiler.is_compiling():  # (compiled is None then) its graph fuses this form
                 loss, p = _chunk_loss_and_grad(logits, tc, vc, compute)
             else:
@@ -115,12 +117,16 @@ class LinearCrossEntropy(torch.autograd.Function):
         h_dtype, w_dtype = ctx.dtypes
         scale = grad_loss.float()  # 1/count, the loss scale: applied in float32, then cast
         # in place: these buffers are ours alone, and a (vocab, C) copy costs as much as a pass
-        return grad_h.mul_(scale).to(h_dtype), grad_w.mul_(scale).to(w_dtype), None, None
+        grad_h, grad_w = grad_h.mul_(scale).to(h_dtype), grad_w.mul_(scale).to(w_dtype)
+        return grad_h, grad_w, None, None, None
 
 
-def _rows_logits(h: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The logits of the rows of `h` that the boolean mask `rows` picks."""
-    return h[rows] @ weight.t()
+def _rows_logits(
+    h: torch.Tensor, weight: torch.Tensor, vocab: int, rows: torch.Tensor
+) -> torch.Tensor:
+    """The logits of the rows of `h` that the boolean mask `rows` picks, over the first
+    `vocab` rows of `weight` (the rest are padding)."""
+    return h[rows] @ weight[:vocab].t()
 
 
 def _chunk_loss_and_grad(
@@ -247,10 +253,14 @@ def linear_cross_entropy(
     targets: torch.Tensor,
     chunk_rows: int,
     reduction: str = "mean",
+    vocab: int | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy of `h @ weight.T` (h: (N, C), weight: (vocab, C), targets: (N,), -100
-    ignored), `"sum"` over the valid targets or their `"mean"`, without keeping the logits."""
-    total = LinearCrossEntropy.apply(h, weight, targets, chunk_rows)
+    """Cross-entropy of `h @ weight.T` (h: (N, C), weight: (rows, C), targets: (N,), -100
+    ignored), `"sum"` over the valid targets or their `"mean"`, without keeping the logits.
+    With `vocab`, only the first `vocab` rows of `weight` are the vocabulary; the rest
+    (`pad_vocab`'s padding) get probability 0 and a zero gradient."""
+    vocab = weight.shape[0] if vocab is None else vocab
+    total = LinearCrossEntropy.apply(h, weight, targets, chunk_rows, vocab)
     if reduction == "sum":
         return total
     if reduction != "mean":

@@ -364,14 +364,19 @@ class GPT(nn.Module):
             # big chunks keep the matmuls efficient; 2**25 floats (128 MB) bound the memory
             chunk_rows = max(64, 2**25 // self.padded_vocab_size)
             loss = linear_cross_entropy(
-                h, self.lm_head.weight, targets.reshape(-1), chunk_rows, reduction
+                h,
+                self.lm_head.weight,
+                targets.reshape(-1),
+                chunk_rows,
+                reduction,
+                vocab=self.config.vocab_size,  # the padding rows take no part, as in `head`
             )
             return None, loss
         logits = self.head(x, cache.head if cache is not None else None)  # (B, t, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
-                logits.view(-1, logits.size(-1)).float(),
+                logits.reshape(-1, logits.size(-1)).float(),  # (a copy with pad_vocab's cut)
                 targets.reshape(-1),
                 ignore_index=-100,
                 reduction=reduction,
@@ -429,11 +434,15 @@ class GPT(nn.Module):
         softcap (`cap * tanh(logits / cap)`) if the model has one, then `hook_logits`.
 
         `weight` is generation's copy of the head ((n_emb, vocab) or packed for oneDNN,
-        `mygpt2.generate`); by default the model's own `lm_head`."""
+        `mygpt2.generate`); by default the model's own `lm_head`. With `pad_vocab` the head's
+        product runs over the padded rows (the fast shape) and the padding columns are cut
+        off here, once for every consumer: they are no part of the model's distribution."""
         if weight is None:
             logits = self.lm_head(h)
         else:
             logits = packed_linear(h, weight, None) if weight.is_mkldnn else h @ weight
+        if logits.size(-1) != self.config.vocab_size:  # a view, no copy
+            logits = logits[..., : self.config.vocab_size]
         cap = self.config.logit_softcap
         if cap:  # bounded logits, smooth
             logits = torch.tanh(logits / cap) * cap

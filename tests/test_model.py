@@ -185,6 +185,46 @@ def test_pad_vocab_rounds_up_to_a_multiple_of_64(vocab_size, padded):
     assert tiny_gpt(vocab_size=vocab_size).padded_vocab_size == vocab_size
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pad_vocab_padding_is_no_part_of_the_distribution(dtype):
+    """With pad_vocab every tool sees one distribution, over the real vocabulary: the training
+    loss (fused and plain), evaluation, the logits and `hook_logits`, in a full forward and in
+    cached generation (whose head copy holds the real rows only). The padding rows get no
+    gradient."""
+    from torch.nn import functional as F
+
+    from mygpt2.generate import generate
+    from mygpt2.train import evaluate
+
+    model = tiny_gpt(seed=7, vocab_size=270, pad_vocab=True, T=16)  # 320 rows in the head
+    x = torch.randint(0, 270, (3, 16), generator=torch.Generator().manual_seed(1))
+    y = torch.roll(x, -1, dims=1)
+    with torch.no_grad():
+        h = model.hidden(x).double()  # by hand, float64, over the first 270 rows only
+        w = model.lm_head.weight.detach().double()[:270]
+        want = F.cross_entropy((h @ w.T).reshape(-1, 270), y.reshape(-1)).item()
+    with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+        fused = model(x, y, return_logits=False)[1]  # the training path
+        with torch.no_grad():
+            logits, plain = model(x, y)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert logits.shape == (3, 16, 270)
+    assert fused.item() == pytest.approx(want, rel=tol)
+    assert plain.item() == pytest.approx(want, rel=tol)
+    assert evaluate(model, [(x, y)], dtype=dtype) == pytest.approx(want, rel=tol)
+    fused.backward()
+    grad = model.lm_head.weight.grad
+    assert grad[:270].abs().sum() > 0 and torch.equal(grad[270:], torch.zeros_like(grad[270:]))
+
+    seen = []
+    with torch.no_grad(), model.hooks(fwd_hooks=[("hook_logits", lambda t, n: seen.append(t))]):
+        model(x)
+        cached = generate(model, x[0, :5].tolist(), 3, temperature=0)
+        uncached = generate(model, x[0, :5].tolist(), 3, temperature=0, use_cache=False)
+    assert {t.shape[-1] for t in seen} == {270}
+    assert cached == uncached
+
+
 def test_crop_context_keeps_the_first_positions():
     model = tiny_gpt(seed=18, T=24)
     wpe = model.transformer.wpe.weight.detach().clone()
