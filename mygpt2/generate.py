@@ -347,7 +347,7 @@ def generate_stream(
         cache = new_cache(model, pad, weights) if use_cache else None
         logits, _ = model(tokens, cache=cache)
         for _ in range(max_new_tokens):
-            nxt = sample_next(logits[:, -1, : cfg.vocab_size], temperature, top_k, top_p, generator)
+            nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
             if stops.numel():  # rows can only finish on a stop token
                 nxt = nxt.masked_fill(finished, -1)
             yield nxt

@@ -371,7 +371,7 @@ def show_dla(
     if "target" in extras:
         target = token_id(tok, model, extras["target"], "target")
     else:
-        logits = model.run_with_hooks(ids)[0, pos, : model.config.vocab_size]
+        logits = model.run_with_hooks(ids)[0, pos]
         target = int(logits.argmax())
     dla = direct_logit_attribution(model, ids, target, pos=pos)
     name = f"logit({_token(tok, target)})"

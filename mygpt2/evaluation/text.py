@@ -98,13 +98,12 @@ def token_nll(model: GPT, hidden: torch.Tensor, targets: torch.Tensor) -> torch.
     """-log p(target) for each row of `hidden` (N, n_emb), the model's final hidden states,
     through the model's own head (`GPT.head`: softcap included) over the real vocabulary, a
     chunk of rows at a time; float32 (float64 for a float64 model)."""
-    V = model.config.vocab_size
     rows = max(64, 2**25 // model.padded_vocab_size)  # a chunk's logits: at most 128 MB
     out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     if hidden.dtype == torch.float64:
         out = out.double()
     for s in range(0, hidden.shape[0], rows):
-        logits = model.head(hidden[s : s + rows])[:, :V]  # (rows, vocab), autocast dtype if any
+        logits = model.head(hidden[s : s + rows])  # (rows, vocab), autocast dtype if any
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         picked = logits.gather(1, targets[s : s + rows, None]).squeeze(1)

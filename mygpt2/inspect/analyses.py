@@ -57,7 +57,7 @@ def evaluating(model: GPT) -> Iterator[None]:
 def unembed(model: GPT, resid: torch.Tensor) -> torch.Tensor:
     """Logits (..., vocab_size) of residual-stream vectors: the final norm, then the model's
     own head (`GPT.head`, its softcap included)."""
-    return model.head(model.transformer.ln_f(resid))[..., : model.config.vocab_size]
+    return model.head(model.transformer.ln_f(resid))
 
 
 # ---------------------------------------------------------------------------------- logit lens

@@ -212,7 +212,7 @@ class Engine:
         return out
 
     def _entry(self, logits: torch.Tensor, token: int, k: int, offset: int) -> dict[str, Any]:
-        logp = logits[: self.model.config.vocab_size].float().log_softmax(-1)
+        logp = logits.float().log_softmax(-1)
         top = logp.topk(k) if k else None
         return {
             "token": self.token_str(token),
@@ -370,7 +370,7 @@ class Engine:
         probability, and the five tokens the model found most likely there."""
         ids, cropped = self._view_ids(text, self.T)
         logits, _ = self.model(torch.tensor([ids], device=self.device))
-        logp = logits[0, :, : self.model.config.vocab_size].float().log_softmax(-1)
+        logp = logits[0].float().log_softmax(-1)
         out = self.labels(ids)
         for pos in range(1, len(ids)):
             out[pos]["loss"] = -float(logp[pos - 1, ids[pos]])
