@@ -146,7 +146,9 @@ def resumed_model(ckpt: dict[str, Any], tok: RegexTokenizer, path: str | os.Path
 
 
 def load_model_and_tokenizer(cfg: Config) -> tuple[GPT, RegexTokenizer]:
-    """The weights a command reads, with the tokenizer they speak, on the CPU in float32.
+    """The weights a command reads, with the tokenizer they speak, on the CPU in float32, in
+    eval mode: a model trained with dropout gives the same logits and hook values at every
+    call (`model.train()` to train it further).
 
     `init_from` other than `scratch`: GPT-2 weights (a hub name or a local Hugging Face
     directory) with GPT-2's tokenizer, unless a tokenizer file is given. Otherwise the checkpoint
@@ -155,7 +157,7 @@ def load_model_and_tokenizer(cfg: Config) -> tuple[GPT, RegexTokenizer]:
     if cfg.run.init_from != "scratch":
         model = from_pretrained(cfg.run.init_from)
         tok_cfg = dataclasses.replace(cfg.tokenizer, use_tiktoken=wants_gpt2_tokenizer(cfg))
-        return model, load_tokenizer(tok_cfg)
+        return model.eval(), load_tokenizer(tok_cfg)
     path = checkpoint_path(cfg)
     ckpt = load_checkpoint(path)
     saved = Config.from_saved(ckpt["config"]).tokenizer
@@ -170,4 +172,4 @@ def load_model_and_tokenizer(cfg: Config) -> tuple[GPT, RegexTokenizer]:
             "Pass the right file with --tokenizer_path."
         ) from None
     check_tokenizer(ckpt, tok, path)
-    return model_from_checkpoint(ckpt, path), tok
+    return model_from_checkpoint(ckpt, path).eval(), tok

@@ -917,3 +917,16 @@ def test_elapsed_s_counts_training_steps_only_and_carries_across_resume(
         if r["kind"] == "eval":  # an evaluation reports the training time up to its step
             assert r["elapsed_s"] == by_step[r["step"]]
     assert by_step[4] == first["elapsed_s"] < by_step[5]  # continued, not restarted
+
+
+def test_a_loaded_model_reads_in_eval_mode(corpus, tmp_path):
+    """load_model_and_tokenizer gives a model trained with dropout in eval mode: its logits
+    and hook values are the same at every call (in train mode dropout made each differ)."""
+    train(load_config(tiny_args(corpus, tmp_path, max_steps=1, eval_interval=1, dropout=0.3)))
+    model, tok = load_model_and_tokenizer(load_config(["--out_dir", str(tmp_path)]))
+    assert model.config.dropout == 0.3 and not model.training
+    ids = tok.encode("ROMEO: what light")
+    logits, cache = model.run_with_cache(ids)
+    again, cache_again = model.run_with_cache(ids)
+    assert torch.equal(logits, again)
+    assert torch.equal(cache["blocks.1.hook_resid_post"], cache_again["blocks.1.hook_resid_post"])
