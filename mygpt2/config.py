@@ -270,12 +270,17 @@ TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
 
 
-def convert_value(name: str, raw: Any, typ: type, where: str) -> Any:
-    """Turn a flag string or TOML value into the field's type, or explain why not."""
-    bad = MyGPT2Error(
-        f"{where}: '{name}' must be {typ.__name__}, got {raw!r}."
-        + (" Use true or false." if typ is bool else "")
-    )
+def convert_value(name: str, raw: Any, typ: type, where: str, typed: bool = False) -> Any:
+    """Turn a flag string or TOML value into the field's type, or explain why not. A `typed`
+    source (a TOML file) has numbers and booleans of its own: a string there is refused for
+    them, as a slip (`n_layers = "2"`), where a flag's text is parsed."""
+    quoted = typed and isinstance(raw, str) and typ is not str
+    hint = " Use true or false." if typ is bool else ""
+    if quoted:
+        hint = " Use true or false, without quotes." if typ is bool else " Write it without quotes."
+    bad = MyGPT2Error(f"{where}: '{name}' must be {typ.__name__}, got {raw!r}.{hint}")
+    if quoted:
+        raise bad
     if typ is bool:
         if isinstance(raw, bool):
             return raw
@@ -332,7 +337,8 @@ def apply_values(cfg: Config, values: dict[str, Any], origin: str) -> None:
                 f"{origin}: unknown config key '{key}'.{closest(key, [*sections, 'preset'])}"
             )
         section = getattr(cfg, sections[key])
-        setattr(section, key, convert_value(key, raw, field_type(key), origin))
+        typed = origin.startswith("file ")  # TOML's values are typed; flags are text
+        setattr(section, key, convert_value(key, raw, field_type(key), origin, typed))
         cfg.given[key] = origin
 
 

@@ -128,6 +128,25 @@ def test_toml_errors(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('n_layers = "2"', r"'n_layers' must be int, got '2'\. Write it without quotes\."),
+        ('lr = "3e-4"', r"'lr' must be float, got '3e-4'\. Write it without quotes\."),
+        ('compile = "yes"', r"'compile' must be bool, got 'yes'\. Use true or false, without"),
+    ],
+)
+def test_toml_numbers_and_booleans_in_quotes_are_refused(tmp_path: Path, line, message):
+    """TOML has numbers and booleans of its own: a quoted one is a slip, refused by name (the
+    same text as a flag is parsed: flags are text)."""
+    path = write(tmp_path / "quoted.toml", line + "\n")
+    with pytest.raises(MyGPT2Error, match=message):
+        load_config(["--config", str(path)])
+    key, value = line.replace('"', "").split(" = ")
+    flag = load_config([f"--{key}", value])
+    assert flag.given[key] == "flag"
+
+
+@pytest.mark.parametrize(
     ("argv", "key", "suggestion"),
     [
         (["--n_layer", "4"], "n_layer", "n_layers"),
