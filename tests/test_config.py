@@ -357,6 +357,29 @@ def test_help_lists_just_the_commands_flags_with_descriptions(argv, present, abs
     assert "[default:" in out
 
 
+def test_demo_help_shows_the_demos_own_defaults(capsys):
+    """The demo runs with settings of its own (out-demo/, 1000 steps, a 4x128 model): its help
+    says those, not the config's defaults, and train's help still says the config's."""
+    import re
+
+    from mygpt2.commands.demo import DEMO_SETTINGS
+
+    def defaults(argv: list[str]) -> dict[str, str]:
+        assert main(argv) == 0
+        out = {}
+        for entry in re.split(r"\n(?=    --)", capsys.readouterr().out):  # one flag each
+            found = re.search(r"--(\w+) [A-Z]+ .*\[default: (.*?)\]", " ".join(entry.split()))
+            if found:
+                out[found[1]] = found[2]
+        return out
+
+    demo = defaults(["demo", "--help"])
+    for key in ("out_dir", "max_steps", "n_layers", "n_emb", "vocab_size", "lr", "top_k"):
+        assert demo[key] == DEMO_SETTINGS[key], key
+    train = defaults(["train", "--help"])
+    assert train["out_dir"] == "out" and train["max_steps"] == str(TrainConfig().max_steps)
+
+
 def test_toml_keys_of_other_commands_are_skipped_with_a_note(tmp_path: Path, capsys):
     from mygpt2.commands.sample import COMMAND as SAMPLE
 

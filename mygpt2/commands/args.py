@@ -57,6 +57,9 @@ class Command:
     usage: str
     sections: dict[str, tuple[str, ...] | None]
     extra: dict[str, str] = field(default_factory=dict)
+    # defaults of this command's own where they differ from the config's (the demo's), as
+    # help shows them
+    defaults: dict[str, str] = field(default_factory=dict)
 
     def fields(self) -> set[str]:
         """Every config field this command takes as a flag."""
@@ -230,7 +233,8 @@ def help_text(command: Command) -> str:
             typ = field_type(f.name).__name__
             unit = f" ({f.metadata['unit']})" if f.metadata.get("unit") else ""
             flag = f"--{f.name} {typ.upper()}"
-            text = f"{f.metadata['help']}{unit} [default: {_shown_default(f)}]"
+            default = command.defaults.get(f.name) or _shown_default(f)
+            text = f"{f.metadata['help']}{unit} [default: {default}]"
             lines += textwrap.wrap(
                 text, width=100, initial_indent=f"    {flag:<26} ", subsequent_indent=" " * 31
             )

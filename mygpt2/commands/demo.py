@@ -57,6 +57,7 @@ COMMAND = Command(
     name="demo",
     usage="usage: mygpt2 demo [--FLAG VALUE ...]\n\n" + (__doc__ or "").split("\n\n", 1)[1],
     sections={section: ALL for section in SECTIONS},
+    defaults=DEMO_SETTINGS,
 )
 
 
