@@ -180,19 +180,20 @@ def export_architecture(cfg: ModelConfig) -> str:
         f"this model sets {', '.join(gpt2_off)}, so it is not a GPT-2, and Hugging Face's "
         f"GPT2LMHeadModel would compute something else; it is not a Llama either "
         f"({', '.join(llama_off)}; Llama is rope + rmsnorm + swiglu without qk_norm or "
-        "softcap). Its weights stay in mygpt2's own model.safetensors."
+        "softcap). `mygpt2 export` without --hf keeps its weights in mygpt2's own "
+        "model.safetensors."
     )
 
 
 def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """Our weights under Hugging Face GPT2LMHeadModel (or, for the Llama variant,
-    LlamaForCausalLM) names and layouts."""
-    if model.padded_vocab_size != model.config.vocab_size:
-        raise MyGPT2Error("a model with pad_vocab=true cannot be exported to Hugging Face.")
+    LlamaForCausalLM) names and layouts. With `pad_vocab`, the embedding's and head's real
+    rows only: the padding is no part of the model's distribution (`GPT.head`), so the
+    exported model computes the same logits over the same `vocab_size` ids."""
     if export_architecture(model.config) == "llama":
         return llama_state_dict(model)
     out = {}
-    for key, value in model.state_dict().items():
+    for key, value in real_vocab_rows(model).items():
         if key == "lm_head.weight":
             continue  # HF ties it to transformer.wte.weight as we do
         out[key] = value.contiguous().clone()
@@ -204,10 +205,20 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
+def real_vocab_rows(model: GPT) -> dict[str, torch.Tensor]:
+    """`model`'s state dict with the token embedding and output head cut to the real
+    vocabulary's rows (`pad_vocab` adds rows up to a multiple of 64)."""
+    V = model.config.vocab_size
+    sd = model.state_dict()
+    for key in ("transformer.wte.weight", "lm_head.weight"):
+        sd[key] = sd[key][:V]
+    return sd
+
+
 def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """The Llama variant's weights under LlamaForCausalLM's names, matrices (out, in)."""
     cfg, C, hidden = model.config, model.config.n_emb, mlp_width(model.config)
-    sd = model.state_dict()
+    sd = real_vocab_rows(model)
     out = {
         "model.embed_tokens.weight": sd["transformer.wte.weight"],
         "model.norm.weight": sd["transformer.ln_f.weight"],

@@ -213,6 +213,7 @@ def test_export_needs_the_tokenizer_and_refuses_other_variants_by_name(tmp_path,
     assert main(["export", f"--out_dir={qk}", f"--hf={tmp_path / 'hf-qk'}"]) == 2
     assert "qk_norm=True" in capsys.readouterr().err
     assert not (tmp_path / "hf-qk").exists()
+    assert not (qk / "model.safetensors").exists()  # refused before anything is written
 
 
 # ------------------------------------------------------------------------ lm-evaluation-harness

@@ -114,9 +114,17 @@ def test_model_without_biases_exports_to_hf(tmp_path: Path):
         torch.testing.assert_close(hf(idx).logits, ours(idx)[0], atol=1e-4, rtol=0)
 
 
-def test_hf_state_dict_refuses_a_padded_vocabulary():
-    with pytest.raises(MyGPT2Error, match="pad_vocab"):
-        hf_state_dict(tiny_gpt(pad_vocab=True))
+def test_a_padded_vocabulary_exports_its_real_rows(tmp_path: Path):
+    """pad_vocab's padding is no part of the distribution: the export holds the 61 real rows
+    of the 64 and transformers computes the same logits."""
+    ours = tiny_gpt(seed=9, pad_vocab=True)
+    assert ours.padded_vocab_size == 64
+    assert hf_state_dict(ours)["transformer.wte.weight"].shape == (61, 32)
+    save_pretrained(ours, str(tmp_path))
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    idx = torch.randint(0, 61, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, ours(idx)[0], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

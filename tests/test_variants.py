@@ -400,11 +400,22 @@ def test_export_refuses_a_variant_naming_its_knobs(tmp_path: Path):
         save_pretrained(variant("all"), tmp_path / "all")
 
 
-@pytest.mark.parametrize("tied", [True, False])
-@pytest.mark.parametrize("bias", [True, False])
-def test_the_llama_variant_exports_to_llama_for_causal_lm(tmp_path: Path, tied: bool, bias: bool):
+@pytest.mark.parametrize(
+    ("tied", "bias", "pad"),
+    [
+        (True, True, False),
+        (True, False, False),
+        (False, True, False),
+        (False, False, False),
+        (True, True, True),  # pad_vocab: 61 ids in 64 rows
+        (False, False, True),
+    ],
+)
+def test_the_llama_variant_exports_to_llama_for_causal_lm(
+    tmp_path: Path, tied: bool, bias: bool, pad: bool
+):
     transformers = pytest.importorskip("transformers")
-    model = variant("gpt2", **LLAMA, tie_embeddings=tied, bias=bias)
+    model = variant("gpt2", **LLAMA, tie_embeddings=tied, bias=bias, pad_vocab=pad)
     with torch.no_grad():  # MLP inputs of order 1, where a wrong activation would show
         for block in model.transformer.h:
             block.mlp.c_fc.weight.mul_(20)

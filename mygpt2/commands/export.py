@@ -42,6 +42,7 @@ def cli(argv: list[str]) -> None:
     tok = None
     if "hf" in args.extras:  # the tokenizer is part of a Hugging Face export: load it first
         model, tok = load_model_and_tokenizer(args.config)
+        export_architecture(model.config)  # a variant without one is refused: nothing written
     else:
         model = model_from_checkpoint(load_checkpoint(path), path)
     target = path.parent / "model.safetensors"
