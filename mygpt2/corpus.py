@@ -160,9 +160,10 @@ def _files_corpus(
             yield _read_text_file(p, corpus, strict)
 
     total = sum(p.stat().st_size for p in paths)
+    count = f"{len(paths)} file" + ("" if len(paths) == 1 else "s")
     return Corpus(
         identity=identity,
-        description=f"{description} ({len(paths)} files, {total / 1e6:.2f} MB)",
+        description=f"{description} ({count}, {total / 1e6:.2f} MB)",
         fingerprint=_stat_fingerprint(paths, fingerprint_extra),
         total_bytes=total,
         read_documents=read,
