@@ -281,6 +281,12 @@ ROWS: dict[str, list[tuple[str, str, str, str]]] = {
             "masked = False",
             "a chunk with ignored rows skips the masking pass",
         ),
+        (
+            LOSS,
+            "logits[:, vocab:] = -math.inf",
+            "logits[:, vocab:] += 0",
+            "the training loss counts pad_vocab's padding rows",
+        ),
     ],
     "bpe": [
         (
