@@ -19,8 +19,9 @@ Design choices:
   also handles a batch of prompts of different lengths: shorter prompts are left-padded, the
   padding is masked out of attention, and each row's positions start at 0 at its first real
   token. Weights packed for one-token steps travel in the cache too, never on the modules.
-- With `pad_vocab`, the embedding is padded to a multiple of 64 (faster matmuls); the padded ids
-  are masked out when sampling, so they are never produced.
+- With `pad_vocab`, the embedding is padded to a multiple of 64 (faster matmuls); the padding
+  is no part of the distribution: `head` cuts its columns off the logits and the training loss
+  gives them probability 0, so losses, sampling, hooks and exports all cover `vocab_size` ids.
 - Named hook points (TransformerLens's names, `model.hook_names()`) let users see and edit
   activations: `run_with_cache`, `run_with_hooks`, `with model.hooks(...)` (see `mygpt2.hooks`).
   Each point is an `if hooks is not None:` check; without hooks the forward is the plain one.
