@@ -282,7 +282,10 @@ BAD = [
     ({"prompt": PROMPT, "max_token": 5}, "max_token", "unknown_parameter"),
     ({"prompt": PROMPT, "frequency_penalty": 0.5}, "frequency_penalty", "unsupported"),
     ({"prompt": PROMPT, "best_of": 3}, "best_of", "unsupported"),
-    ([PROMPT], None, None),
+    ({"prompt": "\ud800"}, "prompt", "invalid_value"),  # JSON's escape of a lone surrogate
+    ({"prompt": "ab\udfff", "echo": True, "max_tokens": 0}, "prompt", "invalid_value"),
+    ({"prompt": [PROMPT, "\udc80"]}, "prompt", "invalid_value"),
+    ([PROMPT], None, "invalid_json"),
 ]  # fmt: skip
 
 
@@ -296,9 +299,24 @@ def assert_openai_error(response: httpx.Response, status: int) -> dict:
 
 @pytest.mark.parametrize(("body", "param", "code"), BAD)
 def test_bad_fields_are_400_in_openai_shape(server, body, param, code):
-    error = assert_openai_error(httpx.post(server.url + "/v1/completions", json=body), 400)
+    # json.dumps's ASCII escapes, as curl may send them (httpx's own json= cannot encode a
+    # lone surrogate)
+    sent = httpx.post(
+        server.url + "/v1/completions",
+        content=json.dumps(body),
+        headers={"Content-Type": "application/json"},
+    )
+    error = assert_openai_error(sent, 400)
     assert (error["param"], error["code"]) == (param, code)
     assert error["type"] == "invalid_request_error"
+
+
+def test_best_of_is_refused_unless_it_equals_n_and_says_so(server):
+    url = server.url + "/v1/completions"
+    error = assert_openai_error(httpx.post(url, json={"prompt": PROMPT, "best_of": 2}), 400)
+    assert "only null or the same as n" in error["message"]
+    same = httpx.post(url, json={"prompt": PROMPT, "best_of": 2, "n": 2, "max_tokens": 1})
+    assert same.status_code == 200 and len(same.json()["choices"]) == 2
 
 
 def test_bad_bodies_routes_and_methods(server):

@@ -173,6 +173,14 @@ def parse_prompts(value: Any, vocab_size: int, eot_id: int | None) -> list[str |
                     "prompt",
                     f"token id {bad[0]}{where} is outside the vocabulary 0..{vocab_size - 1}.",
                 )
+        else:  # JSON's \ud800 escapes decode to lone surrogates: no text to encode or echo
+            lone = next((j for j, ch in enumerate(p) if "\ud800" <= ch <= "\udfff"), None)
+            if lone is not None:
+                raise _bad(
+                    "prompt",
+                    f"character {lone}{where} is a lone surrogate (U+{ord(p[lone]):04X}), "
+                    "which is not text; send valid Unicode.",
+                )
     return prompts
 
 
@@ -213,7 +221,9 @@ def parse_completion(
 ) -> CompletionRequest:
     """A checked request from a decoded JSON body, or an `APIError` naming the bad field."""
     if not isinstance(body, dict):
-        raise APIError(400, f"the body must be a JSON object, got {json_type(body)}.")
+        raise APIError(
+            400, f"the body must be a JSON object, got {json_type(body)}.", code="invalid_json"
+        )
     unknown = sorted(set(body) - KNOWN)
     if unknown:
         raise _bad(unknown[0], "unrecognized request argument.", "unknown_parameter")
@@ -224,9 +234,8 @@ def parse_completion(
             and value != neutral
             and not (name == "best_of" and value == body.get("n", 1))
         ):
-            raise _bad(
-                name, f"not supported by this server (only {neutral!r} or null).", "unsupported"
-            )
+            allowed = "null or the same as n" if name == "best_of" else f"{neutral!r} or null"
+            raise _bad(name, f"not supported by this server (only {allowed}).", "unsupported")
     if body.get("model") is not None and not isinstance(body["model"], str):
         raise _bad("model", "expected a string.", "invalid_type")
     if body.get("user") is not None and not isinstance(body["user"], str):
