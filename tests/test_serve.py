@@ -475,6 +475,11 @@ def test_token_view_equals_per_token_loss_and_top_5(server, engine):
     empty = httpx.post(server.url + "/api/tokens", json={"text": ""})
     assert_openai_error(empty, 400)
     assert_openai_error(httpx.post(server.url + "/api/tokens", json={"text": 5}), 400)
+    lone = json.dumps({"text": "ab\ud800"})  # ASCII escapes, as curl may send them
+    headers = {"Content-Type": "application/json"}
+    for route in ("/api/tokens", "/api/attention", "/api/lens"):
+        sent = httpx.post(server.url + route, content=lone, headers=headers)
+        assert "lone surrogate" in assert_openai_error(sent, 400)["message"]
 
 
 def test_attention_and_lens_views_equal_mygpt2_inspect(server, engine):

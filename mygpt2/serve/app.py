@@ -46,6 +46,7 @@ from starlette.staticfiles import StaticFiles
 from mygpt2.errors import MyGPT2Error
 from mygpt2.serve.completions import (
     APIError,
+    check_text,
     choice_body,
     completion_body,
     model_body,
@@ -245,6 +246,7 @@ def create_app(
             text = body.get("text") if isinstance(body, dict) else None
             if not isinstance(text, str):
                 raise APIError(400, 'expected {"text": "..."}.', param="text", code="invalid_type")
+            check_text(text, "text")
             return JSONResponse(await engine.call(method, text))
 
         return handler

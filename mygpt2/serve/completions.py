@@ -173,15 +173,21 @@ def parse_prompts(value: Any, vocab_size: int, eot_id: int | None) -> list[str |
                     "prompt",
                     f"token id {bad[0]}{where} is outside the vocabulary 0..{vocab_size - 1}.",
                 )
-        else:  # JSON's \ud800 escapes decode to lone surrogates: no text to encode or echo
-            lone = next((j for j, ch in enumerate(p) if "\ud800" <= ch <= "\udfff"), None)
-            if lone is not None:
-                raise _bad(
-                    "prompt",
-                    f"character {lone}{where} is a lone surrogate (U+{ord(p[lone]):04X}), "
-                    "which is not text; send valid Unicode.",
-                )
+        else:
+            check_text(p, "prompt", where)
     return prompts
+
+
+def check_text(text: str, param: str, where: str = "") -> None:
+    """Refuse text holding a lone surrogate: JSON's `\\ud800` escapes decode to one, which is
+    no text (it cannot be encoded, tokenized as it is, or sent back)."""
+    lone = next((j for j, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
+    if lone is not None:
+        raise _bad(
+            param,
+            f"character {lone}{where} is a lone surrogate (U+{ord(text[lone]):04X}), which is "
+            "not text; send valid Unicode.",
+        )
 
 
 def sampling_fields(body: dict, vocab_size: int) -> tuple[float, float, int | None]:
