@@ -109,6 +109,20 @@ def test_save_and_load_round_trip_every_architecture(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+@pytest.mark.parametrize(("d_in", "d_sae"), [(64, 1), (1, 16), (1, 1)])
+def test_an_sae_with_a_dimension_of_one_keeps_its_two_weights_apart(tmp_path, d_in, d_sae):
+    """With d_in or d_sae 1 the encoder, made as the decoder's transpose, shared its memory:
+    trained as one tensor, refused by safetensors on save, loaded as the decoder's transpose."""
+    sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, k=1, hook_name=HOOK))
+    assert sae.W_enc.data_ptr() != sae.W_dec.data_ptr()
+    with torch.no_grad():  # distinct values, as a trained SAE or another tool's file has
+        sae.W_enc.copy_(torch.randn(d_in, d_sae))
+        sae.W_dec.copy_(torch.randn(d_sae, d_in))
+    sae_api.save(sae, tmp_path / "one")
+    back = sae_api.load(tmp_path / "one")
+    assert torch.equal(back.W_enc, sae.W_enc) and torch.equal(back.W_dec, sae.W_dec)
+
+
 def one_line_error(path) -> str:
     with pytest.raises(MyGPT2Error) as info:
         sae_api.load(path)

@@ -137,7 +137,9 @@ class SAE(nn.Module):
         w_dec.uniform_(-bound, bound, generator=generator)
         w_dec /= w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.W_dec = nn.Parameter(w_dec.to(dtype))
-        self.W_enc = nn.Parameter(w_dec.T.contiguous().to(dtype))
+        # a copy of its own: with d_in or d_sae 1 the transpose is contiguous as it is, and the
+        # two weights would share their memory (trained as one, saved as one, loaded wrong)
+        self.W_enc = nn.Parameter(w_dec.T.to(dtype, copy=True).contiguous())
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
         if cfg.architecture == "jumprelu":
