@@ -274,7 +274,10 @@ def steering_hooks(model: GPT, steer: Sequence[Any]) -> list[tuple[str, Any]]:
             check_fits(model, sae)
         vector = sae.W_dec[feature].detach().float() * alpha
         directions[name] = directions[name] + vector if name in directions else vector
-    return [(name, _adder(v)) for name, v in directions.items()]
+    # a zero vector (alpha 0, or entries that cancel) adds no hook: the plain forward, exactly
+    # (at a norm's hook points even a zero edit takes the written-out norm, which rounds
+    # differently in bf16)
+    return [(name, _adder(v)) for name, v in directions.items() if bool(v.any())]
 
 
 @torch.inference_mode()

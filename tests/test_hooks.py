@@ -191,6 +191,37 @@ def test_the_last_resid_post_gives_the_logits_and_ln_final_is_before_the_affine(
     torch.testing.assert_close(cache["hook_logits"], logits)
 
 
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_looking_at_a_norms_hooks_leaves_the_bf16_forward_bit_for_bit(norm):
+    """A hook that only looks at hook_scale or hook_normalized (run_with_cache, observers) gets
+    the written-out norm's values, but the forward keeps the fused norm's output: in bf16 the
+    written-out steps round differently, and logits moved by up to 0.016. Steering with
+    alpha 0 there adds no hook at all, so generation is the plain one token for token."""
+    from mygpt2.generate import generate
+    from mygpt2.sae import SAE, SAEConfig
+
+    model = tiny_gpt(seed=5, norm=norm, n_emb=64).bfloat16()
+    with torch.no_grad():
+        for p in model.parameters():  # gains and biases away from 1 and 0
+            p.add_(torch.randn_like(p) * 0.2)
+    idx = torch.tensor([prompt_ids(61, 20)])
+    names = ["blocks.0.ln1.hook_normalized", "blocks.1.ln2.hook_scale", "ln_final.hook_normalized"]
+    seen = []
+    with torch.no_grad():
+        plain = model(idx)[0]
+        with model.hooks(fwd_hooks=[(n, lambda x, name: seen.append(name)) for n in names]):
+            looked = model(idx)[0]
+        # just these names: scores and patterns take the written-out attention, which rounds
+        # differently from SDPA in bf16 too
+        cached, cache = model.run_with_cache(idx, names)
+    assert torch.equal(looked, plain) and torch.equal(cached, plain)
+    assert seen == names and cache["ln_final.hook_normalized"].dtype == torch.bfloat16
+    sae = SAE(SAEConfig(d_in=64, d_sae=8, k=2, hook_name="blocks.0.ln1.hook_normalized"))
+    prompt = prompt_ids(61, 5)
+    want = generate(model, prompt, 12, temperature=1.0, seed=3)
+    assert generate(model, prompt, 12, temperature=1.0, seed=3, steer=[(sae, 0, 0.0)]) == want
+
+
 # -------------------------------------------------------------------- free when unused
 
 
