@@ -43,7 +43,7 @@ def attention_pattern(
     k: torch.Tensor,
     mask: torch.Tensor | None = None,
     is_causal: bool = True,
-    hooks: Hooks | None = None,
+    hooks: Hooks | _Noting | None = None,
     at: str = "",
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(hs)) of queries and keys (B, nh, t, hs) and (B, nh, S, hs), with
@@ -73,21 +73,42 @@ def attention_written_out(
     dropout_p: float,
     hooks: Hooks | None,
     at: str,
-) -> torch.Tensor:
+) -> torch.Tensor | None:
     """What `F.scaled_dot_product_attention` computes, step by step: for hooks on the attention
     scores (divided by sqrt(hs), masked entries -inf) and the pattern, and for bf16 training on
     CPUs (`fused_is_slow`). Equal to SDPA within 1e-6 in float32; the softmax runs in float32.
     Plain causal attention (no hook on scores or pattern, no mask, no dropout) goes through
-    `causal_attention`, with its own backward."""
+    `causal_attention`, with its own backward.
+
+    None when the hooks only looked (each returned None) and nothing needs the written-out
+    form (no gradient to reach the hooked values, no dropout): the caller's SDPA then gives the
+    output, bit for bit the unhooked forward's (in bf16 the written-out steps round
+    differently, so watching would change what is watched)."""
     watched = hooks is not None and hooks.wants(at + "hook_attn_scores", at + "hook_pattern")
     if not watched and mask is None and is_causal and dropout_p == 0:
         return causal_attention(q, k, v)
-    pattern = attention_pattern(q, k, mask, is_causal, hooks, at).to(v.dtype)
-    if hooks is not None:
-        pattern = hooks(at + "hook_pattern", pattern)  # (B, nh, t, S)
+    noting = _Noting(hooks) if hooks is not None else None
+    pattern = attention_pattern(q, k, mask, is_causal, noting, at).to(v.dtype)
+    if noting is not None:
+        pattern = noting(at + "hook_pattern", pattern)  # (B, nh, t, S)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if noting is not None and not noting.replaced and dropout_p == 0 and not needs_grad:
+        return None
     if dropout_p > 0:
         pattern = F.dropout(pattern, dropout_p)
     return pattern @ v  # (B, nh, t, hs)
+
+
+class _Noting:
+    """`hooks`, noting whether any hook replaced the tensor it was given."""
+
+    def __init__(self, hooks: Hooks):
+        self.hooks, self.replaced = hooks, False
+
+    def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        out = self.hooks(name, x)
+        self.replaced = self.replaced or out is not x
+        return out
 
 
 class _CausalAttention(torch.autograd.Function):

@@ -169,10 +169,11 @@ class CausalSelfAttention(nn.Module):
                 if t > 1:
                     mask = cache.causal_mask(t, x.device)
         hooked = hooks is not None and hooks.wants(at + "hook_attn_scores", at + "hook_pattern")
+        y = None  # the written-out form gives None when its hooks only looked: SDPA's output
         if hooked or fused_is_slow(q, k):
             p = self.dropout if self.training else 0.0
             y = attention_written_out(q, k, v, mask, is_causal, p, hooks, at)
-        else:
+        if y is None:
             y = F.scaled_dot_product_attention(
                 q,
                 k,

@@ -192,11 +192,12 @@ def test_the_last_resid_post_gives_the_logits_and_ln_final_is_before_the_affine(
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
-def test_looking_at_a_norms_hooks_leaves_the_bf16_forward_bit_for_bit(norm):
-    """A hook that only looks at hook_scale or hook_normalized (run_with_cache, observers) gets
-    the written-out norm's values, but the forward keeps the fused norm's output: in bf16 the
-    written-out steps round differently, and logits moved by up to 0.016. Steering with
-    alpha 0 there adds no hook at all, so generation is the plain one token for token."""
+def test_looking_at_hooks_leaves_the_bf16_forward_bit_for_bit(norm):
+    """A hook that only looks at a norm's hook_scale or hook_normalized, or at the attention
+    scores or pattern (run_with_cache, observers), gets the written-out values, but the forward
+    keeps the fused kernels' output: in bf16 the written-out steps round differently, and
+    logits moved by up to 0.016. Steering with alpha 0 adds no hook at all, so generation is
+    the plain one token for token."""
     from mygpt2.generate import generate
     from mygpt2.sae import SAE, SAEConfig
 
@@ -211,9 +212,7 @@ def test_looking_at_a_norms_hooks_leaves_the_bf16_forward_bit_for_bit(norm):
         plain = model(idx)[0]
         with model.hooks(fwd_hooks=[(n, lambda x, name: seen.append(name)) for n in names]):
             looked = model(idx)[0]
-        # just these names: scores and patterns take the written-out attention, which rounds
-        # differently from SDPA in bf16 too
-        cached, cache = model.run_with_cache(idx, names)
+        cached, cache = model.run_with_cache(idx)  # every hook point, scores and patterns too
     assert torch.equal(looked, plain) and torch.equal(cached, plain)
     assert seen == names and cache["ln_final.hook_normalized"].dtype == torch.bfloat16
     sae = SAE(SAEConfig(d_in=64, d_sae=8, k=2, hook_name="blocks.0.ln1.hook_normalized"))
