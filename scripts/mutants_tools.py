@@ -191,8 +191,8 @@ ROWS: dict[str, list[tuple[str, str, str, str]]] = {
         ),
         (
             ATT,
-            'pattern = hooks(at + "hook_pattern", pattern)',
-            'hooks(at + "hook_pattern", pattern)',
+            'pattern = noting(at + "hook_pattern", pattern)',
+            'noting(at + "hook_pattern", pattern)',
             "a hook's replacement of hook_pattern is ignored",
         ),
         (
@@ -200,6 +200,12 @@ ROWS: dict[str, list[tuple[str, str, str, str]]] = {
             "above = ~torch.ones(t, t, dtype=torch.bool, device=q.device).tril()",
             "above = ~torch.ones(t, t, dtype=torch.bool, device=q.device).tril(1)",
             "causal_attention's mask off by one: a query sees the next key",
+        ),
+        (
+            ATT,
+            "self.replaced = self.replaced or out is not x",
+            "self.replaced = False",
+            "a hook's edit of the scores or pattern is dropped for SDPA's output",
         ),
     ],
     "loss": [

@@ -289,6 +289,13 @@ MUTANTS_BY_MODULE: dict[str, list[Mutant]] = {
             "ignore_index=0,",
             "the loss counts -100 targets",
         ),
+        Mutant(
+            "model",
+            M,
+            "looked_only = scale is seen_scale and normalized is seen",
+            "looked_only = True",
+            "a hook's edit of a norm's scale or normalized input is dropped without gradients",
+        ),
     ],
     "generate": [
         Mutant(

@@ -225,6 +225,35 @@ def test_pad_vocab_padding_is_no_part_of_the_distribution(dtype):
     assert cached == uncached
 
 
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_a_hook_editing_a_norms_scale_or_normalized_input_changes_the_output(norm):
+    """Without gradients too, an edit at hook_scale or hook_normalized is what flows on (only
+    hooks that look leave the fused norm's output): by hand, doubled scale halves the
+    normalized input, and a zeroed one leaves the bias alone."""
+    model = tiny_gpt(seed=11, norm=norm)
+    ln = model.transformer.ln_f
+    with torch.no_grad():
+        ln.weight.normal_(1.0, 0.3)
+        if getattr(ln, "bias", None) is not None:
+            ln.bias.normal_(0.0, 0.3)
+    idx = torch.tensor([prompt_ids(61, 9)])
+    with torch.no_grad():
+        resid = model.run_with_cache(idx, ["blocks.1.hook_resid_post"])[1][
+            "blocks.1.hook_resid_post"
+        ]
+        centred = resid if norm == "rmsnorm" else resid - resid.mean(-1, keepdim=True)
+        normalized = centred / (centred.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt()
+        bias = getattr(ln, "bias", None)
+        bias = 0.0 if bias is None else bias
+        for name, edit, want in [
+            ("ln_final.hook_scale", lambda x, n: x * 2, normalized / 2 * ln.weight + bias),
+            ("ln_final.hook_normalized", lambda x, n: torch.zeros_like(x), bias + 0 * resid),
+        ]:
+            with model.hooks(fwd_hooks=[(name, edit)]):
+                logits = model(idx)[0]
+            torch.testing.assert_close(logits, model.head(want), msg=name)
+
+
 def test_crop_context_keeps_the_first_positions():
     model = tiny_gpt(seed=18, T=24)
     wpe = model.transformer.wpe.weight.detach().clone()
