@@ -110,6 +110,19 @@ def test_task_scores_are_sums_of_the_forwards_log_probabilities(name):
 # ----------------------------------------------------------------------------- analyses
 
 
+def test_run_with_cache_of_every_hook_point_returns_the_plain_logits_in_bf16(name):
+    """Looking does not change what is looked at: caching every hook point (norm scales,
+    attention scores and patterns included) leaves the bf16 logits bit for bit the plain
+    forward's."""
+    model = variant(name).bfloat16()
+    idx = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain, _ = model(idx)
+        cached, cache = model.run_with_cache(idx)
+    assert torch.equal(cached, plain)
+    assert torch.equal(cache["hook_logits"], plain)
+
+
 def test_logit_lens_last_layer_is_the_output(name):
     model = variant(name)
     idx = torch.randint(0, V, (2, 12))
