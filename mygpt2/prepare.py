@@ -56,6 +56,7 @@ from mygpt2.config import Config
 from mygpt2.corpus import Corpus, open_corpus
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import user_cache_dir
+from mygpt2.tokenizer import pattern_name
 
 FORMAT_VERSION = 1
 CHUNK_CHARS = 1 << 18  # encode text in pieces of about this many characters
@@ -234,14 +235,15 @@ def _cut_point(text: str, lo: int, hi: int) -> int:
     return -1
 
 
-def _chunks(corpus: Corpus, chunk_chars: int) -> Iterator[tuple[bool, str]]:
-    """(end-of-text before it?, text) pieces of about chunk_chars, cut at safe points."""
+def _chunks(corpus: Corpus, chunk_chars: int | None) -> Iterator[tuple[bool, str]]:
+    """(end-of-text before it?, text) pieces of about chunk_chars, cut at safe points; with
+    `chunk_chars` None, whole documents."""
     first_document = True
     for document in corpus.documents():
         buffer, started = "", False
         for piece in document:
             buffer += piece
-            while len(buffer) >= 2 * chunk_chars:
+            while chunk_chars is not None and len(buffer) >= 2 * chunk_chars:
                 cut = _cut_point(buffer, chunk_chars, 2 * chunk_chars)
                 if cut < 0:
                     # No safe point in a long stretch (a minified file?): cut anyway; the
@@ -337,7 +339,10 @@ def prepare(
             writer = _TokenWriter(tok, fh, dtype, threads, bar)
             try:
                 batch: list[tuple[bool, str]] = []
-                for chunk in _chunks(corpus, CHUNK_CHARS):
+                # the safe cut points hold for GPT-2's and GPT-4's patterns only: a custom
+                # pattern's pre-tokens may span them, so its documents are encoded whole
+                cuts = CHUNK_CHARS if pattern_name(tok.pattern) != "custom" else None
+                for chunk in _chunks(corpus, cuts):
                     batch.append(chunk)
                     if len(batch) >= threads * PIECES_PER_THREAD:
                         writer.submit(batch)

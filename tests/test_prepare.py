@@ -154,6 +154,21 @@ def test_cuts_never_change_tokens(tmp_path, request, monkeypatch, which) -> None
     assert [*train.tolist(), *val.tolist()] == tok.encode_ordinary(text)
 
 
+def test_a_custom_pattern_encodes_whole_documents(tmp_path, monkeypatch) -> None:
+    """The safe cut points hold for GPT-2's and GPT-4's patterns only: with a custom one a
+    pre-token can span them ('日本 ' before 'alpha' under `\\S+\\s*`), so its documents are
+    encoded whole and the tokens equal whole-text encoding."""
+    words = ["alpha", "beta", "日本", "🤖", "1234", "x\n"]
+    rng = np.random.default_rng(1)
+    text = " ".join(words[i] for i in rng.integers(0, len(words), 4000))
+    tok = RegexTokenizer(pattern=r"\S+\s*|\s+").train(text, 300)
+    write(tmp_path / "t.txt", text)
+    monkeypatch.setattr(prepare_mod, "CHUNK_CHARS", 50)  # a built-in pattern would be cut
+    cfg = make_cfg(tmp_path, tmp_path / "t.txt")
+    train, val, _ = tokens_of(prepare(cfg, tok, progress=False))
+    assert [*train.tolist(), *val.tolist()] == tok.encode_ordinary(text)
+
+
 def test_dtype_choice(tmp_path) -> None:
     assert token_dtype(50257) == np.uint16 and token_dtype(65536) == np.uint16
     assert token_dtype(65537) == np.uint32
