@@ -101,7 +101,39 @@ def resolve_pattern(pattern: str) -> str:
                 f"split_pattern {pattern!r} compiles in Python but not in tiktoken's regex "
                 f"engine ({e}). Use syntax both understand."
             ) from None
+        check_pattern_covers(pattern, pat)
     return pat
+
+
+# Letters, digits, punctuation, whitespace of every kind, accents, CJK, emoji: a custom split
+# pattern must cut this into pieces that join back to it, none empty
+PATTERN_PROBE = " Hello, World! It's 2024:\tcafé naïve_x-y 日本語 🤖👍🏽 (a+b)\r\n  z\u00a0w\n\n"
+
+
+def check_pattern_covers(name: str, pat: str) -> None:
+    """Refuse a split pattern that can match the empty string (tiktoken's engine fails on it at
+    every encode) or that leaves characters out (encoding would drop them), found on
+    `PATTERN_PROBE`."""
+    at = 0
+    for m in regex.finditer(pat, PATTERN_PROBE):
+        if m.start() > at:
+            break
+        if m.end() == m.start():
+            raise MyGPT2Error(
+                f"split_pattern {name!r} matches the empty string (in {_probe_at(m.start())}); "
+                "make every alternative take at least one character."
+            )
+        at = m.end()
+    if at < len(PATTERN_PROBE):
+        raise MyGPT2Error(
+            f"split_pattern {name!r} leaves characters out: it skips {PATTERN_PROBE[at]!r} in "
+            f"{_probe_at(at)}, which encoding would drop. End it with an alternative for every "
+            "other character, e.g. |\\s+|[^\\s]"
+        )
+
+
+def _probe_at(i: int) -> str:
+    return f"{PATTERN_PROBE[max(0, i - 8) : i + 8]!r}, character {i} of a probe text"
 
 
 def pattern_name(pattern: str) -> str:

@@ -364,6 +364,28 @@ def test_bad_patterns() -> None:
     assert custom.encode_ordinary("hello!") == custom.encode_ordinary_reference("hello!")
 
 
+@pytest.mark.parametrize(
+    ("pattern", "words"),
+    [
+        ("(?:)", "matches the empty string"),  # tiktoken's engine panicked at every encode
+        ("a*|[^a]", "matches the empty string"),
+        (r"\w+", "leaves characters out: it skips ' '"),  # encoding dropped spaces, digits
+        (r"\S+\s*", "leaves characters out: it skips ' '"),  # a text's leading space
+        ("(?<=a)b", "leaves characters out"),
+    ],
+)
+def test_patterns_that_match_nothing_or_skip_characters_are_refused(pattern, words):
+    """Refused before any training time is spent: what encoding would do with them (a panic
+    from tiktoken's engine, text silently dropped) shows only later."""
+    with pytest.raises(MyGPT2Error, match=re.escape(words)):
+        RegexTokenizer(pattern)
+    covering = RegexTokenizer(r"\w+|\s+|[^\w\s]+").train(TEXT_FOR_PATTERNS, 260)
+    assert covering.decode(covering.encode_ordinary(TEXT_FOR_PATTERNS)) == TEXT_FOR_PATTERNS
+
+
+TEXT_FOR_PATTERNS = " hello world 123, café 日本 🤖\n\n  end"
+
+
 def test_bad_tokenizer_files(tmp_path: Path, trained: RegexTokenizer) -> None:
     good = tmp_path / "good.json"
     trained.save(good)
