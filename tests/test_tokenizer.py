@@ -453,6 +453,15 @@ def test_cli_train_show_stats(
     assert "bytes/token" in capsys.readouterr().out
     assert main(["tokenizer", "show", "x", "--tokenizer_path", str(tmp_path / "no.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # text as a terminal passes undecodable bytes (surrogate escapes): counted as tokenized
+    assert main(["tokenizer", "show", "bad \udcff byte", "--tokenizer_path", "bytes"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "12 tokens, 12 bytes (bytes)"
+    # a file's own bytes: line ends as they are (as prepare keeps them), bad bytes as U+FFFD
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(b"a\r\nb\r\n\r\nc\rd\xff\r\n")
+    assert main(["tokenizer", "stats", str(crlf), "--tokenizer_path", "bytes"]) == 0
+    out = capsys.readouterr().out
+    assert "(14 bytes)" in out and "tokens:      16" in out  # 13 bytes + one U+FFFD (3 bytes)
     assert main(["tokenizer", "train", "--data", str(shakespeare_path), "--vocab_size", "10"]) == 2
     assert "too small" in capsys.readouterr().err
     assert main(["tokenizer", "frobnicate"]) == 2

@@ -221,7 +221,9 @@ def show_cli(argv: list[str]) -> None:
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     print(render_tokens(tok, ids, colour))
     print(ids)
-    print(f"{len(ids)} tokens, {len(text.encode('utf-8'))} bytes ({tok.name})")
+    # the bytes the tokens spell: text from a terminal may hold undecodable bytes, which the
+    # tokenizer takes as U+FFFD and which have no UTF-8 of their own
+    print(f"{len(ids)} tokens, {len(tok.decode_bytes(ids))} bytes ({tok.name})")
 
 
 def stats_cli(argv: list[str]) -> None:
@@ -236,11 +238,12 @@ def stats_cli(argv: list[str]) -> None:
     if not path.is_file():
         raise MyGPT2Error(f"file '{path}' does not exist.")
     tok = load_tokenizer(args.config.tokenizer)
-    text = path.read_text(encoding="utf-8", errors="replace")
+    raw = path.read_bytes()  # as prepare reads files: line ends kept, bad bytes U+FFFD
+    text = raw.decode("utf-8", errors="replace")
     t0 = time.perf_counter()
     n = len(tok.encode_ordinary(text))
     dt = time.perf_counter() - t0
-    size = len(text.encode("utf-8"))
+    size = len(raw)  # the file's own size
     print(f"tokenizer:   {tok.name}")
     print(f"vocab size:  {tok.vocab_size}")
     print(f"file:        {path} ({size} bytes)")
