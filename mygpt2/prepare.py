@@ -195,20 +195,23 @@ def ensure_prepared(
     cfg: Config, tok: Any, *, progress: bool = True
 ) -> tuple[np.memmap, np.memmap, dict[str, Any]]:
     """Prepare the corpus unless current files exist, then open them (what training calls)."""
-    corpus = open_corpus(cfg.data)
-    directory = prepared_dir(cfg, tok, corpus)
-    if cfg.data.data_dir and (directory / "meta.json").is_file():
-        # An explicit data_dir may hold another run's tokens: never overwrite them silently.
-        meta = read_meta(directory)
-        check_tokenizer(meta, tok, directory)
-        made_from = meta.get("source", {}).get("identity")
-        if made_from != corpus.identity:
-            raise MyGPT2Error(
-                f"'{directory}' holds tokens of {meta['source'].get('description')}, but data "
-                f"is '{cfg.data.data}'. Pass the same --data, or choose another --data_dir."
-            )
-    prepare(cfg, tok, progress=progress, corpus=corpus)
+    prepare(cfg, tok, progress=progress, corpus=open_corpus(cfg.data))
     return open_prepared(cfg, tok)
+
+
+def _check_explicit_dir(cfg: Config, tok: Any, corpus: Corpus, directory: Path) -> None:
+    """An explicit data_dir may hold another corpus's or tokenizer's tokens: never replace them
+    silently (training and `mygpt2 prepare` alike)."""
+    if not (cfg.data.data_dir and (directory / "meta.json").is_file()):
+        return
+    meta = read_meta(directory)
+    check_tokenizer(meta, tok, directory)
+    made_from = meta.get("source", {}).get("identity")
+    if made_from != corpus.identity:
+        raise MyGPT2Error(
+            f"'{directory}' holds tokens of {meta['source'].get('description')}, but data "
+            f"is '{cfg.data.data}'. Pass the same --data, or choose another --data_dir."
+        )
 
 
 # ----------------------------------------------------------------------------- writing
@@ -313,6 +316,7 @@ def prepare(
 
     corpus = corpus or open_corpus(cfg.data)
     directory = prepared_dir(cfg, tok, corpus)
+    _check_explicit_dir(cfg, tok, corpus, directory)
     for warning in corpus.warnings:  # the command line shows warnings as one line each
         warnings.warn(warning, stacklevel=2)
     if not force and _is_current(directory, cfg, tok, corpus):

@@ -241,13 +241,22 @@ def test_bad_inputs_leave_prepared_files_untouched(tmp_path, gpt2) -> None:
         (dict(split=1.0), r"val split has 0 token\(s\)"),
         (dict(split=0.001), "train split has"),
     ]
-    for fields, message in bad:
-        c = make_cfg(tmp_path, good, data_dir=str(directory))
+    for i, (fields, message) in enumerate(bad):
+        # another corpus goes to a data_dir of its own: this one's is refused to it (below)
+        target = tmp_path / f"fresh-{i}" if "data" in fields else directory
+        c = make_cfg(tmp_path, good, data_dir=str(target))
         for key, value in fields.items():
             setattr(c.data, key, value)
         with pytest.raises(MyGPT2Error, match=message):
             prepare(c, gpt2, progress=False, force=True)
         assert snapshot(directory) == before, fields
+        assert target == directory or not target.exists(), fields
+    # a data_dir holding another corpus's tokens is never replaced silently, by `prepare` as
+    # by training (it was, by `mygpt2 prepare --data_dir`)
+    c = make_cfg(tmp_path, latin1, data_dir=str(directory))
+    with pytest.raises(MyGPT2Error, match=r"holds tokens of file .*good\.txt.*another --data_dir"):
+        prepare(c, gpt2, progress=False)
+    assert snapshot(directory) == before
     # an empty source directory is never created
     fresh = make_cfg(tmp_path, empty)
     with pytest.raises(MyGPT2Error, match="empty"):
