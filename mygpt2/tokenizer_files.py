@@ -72,6 +72,9 @@ def tokenizer_json(
 ) -> dict[str, Any]:
     """A Hugging Face `tokenizers` document; `ours` becomes its `model.mygpt2` section."""
     vocab = {bytes_to_token_str(b): i for b, i in sorted(ranks.items(), key=by_rank)}
+    # the specials in model.vocab too, as Hugging Face's own GPT-2 file has them: without them
+    # its loader renumbers a special whose id leaves a gap (cl100k's <|endofprompt|>)
+    vocab.update(special_tokens)
     added = [
         {
             "id": i,
@@ -177,6 +180,9 @@ def parse_tokenizer_json(
         vocab, merges, pattern = model["vocab"], model["merges"], ours["split_pattern"]
         if not isinstance(vocab, dict) or not isinstance(merges, list):
             raise TypeError("model.vocab must be an object and model.merges a list")
+        # the specials' own entries in the vocab (files from before they were written there
+        # have none): they are not byte-level tokens
+        vocab = {s: i for s, i in vocab.items() if specials.get(s) != i}
         return vocab, merges, pattern, specials
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise MyGPT2Error(f"{where}: missing or malformed field {e}.") from None

