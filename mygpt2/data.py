@@ -31,6 +31,7 @@ Loaders (build-nanogpt style, no worker processes: slicing a memmap is cheap):
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,6 +59,8 @@ class BlockPairDataset(Dataset):
     ) -> None:
         if len(tokens) < 2:
             raise MyGPT2Error(f"{len(tokens)} tokens cannot make one (x, y) pair; need 2 or more.")
+        if isinstance(T, bool) or not isinstance(T, numbers.Integral) or T < 1:
+            raise MyGPT2Error(f"T (the block length) must be a whole number from 1, got {T!r}.")
         self.tokens, self.T, self.pad_id = tokens, T, pad_id
         self.starts = range(0, len(tokens) - 1, T)
         self.length = len(self.starts) if length is None else length

@@ -362,3 +362,12 @@ def test_a_tiny_val_split_still_gives_every_rank_a_batch(tmp_path) -> None:
         batches = list(val)
         assert len(val) == len(batches) == 1  # the one batch, repeated on each rank
         assert torch.equal(batches[0][0][0], torch.from_numpy(val_tokens[:8].astype(np.int64)))
+
+
+@pytest.mark.parametrize("T", [0, -1, 2.5, "8"])
+def test_a_block_length_below_one_or_not_whole_is_refused(T):
+    """BlockPairDataset from Python: T = 0 gave a raw ValueError from range(), T = -1 an empty
+    dataset; both are one line naming T now."""
+    with pytest.raises(MyGPT2Error, match=r"T \(the block length\) must be a whole number"):
+        BlockPairDataset(np.arange(100), T)
+    assert len(BlockPairDataset(np.arange(100), np.int64(10))) == 10
