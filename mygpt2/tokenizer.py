@@ -44,7 +44,6 @@ import regex
 from mygpt2.bpe import (
     GPT2_SPLIT_PATTERN as GPT2_SPLIT_PATTERN,  # re-exported: part of the tokenizer's API
     GPT4_SPLIT_PATTERN as GPT4_SPLIT_PATTERN,
-    SPLIT_PATTERNS,
     check_vocab_size,
     count_chunks,
     train_merges,
@@ -52,6 +51,11 @@ from mygpt2.bpe import (
 from mygpt2.config import TokenizerConfig
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import atomic_write
+from mygpt2.split_pattern import (  # re-exported: part of the tokenizer's API
+    check_pattern_covers as check_pattern_covers,
+    pattern_name as pattern_name,
+    resolve_pattern as resolve_pattern,
+)
 from mygpt2.tokenizer_files import (  # the byte alphabet is re-exported as part of this API
     BYTE_TO_CHAR as BYTE_TO_CHAR,
     CHAR_TO_BYTE as CHAR_TO_BYTE,
@@ -74,71 +78,6 @@ TRAIN_HINT = (
     "Train one with `mygpt2 tokenizer train --data PATH --vocab_size N` "
     "(or `python train_tokenizer.py ...`), or set use_tiktoken = true for GPT-2's tokenizer."
 )
-
-
-def resolve_pattern(pattern: str) -> str:
-    """Turn `gpt2`, `gpt4` or a regex into a compiled-checked regex string."""
-    pat = SPLIT_PATTERNS.get(pattern, pattern)
-    if not pat:
-        raise MyGPT2Error("split_pattern is empty: use gpt4, gpt2 or a regex.")
-    try:
-        regex.compile(pat)
-    except regex.error as e:
-        raise MyGPT2Error(
-            f"split_pattern {pattern!r} is not a valid regex ({e}). Use gpt4, gpt2 or a regex."
-        ) from None
-    if pat not in SPLIT_PATTERNS.values():
-        # the fast encoder runs the pattern in tiktoken's Rust engine: check it there too,
-        # before any training time is spent
-        import tiktoken
-
-        try:
-            tiktoken.Encoding(
-                name="check", pat_str=pat, mergeable_ranks=_byte_ranks(), special_tokens={}
-            )
-        except ValueError as e:
-            raise MyGPT2Error(
-                f"split_pattern {pattern!r} compiles in Python but not in tiktoken's regex "
-                f"engine ({e}). Use syntax both understand."
-            ) from None
-        check_pattern_covers(pattern, pat)
-    return pat
-
-
-# Letters, digits, punctuation, whitespace of every kind, accents, CJK, emoji: a custom split
-# pattern must cut this into pieces that join back to it, none empty
-PATTERN_PROBE = " Hello, World! It's 2024:\tcafé naïve_x-y 日本語 🤖👍🏽 (a+b)\r\n  z\u00a0w\n\n"
-
-
-def check_pattern_covers(name: str, pat: str) -> None:
-    """Refuse a split pattern that can match the empty string (tiktoken's engine fails on it at
-    every encode) or that leaves characters out (encoding would drop them), found on
-    `PATTERN_PROBE`."""
-    at = 0
-    for m in regex.finditer(pat, PATTERN_PROBE):
-        if m.start() > at:
-            break
-        if m.end() == m.start():
-            raise MyGPT2Error(
-                f"split_pattern {name!r} matches the empty string (in {_probe_at(m.start())}); "
-                "make every alternative take at least one character."
-            )
-        at = m.end()
-    if at < len(PATTERN_PROBE):
-        raise MyGPT2Error(
-            f"split_pattern {name!r} leaves characters out: it skips {PATTERN_PROBE[at]!r} in "
-            f"{_probe_at(at)}, which encoding would drop. End it with an alternative for every "
-            "other character, e.g. |\\s+|[^\\s]"
-        )
-
-
-def _probe_at(i: int) -> str:
-    return f"{PATTERN_PROBE[max(0, i - 8) : i + 8]!r}, character {i} of a probe text"
-
-
-def pattern_name(pattern: str) -> str:
-    """`gpt2`/`gpt4` for the built-in patterns, else `custom`."""
-    return next((name for name, pat in SPLIT_PATTERNS.items() if pat == pattern), "custom")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ LAYERS = {
     "base": ["errors", "fileio", "lock", "presets", "config", "runtime", "sampling_settings"],
     "domain": [
         "bpe",
+        "split_pattern",
         "tokenizer_files",
         "tokenizer",
         "regex_tokenizer",
