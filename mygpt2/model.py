@@ -520,3 +520,13 @@ class GPT(nn.Module):
         wpe = self.transformer.wpe
         if wpe is not None:
             wpe.weight = nn.Parameter(wpe.weight[:T].detach().clone())
+
+    def set_dropout(self, p: float) -> None:
+        """Every dropout of the model at probability `p`: fine-tuning GPT-2's weights or
+        resuming a run may change it (the one setting of the model that may)."""
+        self.config.dropout = p
+        for m in self.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = p
+            if hasattr(m, "dropout") and isinstance(m.dropout, float):  # attention's SDPA rate
+                m.dropout = p

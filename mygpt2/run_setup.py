@@ -116,9 +116,11 @@ def setup(cfg: Config, dist_info: Distributed, reporter: Reporter) -> Run:
         raise MyGPT2Error(f"the corpus is empty: {corpus.description} holds no text.")
     vocab = cfg.model.vocab_size if "vocab_size" in cfg.given else 8192
     tok = load_tokenizer(cfg.tokenizer, data_given, vocab)
-    model = (
-        build_model(cfg, tok.vocab_size) if ckpt is None else resumed_model(ckpt, tok, ckpt_path)
-    )
+    if ckpt is None:
+        model = build_model(cfg, tok.vocab_size)
+    else:  # the checkpoint's model, at the dropout the run now asks for (the merged config's)
+        model = resumed_model(ckpt, tok, ckpt_path)
+        model.set_dropout(cfg.model.dropout)
     reporter.config(format_config(cfg))  # resolved: vocab_size and shape are known now
 
     # rank 0 prepares the token files; the others wait, then read the same files
@@ -258,10 +260,5 @@ def build_model(cfg: Config, vocab_size: int) -> GPT:
             f"differ ({'; '.join(conflicts)}). Drop them (T may only shrink the context)."
         )
     cfg.model = fixed
-    model.config.dropout = cfg.model.dropout
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = cfg.model.dropout
-        if hasattr(m, "dropout") and isinstance(m.dropout, float):
-            m.dropout = cfg.model.dropout
+    model.set_dropout(cfg.model.dropout)
     return model

@@ -129,6 +129,20 @@ def test_resume_is_bitwise_exact(corpus, tmp_path):
     assert len(straight["history"]) == 8 + 3  # 8 steps; evals at steps 3, 6 and the last
 
 
+def test_resume_trains_at_a_newly_given_dropout(corpus, tmp_path):
+    """dropout is the one model setting a resume may change: the resumed steps run at it (they
+    ran at the checkpoint's while the printed and saved config said the new one)."""
+    common = dict(max_steps=6, eval_interval=3)
+    for run in ("same", "new"):
+        train(tiny_config(corpus, tmp_path / run, stop_at=3, **common))
+    train(tiny_config(corpus, tmp_path / "same", resume="true", **common))
+    train(tiny_config(corpus, tmp_path / "new", resume="true", dropout=0.3, **common))
+    same = load_checkpoint(tmp_path / "same" / "checkpoint.pt")
+    new = load_checkpoint(tmp_path / "new" / "checkpoint.pt")
+    assert Config.from_saved(new["config"]).model.dropout == 0.3
+    assert any(not torch.equal(same["model"][k], new["model"][k]) for k in same["model"])
+
+
 def test_plain_resume_takes_everything_from_the_checkpoint(corpus, tmp_path):
     """`run_train.py --resume --out_dir D` alone continues a run with non-default settings."""
     train(tiny_config(corpus, tmp_path, max_steps=6, stop_at=3))
