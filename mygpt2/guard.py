@@ -335,7 +335,7 @@ def check_data(
         raise MyGPT2Error(
             f"cannot resume from '{path}': its data changed ({'; '.join(changes)}). Resume "
             f"with the data it was trained on (--data {shlex.quote(str(saved['data']))}, "
-            "unchanged), or pass --allow_data_change to continue on this data (logged in "
-            "metrics.jsonl)."
+            "unchanged, at the same --split), or pass --allow_data_change to continue on this "
+            "data (logged in metrics.jsonl)."
         )
     return changes
