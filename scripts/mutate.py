@@ -745,9 +745,9 @@ MUTANTS_BY_MODULE: dict[str, list[Mutant]] = {
         ),
         Mutant(
             "train",
-            "mygpt2/run_setup.py",
-            "            m.p = cfg.model.dropout\n",
-            "            pass\n",
+            M,  # GPT.set_dropout: init_from and resume call it
+            "                m.p = p\n",
+            "                pass\n",
             "a given dropout not applied to init_from weights",
         ),
         Mutant(
