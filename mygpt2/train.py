@@ -169,6 +169,12 @@ def finish(run: Run, ran: bool, argv: list[str] | None, program: str) -> dict[st
     if run.step >= t.max_steps and not ran:  # resumed a finished run: say how to extend it
         extend = resume_command(run.cfg, argv, program, max_steps=2 * run.step)
         run.reporter.nothing_to_do(run.step, t.max_steps, out_dir, extend)
+    elif not ran and t.stop_at and run.step >= t.stop_at:  # resumed with a --stop_at behind it
+        run.reporter.say(
+            f"--stop_at {t.stop_at} is not past the checkpoint's step {run.step} (of "
+            f"{t.max_steps}): nothing trained. Resume with a later --stop_at, or without one: "
+            f"{resume_command(run.cfg, argv, program)}"
+        )
     elif run.reached_target:
         run.reporter.say(
             f"\nreached target_val_loss {t.target_val_loss}: val loss {run.val_loss:.4f} at step "

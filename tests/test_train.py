@@ -143,6 +143,19 @@ def test_resume_trains_at_a_newly_given_dropout(corpus, tmp_path):
     assert any(not torch.equal(same["model"][k], new["model"][k]) for k in same["model"])
 
 
+def test_a_stop_at_behind_the_checkpoint_says_nothing_was_trained(corpus, tmp_path, capsys):
+    """--resume --stop_at at or before the checkpoint's step trains nothing: it says so and how
+    to go on (it said 'stopped at step 3', as if this invocation had stopped there)."""
+    common = dict(max_steps=6, eval_interval=3)
+    train(tiny_config(corpus, tmp_path, stop_at=3, **common))
+    capsys.readouterr()
+    done = train(tiny_config(corpus, tmp_path, resume="true", stop_at=2, **common))
+    said = "".join(capsys.readouterr())
+    assert done["step"] == 3
+    assert "--stop_at 2 is not past the checkpoint's step 3 (of 6): nothing trained" in said
+    assert "--resume" in said and "--stop_at" not in said.split("without one:")[1]
+
+
 def test_plain_resume_takes_everything_from_the_checkpoint(corpus, tmp_path):
     """`run_train.py --resume --out_dir D` alone continues a run with non-default settings."""
     train(tiny_config(corpus, tmp_path, max_steps=6, stop_at=3))
