@@ -56,7 +56,7 @@ from mygpt2.config import Config
 from mygpt2.corpus import Corpus, open_corpus
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import user_cache_dir
-from mygpt2.tokenizer import pattern_name
+from mygpt2.split_pattern import pattern_name
 
 FORMAT_VERSION = 1
 CHUNK_CHARS = 1 << 18  # encode text in pieces of about this many characters

@@ -52,7 +52,6 @@ from mygpt2.config import TokenizerConfig
 from mygpt2.errors import MyGPT2Error
 from mygpt2.fileio import atomic_write
 from mygpt2.split_pattern import (  # re-exported: part of the tokenizer's API
-    check_pattern_covers as check_pattern_covers,
     pattern_name as pattern_name,
     resolve_pattern as resolve_pattern,
 )
