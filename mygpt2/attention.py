@@ -80,7 +80,7 @@ def attention_written_out(
     Plain causal attention (no hook on scores or pattern, no mask, no dropout) goes through
     `causal_attention`, with its own backward.
 
-    None when the hooks only looked (each returned None) and nothing needs the written-out
+    None when the hooks only looked (returned None, wrote nothing) and nothing needs the written-out
     form (no gradient to reach the hooked values, no dropout): the caller's SDPA then gives the
     output, bit for bit the unhooked forward's (in bf16 the written-out steps round
     differently, so watching would change what is watched)."""
@@ -100,14 +100,14 @@ def attention_written_out(
 
 
 class _Noting:
-    """`hooks`, noting whether any hook replaced the tensor it was given."""
+    """`hooks`, noting whether any hook changed the tensor it was given (`Hooks.changed`)."""
 
     def __init__(self, hooks: Hooks):
         self.hooks, self.replaced = hooks, False
 
     def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        out = self.hooks(name, x)
-        self.replaced = self.replaced or out is not x
+        out, changed = self.hooks.changed(name, x)
+        self.replaced = self.replaced or changed
         return out
 
 

@@ -181,6 +181,17 @@ class Hooks:
         """Whether a hook is on any of `names`."""
         return any(name in self.table for name in names)
 
+    def changed(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """`self(name, x)`, and whether a hook changed the value: replaced it, or wrote into it
+        in place (tensors made under inference mode keep no version counter: there any hook
+        counts as a change). Where the model can give a fused kernel's output instead of the
+        written-out one, only a change calls for the written-out form."""
+        if name not in self.table:
+            return x, False
+        version = None if x.is_inference() else x._version
+        out = self(name, x)
+        return out, out is not x or version is None or x._version != version
+
     def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
         fns = self.table.get(name)
         if fns is None:

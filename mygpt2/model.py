@@ -193,17 +193,17 @@ def layer_norm(
 ) -> torch.Tensor:
     """`ln(x)`, written out when a hook watches its scale (B, t, 1) or its normalized input
     (before the gain and bias), as TransformerLens's LayerNorm and RMSNorm hooks. Hooks that
-    only look (return None) leave the output `ln(x)` itself, bit for bit, unless gradients
-    must reach the hooked values: in bf16 the written-out steps round differently."""
+    only look (return None, write nothing) leave the output `ln(x)` itself, bit for bit, unless
+    gradients must reach the hooked values: in bf16 the written-out steps round differently."""
     if not hooks.wants(at + ".hook_scale", at + ".hook_normalized"):
         return ln(x)
     rms = isinstance(ln, nn.RMSNorm)  # RMSNorm scales without centring and has no bias
     centred = x if rms else x - x.mean(dim=-1, keepdim=True)
-    seen_scale = (centred.pow(2).mean(dim=-1, keepdim=True) + ln.eps).sqrt()
-    scale = hooks(at + ".hook_scale", seen_scale)
-    seen = centred / scale
-    normalized = hooks(at + ".hook_normalized", seen)
-    looked_only = scale is seen_scale and normalized is seen
+    scale, edited_scale = hooks.changed(
+        at + ".hook_scale", (centred.pow(2).mean(dim=-1, keepdim=True) + ln.eps).sqrt()
+    )
+    normalized, edited = hooks.changed(at + ".hook_normalized", centred / scale)
+    looked_only = not (edited_scale or edited)
     if looked_only and not (torch.is_grad_enabled() and x.requires_grad):
         return ln(x)
     bias = None if rms else ln.bias

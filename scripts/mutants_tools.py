@@ -203,7 +203,7 @@ ROWS: dict[str, list[tuple[str, str, str, str]]] = {
         ),
         (
             ATT,
-            "self.replaced = self.replaced or out is not x",
+            "self.replaced = self.replaced or changed",
             "self.replaced = False",
             "a hook's edit of the scores or pattern is dropped for SDPA's output",
         ),

@@ -292,7 +292,7 @@ MUTANTS_BY_MODULE: dict[str, list[Mutant]] = {
         Mutant(
             "model",
             M,
-            "looked_only = scale is seen_scale and normalized is seen",
+            "looked_only = not (edited_scale or edited)",
             "looked_only = True",
             "a hook's edit of a norm's scale or normalized input is dropped without gradients",
         ),

@@ -254,6 +254,35 @@ def test_a_hook_editing_a_norms_scale_or_normalized_input_changes_the_output(nor
             torch.testing.assert_close(logits, model.head(want), msg=name)
 
 
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_a_hook_writing_in_place_at_a_norm_or_the_pattern_still_edits(mode):
+    """A hook that writes into the activation it is given and returns None edits it, at the
+    points where hooks that only look leave the fused kernels' output: the same logits as a
+    hook returning the edited tensor (under inference mode too, which keeps no versions)."""
+    model = tiny_gpt(seed=12)
+    idx = torch.tensor([prompt_ids(61, 9)])
+
+    def in_place(x, name):
+        x.mul_(0.5)
+
+    def replacing(x, name):
+        return x * 0.5
+
+    for name in (
+        "ln_final.hook_normalized",
+        "blocks.0.ln1.hook_scale",
+        "blocks.1.attn.hook_pattern",
+    ):
+        with mode():
+            plain = model(idx)[0]
+            with model.hooks(fwd_hooks=[(name, in_place)]):
+                written = model(idx)[0]
+            with model.hooks(fwd_hooks=[(name, replacing)]):
+                want = model(idx)[0]
+        assert not torch.allclose(want, plain), name
+        torch.testing.assert_close(written, want, msg=name)
+
+
 def test_crop_context_keeps_the_first_positions():
     model = tiny_gpt(seed=18, T=24)
     wpe = model.transformer.wpe.weight.detach().clone()
